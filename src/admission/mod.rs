@@ -1,0 +1,2 @@
+//! AdmissionReview in, response out.
+pub mod api;
