@@ -5,4 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod cli;
+pub mod cluster;
+pub mod manifest;
+pub mod mutation;
 pub mod settings;

@@ -1,2 +1,143 @@
-//! AdmissionReview in, response out.
+//! AdmissionReview in, response out: parse, dispatch by kind, and turn a [`Verdict`] into the response
+//! (base64 JSONPatch, uid echo, 403 denials, warnings).
+
+use json_patch::PatchOperation;
+use kube::core::admission::Operation;
+
 pub mod api;
+pub mod policy;
+pub mod review;
+
+use api::{Decision, Endpoint, Outcome, ReviewHandler, ReviewReply};
+use policy::Kind;
+
+use crate::cluster::ClusterSource;
+
+/// What the policy decided for one object. A denial is a verdict, not an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Admit, applying `patch` (may be empty) and showing `warnings`.
+    Allow {
+        patch: Vec<PatchOperation>,
+        warnings: Vec<String>,
+    },
+    /// Refuse with `message`; `rules` are the stable ids of the rules that failed.
+    Deny {
+        message: String,
+        rules: Vec<String>,
+        warnings: Vec<String>,
+    },
+}
+
+impl Verdict {
+    /// Admit unchanged.
+    pub fn allow(warnings: Vec<String>) -> Verdict {
+        Verdict::Allow {
+            patch: Vec::new(),
+            warnings,
+        }
+    }
+
+    /// The outcome label of this verdict.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Verdict::Allow { patch, .. } if patch.is_empty() => Outcome::Allowed,
+            Verdict::Allow { .. } => Outcome::Mutated,
+            Verdict::Deny { .. } => Outcome::Denied,
+        }
+    }
+}
+
+/// The admission webhook: a [`ReviewHandler`] over a [`ClusterSource`].
+pub struct Webhook<S> {
+    source: S,
+}
+
+impl<S: ClusterSource> Webhook<S> {
+    /// A webhook that finds Clusters through `source`.
+    pub fn new(source: S) -> Self {
+        Webhook { source }
+    }
+
+    /// Answer one AdmissionReview body.
+    pub async fn handle(&self, endpoint: Endpoint, body: &[u8]) -> ReviewReply {
+        let request = match review::parse(body) {
+            Ok(request) => request,
+            Err(err) => return error_reply(err, Decision::empty()),
+        };
+        let mut decision = Decision {
+            uid: request.uid.clone(),
+            kind: format!(
+                "{}/{}/{}",
+                request.kind.group, request.kind.version, request.kind.kind
+            ),
+            namespace: request.namespace.clone().unwrap_or_default(),
+            name: request.name.clone(),
+            operation: review::operation_name(&request.operation).to_string(),
+            outcome: Outcome::Allowed,
+            denied_rules: Vec::new(),
+            lookup: String::new(),
+        };
+        let kind = Kind::from_group_kind(&request.kind.group, &request.kind.kind);
+        let acts = matches!(request.operation, Operation::Create | Operation::Update)
+            && request.sub_resource.is_none();
+        let verdict = match (kind, &request.object, acts) {
+            (Some(kind), Some(object), true) => match serde_json::to_value(object) {
+                Ok(object) => {
+                    let decided = policy::decide(&self.source, endpoint, kind, &object).await;
+                    decision.lookup = decided.lookup.to_string();
+                    decided.verdict
+                }
+                Err(err) => return error_reply(review::ReviewError::Encode(err), decision),
+            },
+            _ => Verdict::allow(Vec::new()),
+        };
+        decision.outcome = verdict.outcome();
+        if let Verdict::Deny { rules, .. } = &verdict {
+            decision.denied_rules = rules.clone();
+        }
+        match review::respond(&request.uid, &verdict) {
+            Ok(body) => ReviewReply {
+                status: 200,
+                body,
+                decision,
+            },
+            Err(err) => error_reply(err, decision),
+        }
+    }
+}
+
+fn error_reply(err: review::ReviewError, mut decision: Decision) -> ReviewReply {
+    decision.outcome = Outcome::Error;
+    ReviewReply {
+        status: 400,
+        body: review::bad_request_body(&err),
+        decision,
+    }
+}
+
+impl Decision {
+    /// A decision record for a request that could not be read.
+    pub fn empty() -> Decision {
+        Decision {
+            uid: String::new(),
+            kind: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            operation: String::new(),
+            outcome: Outcome::Error,
+            denied_rules: Vec::new(),
+            lookup: String::new(),
+        }
+    }
+}
+
+impl<S: ClusterSource> ReviewHandler for Webhook<S> {
+    async fn review(&self, endpoint: Endpoint, body: &[u8]) -> ReviewReply {
+        self.handle(endpoint, body).await
+    }
+
+    fn ready(&self) -> bool {
+        self.source.ready()
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the tools the test suite uses that a fresh machine lacks. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "please install: ${missing[*]} (apt-get install ${missing[*]})" >&2
+    return 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# shellcheck lints the node scripts; python3 and curl serve and fetch in the script tests.
+command -v shellcheck >/dev/null || apt_install shellcheck
+command -v curl >/dev/null || apt_install curl
+command -v openssl >/dev/null || apt_install openssl
+echo "shellcheck: $(shellcheck --version | sed -n 's/^version: //p')"

@@ -1,0 +1,302 @@
+//! The command line: `serve`, `check`, `render`.
+
+use std::{io::Write, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::{
+    admission::{
+        Verdict,
+        api::Endpoint,
+        policy::{self, Kind},
+    },
+    cluster::documents::DocumentSource,
+    manifest::{self, Document},
+};
+
+const ANNOTATIONS_HELP: &str = "\
+SETTINGS
+  Calico settings are annotations on the Cluster, named capi-calico.io/<VARIABLE>:
+    CUSTOM_CALICO_DEPLOYMENT       true|false (default false): the master switch
+    CALICO_BGP_OPTION              Enabled|Disabled (default Disabled)
+    CALICO_BLOCK_SIZE              IPv4 20..32 (default 28), IPv6 116..128 (default 122)
+    CALICO_POD_CIDR                a CIDR inside the Cluster's pod cidrBlocks (default: the first one)
+    CALICO_ENCAPSULATION           IPIP|IPIPCrossSubnet|VXLAN|VXLANCrossSubnet|None (default VXLANCrossSubnet)
+    CALICO_NAT_OUTGOING            Enabled|Disabled (default Enabled)
+    INSTALL_CALICOCTL              true|false (default false)
+    CONFIGURE_CALICO_BGP_SETTINGS  true|false (default false)
+    CALICO_BGP_AS_NUMBER           1..2147483647 or asdot X.Y
+    CALICO_ROUTE_REFLECTORS        base64 -w 0 of BGPPeer YAML documents
+    CALICO_VERSION                 vX.Y.Z (default v3.31.7)
+    CALICOCTL_URL                  https URL template with {version} and {arch}
+    CALICOCTL_SHA256_AMD64/ARM64   64 hex digits (built in for the shipped versions)
+
+EXAMPLE
+  apiVersion: cluster.x-k8s.io/v1beta2
+  kind: Cluster
+  metadata:
+    name: workload-1
+    annotations:
+      capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: \"true\"
+      capi-calico.io/CALICO_BGP_OPTION: Enabled
+      capi-calico.io/INSTALL_CALICOCTL: \"true\"
+      capi-calico.io/CONFIGURE_CALICO_BGP_SETTINGS: \"true\"
+      capi-calico.io/CALICO_BGP_AS_NUMBER: \"64512\"
+      capi-calico.io/CALICO_ROUTE_REFLECTORS: <output of: base64 -w 0 peers.yaml>
+
+  A KubeadmControlPlane or KubeadmConfigTemplate takes the settings of its Cluster, unless it carries
+  capi-calico.io/ annotations itself. See the README for the full contract.";
+
+/// capi-calico-webhook: Calico settings for Cluster API clusters, validated and injected.
+#[derive(Debug, Parser)]
+#[command(version, about, after_long_help = ANNOTATIONS_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve admission reviews over HTTPS (POST /mutate, POST /validate).
+    #[command(after_long_help = ANNOTATIONS_HELP)]
+    Serve(Box<ServeArgs>),
+    /// Check manifests offline: print every problem, exit 0 when all is valid, 1 when not, 2 on usage/I/O errors.
+    #[command(after_long_help = ANNOTATIONS_HELP)]
+    Check(FilesArgs),
+    /// Print the manifests with the mutation applied (what the API server would store); exits like `check`.
+    #[command(after_long_help = ANNOTATIONS_HELP)]
+    Render(RenderArgs),
+}
+
+/// Input files.
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// Manifest files (multi-document YAML or JSON); `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<String>,
+}
+
+/// Output format of `render`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+}
+
+/// `render` arguments.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub files: FilesArgs,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "yaml")]
+    pub output: OutputFormat,
+}
+
+/// `serve` arguments; every flag can also be set through the environment variable shown.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// HTTPS listen address.
+    #[arg(long, env = "CAPI_CALICO_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Serving certificate (PEM). Without it and --tls-key-file, a self-signed certificate is generated.
+    #[arg(long, env = "CAPI_CALICO_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key of the serving certificate (PEM).
+    #[arg(long, env = "CAPI_CALICO_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Where the self-signed CA and certificate are written when no certificate files are given.
+    #[arg(
+        long,
+        env = "CAPI_CALICO_SELF_SIGNED_DIR",
+        default_value = "capi-calico-webhook-certs"
+    )]
+    pub self_signed_dir: PathBuf,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz; `off` disables it.
+    #[arg(
+        long,
+        env = "CAPI_CALICO_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: String,
+    /// Kubeconfig for the Cluster lookup. Default: in-cluster config or $KUBECONFIG when present.
+    #[arg(long, env = "CAPI_CALICO_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Turn the Cluster lookup off even when cluster access is available.
+    #[arg(long, env = "CAPI_CALICO_NO_CLUSTER_LOOKUP")]
+    pub no_cluster_lookup: bool,
+    /// Log format.
+    #[arg(
+        long,
+        env = "CAPI_CALICO_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormatArg,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "CAPI_CALICO_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Bound on the direct API call made on a Cluster cache miss.
+    #[arg(long, env = "CAPI_CALICO_LOOKUP_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub lookup_timeout: std::time::Duration,
+}
+
+/// Log format flag.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Json,
+    Text,
+}
+
+/// Parse `250ms`, `20s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 250ms, 20s or 2m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+/// What happened to one document offline.
+#[derive(Debug)]
+pub struct Checked {
+    pub document: Document,
+    /// `None` for documents the webhook does not act on.
+    pub verdict: Option<Verdict>,
+}
+
+/// Run the mutating decision over every document, with Clusters found among the documents themselves.
+pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
+    let source = DocumentSource::new(documents.iter().map(|d| &d.object));
+    documents
+        .into_iter()
+        .map(|document| {
+            let verdict = Kind::of_object(&document.object).map(|kind| {
+                futures::executor::block_on(policy::decide(
+                    &source,
+                    Endpoint::Mutate,
+                    kind,
+                    &document.object,
+                ))
+                .verdict
+            });
+            Checked { document, verdict }
+        })
+        .collect()
+}
+
+fn read_all(files: &[String], err: &mut dyn Write) -> Option<Vec<Document>> {
+    let mut docs = Vec::new();
+    for file in files {
+        match manifest::read(file) {
+            Ok(mut d) => docs.append(&mut d),
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                return None;
+            }
+        }
+    }
+    Some(docs)
+}
+
+/// Print warnings and denials; return whether anything was denied.
+fn report(checked: &[Checked], out: &mut dyn Write) -> bool {
+    let mut denied = false;
+    for c in checked {
+        let place = format!(
+            "{} (document {}, {})",
+            c.document.path,
+            c.document.index,
+            c.document.describe()
+        );
+        match &c.verdict {
+            Some(Verdict::Deny {
+                message, warnings, ..
+            }) => {
+                denied = true;
+                for w in warnings {
+                    let _ = writeln!(out, "Warning: {place}: {w}");
+                }
+                let _ = writeln!(out, "{place}: denied the request: {message}");
+            }
+            Some(Verdict::Allow { warnings, .. }) => {
+                for w in warnings {
+                    let _ = writeln!(out, "Warning: {place}: {w}");
+                }
+            }
+            None => {}
+        }
+    }
+    denied
+}
+
+/// `check`: exit code 0, 1 or 2.
+pub fn run_check(args: &FilesArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let Some(docs) = read_all(&args.files, err) else {
+        return 2;
+    };
+    let checked = check_documents(docs);
+    if report(&checked, out) {
+        return 1;
+    }
+    let acted = checked.iter().filter(|c| c.verdict.is_some()).count();
+    let _ = writeln!(
+        out,
+        "ok: {} documents, {acted} checked by capi-calico",
+        checked.len()
+    );
+    0
+}
+
+/// `render`: documents with the patch applied on `out`, problems on `err`; exit code 0, 1 or 2.
+pub fn run_render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let Some(docs) = read_all(&args.files.files, err) else {
+        return 2;
+    };
+    let checked = check_documents(docs);
+    let denied = report(&checked, err);
+    let mut rendered: Vec<Value> = Vec::with_capacity(checked.len());
+    for c in checked {
+        let what = c.document.describe();
+        let mut object = c.document.object;
+        if let Some(verdict) = &c.verdict
+            && let Err(e) = json_patch::patch(&mut object, policy::patch_of(verdict))
+        {
+            let _ = writeln!(err, "error: {what}: the patch does not apply: {e}");
+            return 2;
+        }
+        rendered.push(object);
+    }
+    let text = match args.output {
+        OutputFormat::Json => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": rendered});
+            serde_json::to_string_pretty(&list)
+                .map(|s| s + "\n")
+                .map_err(|e| e.to_string())
+        }
+        OutputFormat::Yaml => rendered
+            .iter()
+            .map(|doc| serde_saphyr::to_string(doc).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|docs| docs.iter().map(|d| format!("---\n{d}")).collect()),
+    };
+    match text {
+        Ok(text) => {
+            let _ = out.write_all(text.as_bytes());
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot print the result: {e}");
+            return 2;
+        }
+    }
+    i32::from(denied)
+}

@@ -1,0 +1,267 @@
+//! Cluster lookup in a live management cluster: reflector caches on Clusters and MachineDeployments, with one
+//! direct API call (bounded by a short timeout) on a cache miss, so that a Cluster created a moment earlier in the
+//! same `kubectl apply` is still found.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use kube::{
+    Client,
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::Value;
+
+use super::{
+    CLUSTER_NAME_LABEL, ClusterInfo, ClusterSource, Lookup, LookupSource, Subject, SubjectKind,
+    reference_names,
+};
+
+/// Default bound on the fallback API call.
+pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn resource(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", kind))
+}
+
+/// Reflector-backed [`ClusterSource`].
+#[derive(Clone)]
+pub struct LiveSource {
+    client: Client,
+    clusters: Store<DynamicObject>,
+    machine_deployments: Store<DynamicObject>,
+    cluster_resource: ApiResource,
+    md_resource: ApiResource,
+    synced: Arc<AtomicBool>,
+    api_timeout: Duration,
+}
+
+impl LiveSource {
+    /// Start the reflectors (on the current tokio runtime) and return the source. It reports ready once both
+    /// caches have synced.
+    pub fn start(client: Client, api_timeout: Duration) -> Self {
+        let cluster_resource = resource("Cluster");
+        let md_resource = resource("MachineDeployment");
+        let clusters = spawn_reflector(client.clone(), cluster_resource.clone());
+        let machine_deployments = spawn_reflector(client.clone(), md_resource.clone());
+        let synced = Arc::new(AtomicBool::new(false));
+        {
+            let (clusters, mds, synced) = (
+                clusters.clone(),
+                machine_deployments.clone(),
+                synced.clone(),
+            );
+            tokio::spawn(async move {
+                if clusters.wait_until_ready().await.is_ok() && mds.wait_until_ready().await.is_ok()
+                {
+                    synced.store(true, Ordering::SeqCst);
+                    tracing::info!("cluster lookup caches synced");
+                }
+            });
+        }
+        LiveSource {
+            client,
+            clusters,
+            machine_deployments,
+            cluster_resource,
+            md_resource,
+            synced,
+            api_timeout,
+        }
+    }
+
+    fn info(object: &DynamicObject) -> Option<ClusterInfo> {
+        serde_json::to_value(object)
+            .ok()
+            .as_ref()
+            .and_then(ClusterInfo::from_object)
+    }
+
+    fn found(object: &DynamicObject, source: LookupSource) -> Lookup {
+        match Self::info(object) {
+            Some(info) => Lookup::Found {
+                cluster: Box::new(info),
+                source,
+            },
+            None => Lookup::Failed {
+                reason: "the Cluster object could not be read".to_string(),
+            },
+        }
+    }
+
+    async fn cluster_by_name(&self, namespace: &str, name: &str, looked_for: String) -> Lookup {
+        let key = ObjectRef::new_with(name, self.cluster_resource.clone()).within(namespace);
+        if let Some(cluster) = self.clusters.get(&key) {
+            return Self::found(&cluster, LookupSource::Cache);
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &self.cluster_resource);
+        match tokio::time::timeout(self.api_timeout, api.get_opt(name)).await {
+            Ok(Ok(Some(cluster))) => Self::found(&cluster, LookupSource::Api),
+            Ok(Ok(None)) => Lookup::NotFound { looked_for },
+            Ok(Err(err)) => Lookup::Failed {
+                reason: format!("reading Cluster {namespace}/{name}: {err}"),
+            },
+            Err(_) => Lookup::Failed {
+                reason: format!(
+                    "reading Cluster {namespace}/{name} timed out after {:?}",
+                    self.api_timeout
+                ),
+            },
+        }
+    }
+
+    /// Search the cache, then one LIST in the namespace, for an object matching `pred`.
+    async fn find_in(
+        &self,
+        store: &Store<DynamicObject>,
+        resource: &ApiResource,
+        namespace: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Option<(Value, LookupSource)>, String> {
+        let matches = |o: &DynamicObject| -> Option<Value> {
+            if o.metadata.namespace.as_deref() != Some(namespace) {
+                return None;
+            }
+            serde_json::to_value(o).ok().filter(|v| pred(v))
+        };
+        if let Some(hit) = store.state().iter().find_map(|o| matches(o)) {
+            return Ok(Some((hit, LookupSource::Cache)));
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, resource);
+        match tokio::time::timeout(self.api_timeout, api.list(&ListParams::default())).await {
+            Ok(Ok(list)) => Ok(list
+                .items
+                .iter()
+                .find_map(matches)
+                .map(|v| (v, LookupSource::Api))),
+            Ok(Err(err)) => Err(format!("listing {} in {namespace}: {err}", resource.plural)),
+            Err(_) => Err(format!(
+                "listing {} in {namespace} timed out after {:?}",
+                resource.plural, self.api_timeout
+            )),
+        }
+    }
+}
+
+fn spawn_reflector(client: Client, resource: ApiResource) -> Store<DynamicObject> {
+    let writer = reflector::store::Writer::new(resource.clone());
+    let reader = writer.as_reader();
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(err) = event {
+                tracing::warn!(resource = %resource.plural, error = %err, "watch error; retrying with backoff");
+            }
+        }
+    });
+    reader
+}
+
+impl ClusterSource for LiveSource {
+    async fn find(&self, subject: &Subject) -> Lookup {
+        let ns = subject.namespace.as_str();
+        if let Some(name) = subject.labels.get(CLUSTER_NAME_LABEL) {
+            let looked_for = format!("Cluster {ns}/{name} (from the {CLUSTER_NAME_LABEL} label)");
+            return self.cluster_by_name(ns, name, looked_for).await;
+        }
+        match subject.kind {
+            SubjectKind::ControlPlane => {
+                let names_subject = |c: &Value| {
+                    reference_names(
+                        c.pointer("/spec/controlPlaneRef"),
+                        SubjectKind::ControlPlane.kind(),
+                        &subject.name,
+                        ns,
+                        ns,
+                    )
+                };
+                match self
+                    .find_in(&self.clusters, &self.cluster_resource, ns, names_subject)
+                    .await
+                {
+                    Ok(Some((cluster, source))) => match ClusterInfo::from_object(&cluster) {
+                        Some(info) => Lookup::Found {
+                            cluster: Box::new(info),
+                            source,
+                        },
+                        None => Lookup::Failed {
+                            reason: "the Cluster object could not be read".to_string(),
+                        },
+                    },
+                    Ok(None) => Lookup::NotFound {
+                        looked_for: format!(
+                            "a Cluster in namespace {ns} whose spec.controlPlaneRef names KubeadmControlPlane {}",
+                            subject.name
+                        ),
+                    },
+                    Err(reason) => Lookup::Failed { reason },
+                }
+            }
+            SubjectKind::ConfigTemplate => {
+                let uses_subject = |md: &Value| {
+                    reference_names(
+                        md.pointer("/spec/template/spec/bootstrap/configRef"),
+                        SubjectKind::ConfigTemplate.kind(),
+                        &subject.name,
+                        ns,
+                        ns,
+                    )
+                };
+                let md = match self
+                    .find_in(
+                        &self.machine_deployments,
+                        &self.md_resource,
+                        ns,
+                        uses_subject,
+                    )
+                    .await
+                {
+                    Ok(Some((md, _))) => md,
+                    Ok(None) => {
+                        return Lookup::NotFound {
+                            looked_for: format!(
+                                "a MachineDeployment in namespace {ns} whose bootstrap configRef names \
+                                 KubeadmConfigTemplate {}",
+                                subject.name
+                            ),
+                        };
+                    }
+                    Err(reason) => return Lookup::Failed { reason },
+                };
+                match md.pointer("/spec/clusterName").and_then(Value::as_str) {
+                    Some(cluster) => {
+                        let looked_for = format!(
+                            "Cluster {ns}/{cluster} (the clusterName of its MachineDeployment)"
+                        );
+                        self.cluster_by_name(ns, cluster, looked_for).await
+                    }
+                    None => Lookup::NotFound {
+                        looked_for: "the spec.clusterName of the MachineDeployment that uses it"
+                            .to_string(),
+                    },
+                }
+            }
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,193 @@
+//! Finding the Cluster of a KubeadmControlPlane or KubeadmConfigTemplate.
+//!
+//! The admission layer asks a [`ClusterSource`]; the CLI plugs in [`documents::DocumentSource`] (the Cluster is
+//! among the input files), `serve` plugs in [`live::LiveSource`] (reflector caches with a fallback GET) or
+//! [`NoLookup`] when it runs without cluster access.
+
+use std::{collections::BTreeMap, future::Future};
+
+use serde_json::Value;
+
+use crate::settings::ClusterNetwork;
+
+pub mod documents;
+pub mod live;
+
+/// The label Cluster API puts on objects that belong to a Cluster.
+pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+
+/// Which kind of object is looking for its Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// A KubeadmControlPlane: linked through `Cluster.spec.controlPlaneRef`.
+    ControlPlane,
+    /// A KubeadmConfigTemplate: linked through a MachineDeployment's bootstrap `configRef`.
+    ConfigTemplate,
+}
+
+impl SubjectKind {
+    /// The Kubernetes kind.
+    pub fn kind(self) -> &'static str {
+        match self {
+            SubjectKind::ControlPlane => "KubeadmControlPlane",
+            SubjectKind::ConfigTemplate => "KubeadmConfigTemplate",
+        }
+    }
+}
+
+/// The object whose Cluster is wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub kind: SubjectKind,
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the admission layer needs to know about a Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    pub namespace: String,
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+    pub network: ClusterNetwork,
+    /// Pod CIDR blocks that did not parse (reported, never silently dropped).
+    pub unparsable_pod_cidrs: Vec<String>,
+}
+
+impl ClusterInfo {
+    /// Read a Cluster object (v1beta1 or v1beta2: the paths used here are the same in both).
+    pub fn from_object(object: &Value) -> Option<ClusterInfo> {
+        let metadata = object.get("metadata")?;
+        let name = metadata.get("name")?.as_str()?.to_string();
+        let namespace = metadata
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let annotations = string_map(metadata.get("annotations"));
+        let (network, unparsable_pod_cidrs) = cluster_network(object);
+        Some(ClusterInfo {
+            namespace,
+            name,
+            annotations,
+            network,
+            unparsable_pod_cidrs,
+        })
+    }
+}
+
+/// The Cluster's `spec.clusterNetwork.pods.cidrBlocks`, parsed; plus the entries that did not parse.
+pub fn cluster_network(cluster: &Value) -> (ClusterNetwork, Vec<String>) {
+    let mut network = ClusterNetwork::default();
+    let mut bad = Vec::new();
+    let blocks = cluster
+        .pointer("/spec/clusterNetwork/pods/cidrBlocks")
+        .and_then(Value::as_array);
+    for block in blocks.into_iter().flatten() {
+        match block.as_str().map(str::parse::<ipnet::IpNet>) {
+            Some(Ok(net)) => network.pod_cidrs.push(net),
+            _ => bad.push(block.to_string()),
+        }
+    }
+    (network, bad)
+}
+
+/// A `metadata.labels`/`annotations` map; non-string values are skipped (the API server never sends them).
+pub fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    value
+        .and_then(Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where a found Cluster came from (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupSource {
+    /// The input documents (CLI).
+    Documents,
+    /// The informer cache.
+    Cache,
+    /// A direct GET after a cache miss.
+    Api,
+}
+
+impl LookupSource {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupSource::Documents => "documents",
+            LookupSource::Cache => "cache",
+            LookupSource::Api => "api",
+        }
+    }
+}
+
+/// The answer of a [`ClusterSource`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found {
+        cluster: Box<ClusterInfo>,
+        source: LookupSource,
+    },
+    /// No Cluster links to the subject. `looked_for` says what was searched, for the user's warning.
+    NotFound { looked_for: String },
+    /// This source cannot look Clusters up at all (serve without cluster access).
+    Disabled,
+    /// The lookup failed (API unreachable, timeout).
+    Failed { reason: String },
+}
+
+impl Lookup {
+    /// Label value for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Lookup::Found { source, .. } => source.as_str(),
+            Lookup::NotFound { .. } => "not-found",
+            Lookup::Disabled => "disabled",
+            Lookup::Failed { .. } => "error",
+        }
+    }
+}
+
+/// Finds the Cluster of a KCP or KCT.
+pub trait ClusterSource: Send + Sync + 'static {
+    /// Look the subject's Cluster up.
+    fn find(&self, subject: &Subject) -> impl Future<Output = Lookup> + Send;
+    /// False until the source can answer (caches synced).
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// The source used when `serve` has no cluster access: every lookup is [`Lookup::Disabled`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLookup;
+
+impl ClusterSource for NoLookup {
+    async fn find(&self, _subject: &Subject) -> Lookup {
+        Lookup::Disabled
+    }
+}
+
+/// Does this `controlPlaneRef`/`configRef` (v1beta1 `{apiVersion, kind, name, namespace}` or v1beta2
+/// `{apiGroup, kind, name}`) name the subject?
+pub fn reference_names(
+    reference: Option<&Value>,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+    own_namespace: &str,
+) -> bool {
+    let Some(reference) = reference else {
+        return false;
+    };
+    let field = |f: &str| reference.get(f).and_then(Value::as_str);
+    field("kind") == Some(kind)
+        && field("name") == Some(name)
+        && field("namespace").unwrap_or(own_namespace) == namespace
+}
