@@ -9,7 +9,7 @@ use crate::{
         ClusterInfo, ClusterSource, Lookup, Subject, SubjectKind, cluster_network, string_map,
     },
     mutation::{self, Target},
-    settings::{self, ClusterNetwork, Resolution},
+    settings::{self, Resolution},
 };
 
 /// The kinds this webhook acts on.
@@ -101,8 +101,7 @@ pub async fn decide<S: ClusterSource>(
 ) -> Decided {
     let annotations = string_map(object.pointer("/metadata/annotations"));
     let (Some(target), Some(subject_kind)) = (kind.target(), kind.subject_kind()) else {
-        let (network, _) = cluster_network(object);
-        return Decided::new(cluster_verdict(&annotations, &network));
+        return Decided::new(cluster_verdict(endpoint, object, &annotations));
     };
 
     let own = settings::has_settings(&annotations);
@@ -225,13 +224,26 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
     ]
 }
 
+/// The label the mutating webhook puts on opted-in Clusters; the ClusterResourceSet that delivers Calico selects it.
+pub const CLUSTER_LABEL: &str = "capi-calico.io/cluster";
+
 fn cluster_verdict(
+    endpoint: Endpoint,
+    object: &Value,
     annotations: &std::collections::BTreeMap<String, String>,
-    network: &ClusterNetwork,
 ) -> Verdict {
-    match settings::resolve(annotations, Some(network)) {
-        Resolution::NotOptedIn { warnings } | Resolution::OptedIn { warnings, .. } => {
-            Verdict::allow(fit_all(warnings))
+    let (network, _) = cluster_network(object);
+    match settings::resolve(annotations, Some(&network)) {
+        Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
+        Resolution::OptedIn { warnings, .. } => {
+            let patch = match endpoint {
+                Endpoint::Mutate => cluster_label_patch(object),
+                Endpoint::Validate => Vec::new(),
+            };
+            Verdict::Allow {
+                patch,
+                warnings: fit_all(warnings),
+            }
         }
         Resolution::Invalid { problems } => Verdict::Deny {
             message: settings::render_problems(&problems),
@@ -294,4 +306,31 @@ pub fn patch_of(verdict: &Verdict) -> &[PatchOperation] {
         Verdict::Allow { patch, .. } => patch,
         Verdict::Deny { .. } => &[],
     }
+}
+
+/// Add `capi-calico.io/cluster: <name>` to an opted-in Cluster unless it is already there.
+fn cluster_label_patch(object: &Value) -> Vec<PatchOperation> {
+    use json_patch::{AddOperation, jsonptr::PointerBuf};
+    let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let labels = object.pointer("/metadata/labels");
+    if labels
+        .and_then(|l| l.get(CLUSTER_LABEL))
+        .and_then(Value::as_str)
+        == Some(name)
+    {
+        return Vec::new();
+    }
+    let op = match labels.and_then(Value::as_object) {
+        Some(_) => AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "labels", CLUSTER_LABEL]),
+            value: Value::String(name.to_string()),
+        },
+        None => AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "labels"]),
+            value: serde_json::json!({ CLUSTER_LABEL: name }),
+        },
+    };
+    vec![PatchOperation::Add(op)]
 }

@@ -98,3 +98,128 @@ pub fn respond(uid: &str, verdict: &Verdict) -> Result<Vec<u8>, ReviewError> {
 pub fn bad_request_body(err: &ReviewError) -> Vec<u8> {
     serde_json::to_vec(&json!({ "error": err.to_string() })).unwrap_or_else(|_| b"{}".to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+
+    use super::*;
+
+    fn body(request: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}))
+            .expect("json")
+    }
+
+    fn request() -> Value {
+        json!({
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "cluster.x-k8s.io", "version": "v1beta2", "kind": "Cluster"},
+            "resource": {"group": "cluster.x-k8s.io", "version": "v1beta2", "resource": "clusters"},
+            "name": "c1", "namespace": "ns", "operation": "CREATE", "userInfo": {"username": "admin"},
+            "object": {"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "metadata": {"name": "c1"}},
+        })
+    }
+
+    #[test]
+    fn parse_rejects_what_is_not_a_review() {
+        let mut no_uid = request();
+        no_uid["uid"] = json!("");
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                b"not json".to_vec(),
+                "not an admission.k8s.io/v1 AdmissionReview",
+            ),
+            (b"{}".to_vec(), "not an admission.k8s.io/v1 AdmissionReview"),
+            (
+                serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Pod"})).expect("json"),
+                "expected apiVersion admission.k8s.io/v1",
+            ),
+            (
+                serde_json::to_vec(
+                    &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+                )
+                .expect("json"),
+                "has no request",
+            ),
+            (body(no_uid), "has no uid"),
+            (
+                format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+                "not an admission.k8s.io/v1 AdmissionReview",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = parse(&input).expect_err("must fail");
+            assert!(
+                err.to_string().contains(want),
+                "{err} does not contain {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_accepts_a_review() {
+        let req = parse(&body(request())).expect("parses");
+        assert_eq!(req.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(req.kind.kind, "Cluster");
+        assert_eq!(operation_name(&req.operation), "CREATE");
+    }
+
+    #[test]
+    fn allow_with_patch_is_base64_jsonpatch_and_echoes_uid() {
+        let patch = vec![PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "labels"]),
+            value: json!({"a": "b"}),
+        })];
+        let verdict = Verdict::Allow {
+            patch,
+            warnings: vec!["careful".to_string()],
+        };
+        let out: Value =
+            serde_json::from_slice(&respond("u-1", &verdict).expect("encodes")).expect("json");
+        assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(out["kind"], "AdmissionReview");
+        let response = &out["response"];
+        assert_eq!(response["uid"], "u-1");
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["patchType"], "JSONPatch");
+        assert_eq!(response["warnings"], json!(["careful"]));
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().expect("patch is a string"))
+            .expect("base64");
+        let ops: Value = serde_json::from_slice(&decoded).expect("patch json");
+        assert_eq!(
+            ops,
+            json!([{"op": "add", "path": "/metadata/labels", "value": {"a": "b"}}])
+        );
+    }
+
+    #[test]
+    fn allow_without_patch_has_no_patch_fields() {
+        let out: Value =
+            serde_json::from_slice(&respond("u", &Verdict::allow(Vec::new())).expect("encodes"))
+                .expect("json");
+        let response = out["response"].as_object().expect("object");
+        assert_eq!(response.get("allowed"), Some(&json!(true)));
+        for absent in ["patch", "patchType", "warnings", "status"] {
+            assert!(!response.contains_key(absent), "{absent} must be absent");
+        }
+    }
+
+    #[test]
+    fn deny_is_403_forbidden_with_the_message() {
+        let verdict = Verdict::Deny {
+            message: "two problems:\n- a\n- b".to_string(),
+            rules: vec!["r".to_string()],
+            warnings: Vec::new(),
+        };
+        let out: Value =
+            serde_json::from_slice(&respond("u-2", &verdict).expect("encodes")).expect("json");
+        let response = &out["response"];
+        assert_eq!(response["uid"], "u-2");
+        assert_eq!(response["allowed"], false);
+        assert_eq!(response["status"]["code"], 403);
+        assert_eq!(response["status"]["reason"], "Forbidden");
+        assert_eq!(response["status"]["message"], "two problems:\n- a\n- b");
+        assert!(response.get("patch").is_none());
+    }
+}
