@@ -191,3 +191,26 @@ pub fn reference_names(
         && field("name") == Some(name)
         && field("namespace").unwrap_or(own_namespace) == namespace
 }
+
+/// The source `serve` runs with: live lookups when it has cluster access, none otherwise.
+#[derive(Clone)]
+pub enum ServeSource {
+    Live(live::LiveSource),
+    Off(NoLookup),
+}
+
+impl ClusterSource for ServeSource {
+    async fn find(&self, subject: &Subject) -> Lookup {
+        match self {
+            ServeSource::Live(live) => live.find(subject).await,
+            ServeSource::Off(off) => off.find(subject).await,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        match self {
+            ServeSource::Live(live) => live.ready(),
+            ServeSource::Off(off) => off.ready(),
+        }
+    }
+}
