@@ -142,11 +142,3 @@ pub fn has_settings(annotations: &BTreeMap<String, String>) -> bool {
     annotations.keys().any(|k| k.starts_with(PREFIX))
 }
 
-/// TEMPORARY until the settings branch lands.
-pub fn render_problems(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| p.message.clone())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
