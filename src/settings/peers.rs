@@ -1177,7 +1177,7 @@ spec:
         let bomb = "a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n\
                     c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n";
         let many_docs = peer_doc("rr", "  peerIP: 10.0.0.1\n  asNumber: 1\n").repeat(1)
-            + &"---\na: 1\n".repeat(10_000);
+            + &"--- 1\n".repeat(10_000);
         let cases: Vec<(String, &str, &str)> = vec![
             (
                 bomb.to_string(),
@@ -1245,7 +1245,7 @@ spec:
                 "not valid YAML",
             ),
             (
-                "\tkey: x\n".to_string(),
+                "a: b: c\n".to_string(),
                 rules::ROUTE_REFLECTORS_YAML,
                 "not valid YAML",
             ),
@@ -1505,7 +1505,7 @@ spec:
             (
                 "  peerIP: 10.0.0.1\n  asNumber: 1\n  nodeSelector: rack = 'a'\n",
                 rules::BGP_PEER_SELECTOR,
-                "is not a valid Calico selector: use \"==\" for equality at position 6",
+                "is not a valid Calico selector: use \"==\" for equality (near \"=\") at position 6",
             ),
             (
                 "  peerSelector: $(reboot)\n",

@@ -231,6 +231,10 @@ impl<'a> Parser<'a> {
     }
 
     fn operator(&mut self) -> Result<(), SelectorError> {
+        self.skip_ws();
+        if self.rest().starts_with('=') && !self.rest().starts_with("==") {
+            return Err(self.error("use \"==\" for equality"));
+        }
         if self.eat("==") || self.eat("!=") {
             return self.string();
         }
@@ -251,9 +255,6 @@ impl<'a> Parser<'a> {
                 return self.string();
             }
             return Err(self.error("expected \"with\""));
-        }
-        if self.eat("=") {
-            return Err(self.error("use \"==\" for equality"));
         }
         Err(self
             .error("expected an operator (==, !=, in, not in, contains, starts with, ends with)"))
@@ -459,7 +460,7 @@ mod tests {
                 .message
                 .contains("deeper")
         );
-        let wide = vec!["has(a)"; 140].join(" && ");
+        let wide = vec!["has(a)"; 100].join(" && ");
         assert_eq!(validate(&wide), Ok(()));
     }
 

@@ -975,7 +975,7 @@ mod tests {
             "172.16.28.0/24",
             "fd00:10:244::/56",
             "10.1.2.3/32",
-            "0.0.0.0/0",
+            "fd00::/8",
         ] {
             assert_eq!(
                 parse_pod_cidr(raw).map(|n| n.to_string()),
@@ -1002,6 +1002,8 @@ mod tests {
             ("169.254.0.0/16", rules::POD_CIDR_LINK_LOCAL, None),
             ("169.254.10.0/24", rules::POD_CIDR_LINK_LOCAL, None),
             ("128.0.0.0/1", rules::POD_CIDR_LINK_LOCAL, None),
+            ("0.0.0.0/0", rules::POD_CIDR_LINK_LOCAL, None),
+            ("::/0", rules::POD_CIDR_LINK_LOCAL, None),
             ("fe80::/64", rules::POD_CIDR_LINK_LOCAL, None),
             (
                 "10.0.0.0",
