@@ -184,20 +184,22 @@ pub fn has_settings(annotations: &BTreeMap<String, String>) -> bool {
     annotations.keys().any(|k| k.starts_with(PREFIX))
 }
 
-/// `capi-calico.io/ annotations ignored: ...` for a cluster that is not opted in (under 120 characters).
+/// The warning for a not-opted-in object that carries other settings. Always under 120 characters: names at
+/// most one key (truncated) and counts the rest.
 fn ignored_warning(others: &[&str]) -> String {
-    let mut shown: Vec<String> = others
-        .iter()
-        .take(2)
-        .map(|k| problem::escape(&k.chars().take(32).collect::<String>()))
-        .collect();
-    if others.len() > 2 {
-        shown.push(format!("+{} more", others.len() - 2));
-    }
+    let first = others
+        .first()
+        .map(|k| k.chars().take(29).collect::<String>())
+        .unwrap_or_default();
+    let more = if others.len() > 1 {
+        format!(" +{} more", others.len() - 1)
+    } else {
+        String::new()
+    };
     format!(
-        "{PREFIX} annotations ignored ({}): {PREFIX}{} is not \"true\"",
-        shown.join(", "),
-        keys::CUSTOM_CALICO_DEPLOYMENT
+        "{PREFIX} annotations ignored, {} is not \"true\": {}{more}",
+        keys::CUSTOM_CALICO_DEPLOYMENT,
+        problem::escape(&first)
     )
 }
 
@@ -326,7 +328,7 @@ impl<'a> Resolver<'a> {
             for variable in [keys::CALICO_ROUTE_REFLECTORS, keys::CALICO_BGP_AS_NUMBER] {
                 if self.get(variable).is_some_and(|v| !v.is_empty()) {
                     self.warnings.push(format!(
-                        "{PREFIX}{variable} is not applied: {PREFIX}{} is not \"true\"",
+                        "{PREFIX}{variable} is not applied: {} is not \"true\"",
                         keys::CONFIGURE_CALICO_BGP_SETTINGS
                     ));
                 }
@@ -469,7 +471,7 @@ impl<'a> Resolver<'a> {
                     (None, _) => {
                         if let Some(Some(size)) = explicit_block {
                             self.warnings.push(format!(
-                                "{PREFIX}{} {size} is not applied: no pod CIDR is known (set {PREFIX}{})",
+                                "{PREFIX}{} {size} is not applied: no pod CIDR is known (set {})",
                                 keys::CALICO_BLOCK_SIZE,
                                 keys::CALICO_POD_CIDR
                             ));
@@ -618,7 +620,7 @@ impl<'a> Resolver<'a> {
             .collect();
             if !set.is_empty() {
                 self.warnings.push(format!(
-                    "{} not applied: {PREFIX}{} is not \"true\"",
+                    "{} not applied: {} is not \"true\"",
                     set.join(", "),
                     keys::INSTALL_CALICOCTL
                 ));

@@ -277,11 +277,7 @@ fn scan_yaml(text: &str) -> Result<Vec<usize>, PeerError> {
                     ));
                 }
             }
-            Event::DocumentEnd => {
-                if root_seen && !root_null {
-                    non_null.push(documents);
-                }
-            }
+            Event::DocumentEnd if root_seen && !root_null => non_null.push(documents),
             _ => {}
         }
     }
@@ -316,6 +312,9 @@ fn deserialize(text: &str) -> Result<Vec<Value>, PeerError> {
     options.merge_keys = serde_saphyr::MergeKeyPolicy::Error;
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
     options.strict_booleans = true;
+    // `064512` and `64_512` stay strings, so the strict AS/number checks see exactly what was written.
+    options.leading_zero_numbers_as_strings = true;
+    options.underscored_numbers_as_strings = true;
     options.reject_unsupported_tags = true;
     options.with_snippet = false;
     serde_saphyr::from_str_multiple_with_options::<Value, Vec<Value>>(text, options)
@@ -908,7 +907,11 @@ impl DocCheck<'_> {
                 "spec.keepOriginalNextHop: true and spec.nextHopMode cannot both be set: use nextHopMode: Keep alone",
             );
         }
-        if !has("peerIP") && !has("peerSelector") && !has("localWorkloadSelector") {
+        // A misspelt field (`peerIp`) is already reported; do not also claim the peer is missing.
+        let misspelt = spec
+            .keys()
+            .any(|k| !KNOWN_SPEC_FIELDS.contains(&k.as_str()));
+        if !has("peerIP") && !has("peerSelector") && !has("localWorkloadSelector") && !misspelt {
             self.push(
                 rules::BGP_PEER_FIELD,
                 "spec has no peer: set spec.peerIP (a route reflector's address) or spec.peerSelector",
@@ -1176,8 +1179,8 @@ spec:
     fn yaml_hostile_table() {
         let bomb = "a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n\
                     c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n";
-        let many_docs = peer_doc("rr", "  peerIP: 10.0.0.1\n  asNumber: 1\n").repeat(1)
-            + &"--- 1\n".repeat(10_000);
+        let many_docs =
+            peer_doc("rr", "  peerIP: 10.0.0.1\n  asNumber: 1\n") + &"--- 1\n".repeat(10_000);
         let cases: Vec<(String, &str, &str)> = vec![
             (
                 bomb.to_string(),
@@ -1413,6 +1416,16 @@ spec:
                 "negative",
             ),
             (
+                "  peerIP: 10.0.0.1\n  asNumber: 064512\n",
+                rules::BGP_PEER_AS_NUMBER,
+                "not an AS number",
+            ),
+            (
+                "  peerIP: 10.0.0.1\n  asNumber: 64_512\n",
+                rules::BGP_PEER_AS_NUMBER,
+                "not an AS number",
+            ),
+            (
                 "  peerIP: 10.0.0.1\n  asNumber: 4294967295\n",
                 rules::BGP_PEER_AS_NUMBER,
                 "int32",
@@ -1631,6 +1644,19 @@ spec:
     }
 
     #[test]
+    fn misspelt_field_is_the_only_complaint() {
+        let e = one_error(&peer_doc("rr1", "  peerIp: 10.0.0.1\n  asNumber: 65100\n"));
+        assert_eq!(e.rule, rules::BGP_PEER_UNKNOWN_FIELD);
+        assert_eq!(
+            e.message,
+            "document 1 (BGPPeer \"rr1\"): spec.peerIp is not a BGPPeer field: did you mean \"peerIP\"? known fields: \
+             node, nodeSelector, peerIP, asNumber, localASNumber, peerSelector, keepOriginalNextHop, nextHopMode, \
+             password, sourceAddress, maxRestartTime, keepaliveTime, numAllowedLocalASNumbers, ttlSecurity, \
+             reachableBy, filters, localWorkloadSelector, reversePeering"
+        );
+    }
+
+    #[test]
     fn all_problems_of_all_documents_are_collected() {
         let text = format!(
             "{}---\n{}",
@@ -1654,7 +1680,7 @@ spec:
                 .any(|e| e.message.starts_with("document 2 (BGPPeer \"Bad\")")),
             "{all:#?}"
         );
-        assert!(all.len() >= 5, "{all:#?}");
+        assert_eq!(all.len(), 4, "{all:#?}");
     }
 
     #[test]

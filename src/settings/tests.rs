@@ -109,7 +109,7 @@ fn not_opted_in_table() {
     assert_eq!(
         warnings,
         vec![
-            "capi-calico.io/ annotations ignored (CALICO_BLOCK_SIZE, X, +1 more): capi-calico.io/CUSTOM_CALICO_DEPLOYMENT is not \"true\""
+            "capi-calico.io/ annotations ignored, CUSTOM_CALICO_DEPLOYMENT is not \"true\": CALICO_BLOCK_SIZE +2 more"
         ]
     );
 }
@@ -499,7 +499,12 @@ fn pool_messages() {
 #[test]
 fn encapsulation_table() {
     let v6 = network(&["fd00:10:244::/56"]);
-    let cases: &[(&[(&str, &str)], Option<&ClusterNetwork>, &[&str])] = &[
+    type Case<'a> = (
+        &'a [(&'a str, &'a str)],
+        Option<&'a ClusterNetwork>,
+        &'a [&'a str],
+    );
+    let cases: &[Case] = &[
         (&[("CALICO_ENCAPSULATION", "VXLAN")], None, &[]),
         (
             &[("CALICO_ENCAPSULATION", "VXLANCrossSubnet")],
@@ -952,6 +957,50 @@ fn url_through_resolve() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn every_warning_is_short() {
+    let sha = "ab".repeat(32);
+    let rr = rr_b64(RR);
+    let scenarios: Vec<Vec<(&str, &str)>> = vec![
+        vec![
+            ("CALICO_ROUTE_REFLECTORS", &rr),
+            ("CALICO_BGP_AS_NUMBER", "65100"),
+            ("CALICOCTL_URL", "http://m/{version}/{arch}"),
+            ("CALICOCTL_SHA256_AMD64", &sha),
+            ("CALICOCTL_SHA256_ARM64", &sha),
+            ("CALICO_BLOCK_SIZE", "122"),
+        ],
+        vec![
+            ("CALICO_VERSION", "v3.32.3"),
+            ("CALICOCTL_SHA256_ARM64", &sha),
+            ("INSTALL_CALICOCTL", "true"),
+            ("CALICOCTL_URL", "http://m/{version}/{arch}"),
+        ],
+    ];
+    for pairs in scenarios {
+        let (_, warnings) = settings(&pairs, None);
+        assert!(warnings.len() >= 2, "{warnings:?}");
+        for w in warnings {
+            assert!(w.chars().count() < 120, "{} chars: {w}", w.chars().count());
+        }
+    }
+    let many: Vec<String> = keys::KNOWN_KEYS[1..]
+        .iter()
+        .map(|k| format!("{PREFIX}{k}"))
+        .collect();
+    let all: BTreeMap<String, String> = many.into_iter().map(|k| (k, "x".into())).collect();
+    let Resolution::NotOptedIn { warnings } = resolve(&all, None) else {
+        panic!("not opted in")
+    };
+    assert!(warnings[0].chars().count() < 120, "{}", warnings[0]);
+    let long_key: BTreeMap<String, String> =
+        [(format!("{PREFIX}{}", "Z".repeat(500)), String::new())].into();
+    let Resolution::NotOptedIn { warnings } = resolve(&long_key, None) else {
+        panic!("not opted in")
+    };
+    assert!(warnings[0].chars().count() < 120, "{}", warnings[0]);
 }
 
 // ------------------------------------------------------------------------------------------------------------

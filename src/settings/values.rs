@@ -182,14 +182,19 @@ pub fn parse_encapsulation(raw: &str) -> Result<Encapsulation, ValueError> {
 // ---------------------------------------------------------------------------------------------------------------
 // Numbers
 
+/// The text is not a strict decimal number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a plain decimal number")]
+pub struct NotDecimal;
+
 /// A strict unsigned decimal: ASCII digits only, no sign, no spaces, no leading zeros (except `0` itself).
 /// Returns `Ok(None)` for a well-formed number too large for `u64`.
-pub fn strict_decimal(raw: &str) -> Result<Option<u64>, ()> {
+pub fn strict_decimal(raw: &str) -> Result<Option<u64>, NotDecimal> {
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(());
+        return Err(NotDecimal);
     }
     if raw.len() > 1 && raw.starts_with('0') {
-        return Err(());
+        return Err(NotDecimal);
     }
     Ok(raw.parse::<u64>().ok())
 }
@@ -246,7 +251,7 @@ impl Family {
 /// `CALICO_BLOCK_SIZE` syntax and coarse range (valid for at least one family). The family-specific range is
 /// checked by [`check_block_size`].
 pub fn parse_block_size(raw: &str) -> Result<u8, ValueError> {
-    let number = strict_decimal(raw).map_err(|()| {
+    let number = strict_decimal(raw).map_err(|NotDecimal| {
         ValueError::new(
             rules::BLOCK_SIZE_FORMAT,
             "is not a plain decimal integer: write the block size as digits only, e.g. 26 (no sign, spaces or \
@@ -423,8 +428,8 @@ pub fn parse_as_number_allow_zero(raw: &str) -> Result<u32, ValueError> {
         return Err(format_error());
     }
     let value: u64 = if let Some((high, low)) = raw.split_once('.') {
-        let high = strict_decimal(high).map_err(|()| format_error())?;
-        let low = strict_decimal(low).map_err(|()| format_error())?;
+        let high = strict_decimal(high).map_err(|NotDecimal| format_error())?;
+        let low = strict_decimal(low).map_err(|NotDecimal| format_error())?;
         match (high, low) {
             (Some(h), Some(l)) if h <= 65_535 && l <= 65_535 => (h << 16) + l,
             _ => {
@@ -435,7 +440,7 @@ pub fn parse_as_number_allow_zero(raw: &str) -> Result<u32, ValueError> {
             }
         }
     } else {
-        match strict_decimal(raw).map_err(|()| format_error())? {
+        match strict_decimal(raw).map_err(|NotDecimal| format_error())? {
             Some(n) => n,
             None => return Err(range_error(String::new())),
         }
@@ -848,7 +853,8 @@ mod tests {
             assert_eq!(parse_encapsulation(raw), Ok(want));
             assert_eq!(want.as_str(), raw);
         }
-        let bad: &[(&str, fn(&str) -> Result<(), ValueError>, Option<&str>)] = &[
+        type Parse = fn(&str) -> Result<(), ValueError>;
+        let bad: &[(&str, Parse, Option<&str>)] = &[
             (
                 "enabled",
                 |s| parse_bgp_option(s).map(drop),
