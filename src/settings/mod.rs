@@ -1,6 +1,11 @@
 //! The Calico settings model: `capi-calico.io/<VARIABLE>` annotations parsed into typed, validated values.
 //!
 //! Pure: no I/O. Everything a user can get wrong in an annotation is reported here as a [`Problem`].
+//!
+//! Entry points: [`resolve`] (annotations -> [`Resolution`]), [`has_settings`], and [`render_problems`] (one
+//! multi-line message for a denial). Submodules: [`keys`] (known keys, suggestions), [`values`] (single-value
+//! parsers), [`peers`] (`CALICO_ROUTE_REFLECTORS`), [`selector`] (Calico selector grammar), [`checksums`]
+//! (built-in calicoctl SHA-256 table), [`problem`] (display and the stable [`rules`] ids).
 
 use std::collections::BTreeMap;
 
@@ -110,7 +115,8 @@ pub struct Settings {
 pub struct Problem {
     /// Full annotation key, e.g. `capi-calico.io/CALICO_BLOCK_SIZE`.
     pub key: String,
-    /// The value received, if any (already truncated/escaped for display by the constructor).
+    /// The value received, if any, in display form: quoted, escaped and truncated by the constructor
+    /// (see [`problem::display_value`]), e.g. `"19"` or `"LS0t…" (2048 bytes)`.
     pub value: Option<String>,
     /// Stable rule identifier, used as a metrics label (e.g. `block-size-range`).
     pub rule: &'static str,
