@@ -53,7 +53,7 @@ pub fn is_known(variable: &str) -> bool {
 }
 
 /// Inputs longer than this are never compared (keeps suggestion cost bounded on hostile input).
-const MAX_COMPARED_CHARS: usize = 128;
+pub const MAX_COMPARED_CHARS: usize = 128;
 
 /// Levenshtein distance, case-insensitive (ASCII), with a bounded input length.
 /// Returns `None` when either side is longer than [`MAX_COMPARED_CHARS`].
