@@ -576,7 +576,7 @@ mod tests {
         ));
         // Mix with a chunk of a different load.
         let b = bundle_with_limit(&operator(), &crd("b.example.io", 600), &V, "ns", 1000).unwrap();
-        let mixed = vec![a[0].clone(), b[1].clone()];
+        let mixed = [a[0].clone(), b[1].clone()];
         assert!(matches!(
             select_bundle(mixed.iter(), "v3.31.7"),
             Err(BundleProblem::Incomplete { .. })

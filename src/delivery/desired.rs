@@ -341,7 +341,7 @@ pub fn bundle_missing_warning(
     loaded_versions: &[String],
 ) -> Option<String> {
     let tag = version_tag(version);
-    if loaded_versions.iter().any(|v| *v == tag) {
+    if loaded_versions.contains(&tag) {
         return None;
     }
     let loaded = if loaded_versions.is_empty() {
