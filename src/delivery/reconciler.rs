@@ -189,7 +189,14 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         .collect::<Result<Vec<Value>, _>>()?;
 
     let status = match plan(&object, bundle_configmaps.iter()) {
-        Plan::Ignore => return Ok(Action::await_change()),
+        Plan::Ignore => {
+            // Opted out (or never in): objects written earlier stay (see docs/delivery.md), only our status
+            // annotation goes, so it does not claim a delivery that is no longer managed.
+            if current_status(&object).is_some() {
+                patch_status(&ctx, &cluster, Value::Null).await?;
+            }
+            return Ok(Action::await_change());
+        }
         Plan::Apply { desired, status } => {
             let Some(cref) = ClusterRef::from_object(&object) else {
                 return Ok(Action::await_change());
@@ -271,17 +278,12 @@ async fn apply(
     Ok(())
 }
 
-/// Write the status annotation and publish an Event, only when the status changed.
-async fn record(
+/// Set (a string) or remove (`null`) the status annotation with a JSON merge patch on the Cluster.
+async fn patch_status(
     ctx: &Ctx,
     cluster: &DynamicObject,
-    object: &Value,
-    status: &DeliveryStatus,
+    value: Value,
 ) -> Result<(), DeliveryError> {
-    let value = status.annotation_value();
-    if current_status(object) == Some(value.as_str()) {
-        return Ok(());
-    }
     let namespace = cluster.namespace().unwrap_or_default();
     let clusters: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &namespace, &ctx.cluster_resource);
@@ -293,6 +295,22 @@ async fn record(
     clusters
         .patch(&cluster.name_any(), &params, &Patch::Merge(&patch))
         .await?;
+    Ok(())
+}
+
+/// Write the status annotation and publish an Event, only when the status changed.
+async fn record(
+    ctx: &Ctx,
+    cluster: &DynamicObject,
+    object: &Value,
+    status: &DeliveryStatus,
+) -> Result<(), DeliveryError> {
+    let value = status.annotation_value();
+    if current_status(object) == Some(value.as_str()) {
+        return Ok(());
+    }
+    patch_status(ctx, cluster, Value::String(value)).await?;
+    let namespace = cluster.namespace().unwrap_or_default();
 
     let mut note = status.message();
     if note.len() > 1000 {
