@@ -282,6 +282,12 @@ pub fn bundle_with_limit(
     Ok(out)
 }
 
+/// Wrap objects in a `v1` `List`, the form the `bundle` command should print: JSON that
+/// `kubectl apply --server-side -f -` accepts, with no YAML emitter between the chunks and the API server.
+pub fn as_list(items: Vec<Value>) -> Value {
+    json!({ "apiVersion": "v1", "kind": "List", "items": items })
+}
+
 /// Bytes of a ConfigMap's `data` (keys + values), the quantity the API server limits to 1 MiB.
 pub fn data_size(configmap: &Value) -> usize {
     configmap

@@ -16,10 +16,10 @@ pub mod desired;
 pub mod installation;
 pub mod reconciler;
 
-pub use bundle::{Bundle, BundleChunk, bundle, reassemble};
-pub use desired::{DeliveryStatus, desired_objects};
+pub use bundle::{Bundle, BundleChunk, as_list, bundle, reassemble};
+pub use desired::{DeliveryStatus, bundle_missing_warning, desired_objects};
 pub use installation::installation_configmap;
-pub use reconciler::{ReconcilerConfig, run_reconciler};
+pub use reconciler::{ReconcilerConfig, run_reconciler, run_reconciler_until};
 
 use crate::settings::CalicoVersion;
 
@@ -97,6 +97,4 @@ pub enum DeliveryError {
     Json(#[from] serde_json::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("watch: {0}")]
-    Watch(String),
 }
