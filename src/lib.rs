@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod cli;
 pub mod cluster;
+pub mod delivery;
 pub mod manifest;
 pub mod mutation;
 pub mod settings;

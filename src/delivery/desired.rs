@@ -1,0 +1,601 @@
+//! What the reconciler wants to exist for one Cluster: a pure function of the Cluster, its settings and the loaded
+//! bundle. The controller only applies what this module computes.
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    CLUSTER_LABEL, COUNT_ANNOTATION, DIGEST_ANNOTATION, DeliveryError, FIELD_MANAGER,
+    INDEX_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL, STATUS_ANNOTATION, VERSION_LABEL,
+    bundle::{Bundle, BundleProblem, select_bundle},
+    installation::{installation_configmap, installation_configmap_name},
+    version_tag,
+};
+use crate::{
+    cluster::ClusterInfo,
+    settings::{self, CalicoVersion, Resolution, Settings},
+};
+
+/// `apiVersion` of the Clusters the reconciler watches and owns objects for.
+pub const CLUSTER_API_VERSION: &str = "cluster.x-k8s.io/v1beta2";
+/// `apiVersion` of the ClusterResourceSet it writes.
+pub const CRS_API_VERSION: &str = "addons.cluster.x-k8s.io/v1beta2";
+/// The CRS strategy. `Reconcile`: when the Installation ConfigMap or a bundle chunk changes, CAPI applies it again
+/// (see `docs/delivery.md`). The field is immutable, so it is a constant.
+pub const CRS_STRATEGY: &str = "Reconcile";
+
+/// The Cluster as the desired-state computation needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Value of the [`CLUSTER_LABEL`] label, if any.
+    pub selector_label: Option<String>,
+}
+
+impl ClusterRef {
+    /// Read name, namespace, uid and the selector label from a Cluster object.
+    pub fn from_object(object: &Value) -> Option<ClusterRef> {
+        let metadata = object.get("metadata")?;
+        let text = |k: &str| metadata.get(k).and_then(Value::as_str);
+        Some(ClusterRef {
+            namespace: text("namespace").unwrap_or("default").to_string(),
+            name: text("name")?.to_string(),
+            uid: text("uid")?.to_string(),
+            selector_label: metadata
+                .get("labels")
+                .and_then(|l| l.get(CLUSTER_LABEL))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+
+    /// An ownerReference to this Cluster. `controller: true` only for objects this Cluster alone owns;
+    /// `blockOwnerDeletion` is left unset (setting it would need `update` on `clusters/finalizers`).
+    pub fn owner_reference(&self, controller: bool) -> Value {
+        let mut owner = json!({
+            "apiVersion": CLUSTER_API_VERSION,
+            "kind": "Cluster",
+            "name": self.name,
+            "uid": self.uid,
+        });
+        if controller {
+            owner["controller"] = json!(true);
+        }
+        owner
+    }
+}
+
+/// `<cluster>-calico`.
+pub fn crs_name(cluster: &str) -> String {
+    format!("{cluster}-calico")
+}
+
+/// Field manager that owns one Cluster's entry in the ownerReferences of a shared bundle copy. SSA merges
+/// ownerReferences by `uid`, but a manager that applies a list owns exactly the entries it sent: one manager
+/// applying "[this Cluster]" for each Cluster in turn would remove the previous Cluster's entry. A manager per
+/// Cluster makes every entry independent, without a read-modify-write race between Clusters or replicas.
+pub fn owner_field_manager(cluster_uid: &str) -> String {
+    format!("{FIELD_MANAGER}/{cluster_uid}")
+}
+
+/// Everything to apply for one Cluster, in apply order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// Copies of the bundle ConfigMaps in the Cluster's namespace (content only, applied by [`FIELD_MANAGER`]).
+    pub bundle_copies: Vec<Value>,
+    /// For each copy (same order), the apply body carrying only this Cluster's ownerReference, applied by
+    /// [`owner_field_manager`].
+    pub bundle_owners: Vec<Value>,
+    /// `<cluster>-calico-installation`, owned (controller) by the Cluster.
+    pub installation: Value,
+    /// `<cluster>-calico`, owned (controller) by the Cluster.
+    pub cluster_resource_set: Value,
+}
+
+fn copy_of(
+    chunk: &super::bundle::BundleChunk,
+    bundle: &Bundle,
+    namespace: &str,
+    count: usize,
+) -> Value {
+    let data: Map<String, Value> = chunk
+        .data
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": chunk.name,
+            "namespace": namespace,
+            "labels": {
+                VERSION_LABEL: bundle.version,
+                ROLE_LABEL: chunk.role.as_str(),
+                MANAGED_BY_LABEL: MANAGED_BY,
+            },
+            "annotations": {
+                INDEX_ANNOTATION: chunk.index.to_string(),
+                COUNT_ANNOTATION: count.to_string(),
+                DIGEST_ANNOTATION: bundle.digest,
+            },
+        },
+        "data": data,
+    })
+}
+
+/// The objects for `cluster` with `settings` and the loaded `bundle` (the one for `settings.calico_version`).
+pub fn desired_objects(
+    cluster: &ClusterRef,
+    settings: &Settings,
+    bundle: &Bundle,
+) -> Result<Desired, DeliveryError> {
+    let ns = cluster.namespace.as_str();
+    let count = bundle.chunks.len();
+    let bundle_copies: Vec<Value> = bundle
+        .chunks
+        .iter()
+        .map(|c| copy_of(c, bundle, ns, count))
+        .collect();
+    let bundle_owners = bundle
+        .chunks
+        .iter()
+        .map(|c| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": c.name,
+                    "namespace": ns,
+                    "ownerReferences": [cluster.owner_reference(false)],
+                },
+            })
+        })
+        .collect();
+
+    let mut installation = installation_configmap(&cluster.name, ns, settings)?;
+    installation["metadata"]["ownerReferences"] = json!([cluster.owner_reference(true)]);
+
+    let mut resources: Vec<Value> = bundle
+        .chunks
+        .iter()
+        .map(|c| json!({ "name": c.name, "kind": "ConfigMap" }))
+        .collect();
+    resources
+        .push(json!({ "name": installation_configmap_name(&cluster.name), "kind": "ConfigMap" }));
+    let cluster_resource_set = json!({
+        "apiVersion": CRS_API_VERSION,
+        "kind": "ClusterResourceSet",
+        "metadata": {
+            "name": crs_name(&cluster.name),
+            "namespace": ns,
+            "labels": {
+                CLUSTER_LABEL: cluster.name,
+                MANAGED_BY_LABEL: MANAGED_BY,
+            },
+            "ownerReferences": [cluster.owner_reference(true)],
+        },
+        "spec": {
+            "clusterSelector": { "matchLabels": { CLUSTER_LABEL: cluster.name } },
+            "strategy": CRS_STRATEGY,
+            "resources": resources,
+        },
+    });
+    Ok(Desired {
+        bundle_copies,
+        bundle_owners,
+        installation,
+        cluster_resource_set,
+    })
+}
+
+/// The condition-like state written to [`STATUS_ANNOTATION`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Everything applied.
+    Delivered { version: String },
+    /// Everything applied, but the Cluster lacks the `capi-calico.io/cluster` label, so the CRS selects nothing yet.
+    LabelMissing { version: String },
+    /// No bundle for the version in the bundle namespace.
+    BundleMissing { message: String },
+    /// A partial or mixed bundle.
+    BundleIncomplete { message: String },
+    /// The settings do not resolve (the validating webhook was bypassed or its rules changed).
+    InvalidSettings { message: String },
+    /// Valid settings the operator would refuse.
+    Unsupported { message: String },
+}
+
+impl DeliveryStatus {
+    /// `Delivered`, `BundleMissing`, ...: the Event reason and the annotation's `reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DeliveryStatus::Delivered { .. } => "Delivered",
+            DeliveryStatus::LabelMissing { .. } => "LabelMissing",
+            DeliveryStatus::BundleMissing { .. } => "BundleMissing",
+            DeliveryStatus::BundleIncomplete { .. } => "BundleIncomplete",
+            DeliveryStatus::InvalidSettings { .. } => "InvalidSettings",
+            DeliveryStatus::Unsupported { .. } => "Unsupported",
+        }
+    }
+
+    /// True only for [`DeliveryStatus::Delivered`].
+    pub fn is_ready(&self) -> bool {
+        matches!(self, DeliveryStatus::Delivered { .. })
+    }
+
+    /// Human-readable message.
+    pub fn message(&self) -> String {
+        match self {
+            DeliveryStatus::Delivered { version } => format!(
+                "Calico {version}: operator bundle, Installation and ClusterResourceSet are in place"
+            ),
+            DeliveryStatus::LabelMissing { version } => format!(
+                "Calico {version}: objects are in place, but the Cluster has no label {CLUSTER_LABEL}=<cluster name>, so the ClusterResourceSet selects nothing (is the mutating webhook running?)"
+            ),
+            DeliveryStatus::BundleMissing { message }
+            | DeliveryStatus::BundleIncomplete { message }
+            | DeliveryStatus::InvalidSettings { message }
+            | DeliveryStatus::Unsupported { message } => message.clone(),
+        }
+    }
+
+    /// The annotation value: one line of JSON, `{"type":"CalicoDelivered","status":"True","reason":...,"message":...}`.
+    /// No timestamp, so an unchanged state writes an unchanged value (and triggers nothing).
+    pub fn annotation_value(&self) -> String {
+        json!({
+            "type": "CalicoDelivered",
+            "status": if self.is_ready() { "True" } else { "False" },
+            "reason": self.reason(),
+            "message": self.message(),
+        })
+        .to_string()
+    }
+}
+
+/// What to do for one Cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Not opted in (or not a readable Cluster): touch nothing.
+    Ignore,
+    /// Apply these objects, then record the status.
+    Apply {
+        desired: Box<Desired>,
+        status: DeliveryStatus,
+    },
+    /// Apply nothing; record the status (a problem).
+    Report(DeliveryStatus),
+}
+
+/// Decide from the Cluster object and the bundle namespace's ConfigMaps (as JSON).
+pub fn plan<'a>(cluster: &Value, bundle_configmaps: impl IntoIterator<Item = &'a Value>) -> Plan {
+    let (Some(info), Some(cref)) = (
+        ClusterInfo::from_object(cluster),
+        ClusterRef::from_object(cluster),
+    ) else {
+        return Plan::Ignore;
+    };
+    let settings = match settings::resolve(&info.annotations, Some(&info.network)) {
+        Resolution::NotOptedIn { .. } => return Plan::Ignore,
+        Resolution::Invalid { problems } => {
+            return Plan::Report(DeliveryStatus::InvalidSettings {
+                message: settings::render_problems(&problems),
+            });
+        }
+        Resolution::OptedIn { settings, .. } => settings,
+    };
+    if !info.unparsable_pod_cidrs.is_empty() {
+        return Plan::Report(DeliveryStatus::InvalidSettings {
+            message: format!(
+                "spec.clusterNetwork.pods.cidrBlocks has entries that are not CIDRs: {}",
+                info.unparsable_pod_cidrs.join(", ")
+            ),
+        });
+    }
+    plan_for(&cref, &settings, bundle_configmaps)
+}
+
+/// [`plan`] once the settings are known.
+pub fn plan_for<'a>(
+    cluster: &ClusterRef,
+    settings: &Settings,
+    bundle_configmaps: impl IntoIterator<Item = &'a Value>,
+) -> Plan {
+    let version = version_tag(&settings.calico_version);
+    let bundle = match select_bundle(bundle_configmaps, &version) {
+        Ok(bundle) => bundle,
+        Err(problem @ BundleProblem::Missing { .. }) => {
+            return Plan::Report(DeliveryStatus::BundleMissing {
+                message: problem.to_string(),
+            });
+        }
+        Err(problem @ BundleProblem::Incomplete { .. }) => {
+            return Plan::Report(DeliveryStatus::BundleIncomplete {
+                message: problem.to_string(),
+            });
+        }
+    };
+    match desired_objects(cluster, settings, &bundle) {
+        Ok(desired) => {
+            let status = if cluster.selector_label.as_deref() == Some(cluster.name.as_str()) {
+                DeliveryStatus::Delivered { version }
+            } else {
+                DeliveryStatus::LabelMissing { version }
+            };
+            Plan::Apply {
+                desired: Box::new(desired),
+                status,
+            }
+        }
+        Err(e) => Plan::Report(DeliveryStatus::Unsupported {
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// For the admission path: a warning when the bundle for `version` is not among `loaded_versions` (`vX.Y.Z`
+/// values of the [`VERSION_LABEL`] label in the bundle namespace). `None` when it is loaded.
+pub fn bundle_missing_warning(
+    version: &CalicoVersion,
+    loaded_versions: &[String],
+) -> Option<String> {
+    let tag = version_tag(version);
+    if loaded_versions.contains(&tag) {
+        return None;
+    }
+    let loaded = if loaded_versions.is_empty() {
+        "none".to_string()
+    } else {
+        loaded_versions.join(", ")
+    };
+    Some(format!(
+        "capi-calico.io/CALICO_VERSION {tag}: no Calico operator bundle for this version is loaded in the management cluster (loaded: {loaded}); Calico will not be delivered until it is"
+    ))
+}
+
+/// The current value of [`STATUS_ANNOTATION`] on a Cluster object.
+pub fn current_status(cluster: &Value) -> Option<&str> {
+    cluster
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(STATUS_ANNOTATION))
+        .and_then(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::{
+        bundle::{bundle_with_limit, reassemble},
+        installation::tests::settings,
+    };
+    use crate::settings::{BgpOption, Encapsulation, NatOutgoing};
+
+    fn cluster() -> ClusterRef {
+        ClusterRef {
+            namespace: "team-a".into(),
+            name: "prod-1".into(),
+            uid: "0d9d3c8e-5c47-4f3b-9d7e-1b2f3c4d5e6f".into(),
+            selector_label: Some("prod-1".into()),
+        }
+    }
+
+    fn loaded_bundle() -> Vec<Value> {
+        let crds: Vec<String> = (0..4)
+            .map(|i| {
+                format!(
+                    "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: c{i}.example.io\nspec:\n  d: \"{}\"\n",
+                    "y".repeat(400)
+                )
+            })
+            .collect();
+        let operator = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n";
+        let version = CalicoVersion {
+            major: 3,
+            minor: 31,
+            patch: 7,
+        };
+        bundle_with_limit(
+            operator,
+            &crds.join("---\n"),
+            &version,
+            "capi-calico-system",
+            1000,
+        )
+        .unwrap()
+    }
+
+    fn s() -> Settings {
+        settings(
+            BgpOption::Enabled,
+            Encapsulation::Vxlan,
+            NatOutgoing::Enabled,
+            "10.244.0.0/16",
+            26,
+        )
+    }
+
+    #[test]
+    fn desired_objects_for_an_opted_in_cluster() {
+        let loaded = loaded_bundle();
+        let Plan::Apply { desired, status } = plan_for(&cluster(), &s(), loaded.iter()) else {
+            panic!("expected Apply");
+        };
+        assert_eq!(
+            status,
+            DeliveryStatus::Delivered {
+                version: "v3.31.7".into()
+            }
+        );
+        // Copies: same names and content as the loaded bundle, in the Cluster's namespace, no ownerReferences.
+        assert_eq!(desired.bundle_copies.len(), loaded.len());
+        for (copy, original) in desired.bundle_copies.iter().zip(&loaded) {
+            assert_eq!(copy["metadata"]["name"], original["metadata"]["name"]);
+            assert_eq!(copy["metadata"]["namespace"], "team-a");
+            assert_eq!(copy["data"], original["data"]);
+            assert_eq!(
+                copy["metadata"]["annotations"],
+                original["metadata"]["annotations"]
+            );
+            assert!(copy["metadata"].get("ownerReferences").is_none());
+        }
+        assert_eq!(
+            reassemble(&desired.bundle_copies).unwrap(),
+            reassemble(&loaded).unwrap()
+        );
+        for owner in &desired.bundle_owners {
+            assert_eq!(
+                owner["metadata"]["ownerReferences"],
+                json!([{
+                    "apiVersion": "cluster.x-k8s.io/v1beta2",
+                    "kind": "Cluster",
+                    "name": "prod-1",
+                    "uid": "0d9d3c8e-5c47-4f3b-9d7e-1b2f3c4d5e6f",
+                }])
+            );
+        }
+        assert_eq!(
+            desired.installation["metadata"]["name"],
+            "prod-1-calico-installation"
+        );
+        assert_eq!(
+            desired.installation["metadata"]["ownerReferences"][0]["controller"],
+            true
+        );
+
+        let crs = &desired.cluster_resource_set;
+        assert_eq!(crs["metadata"]["name"], "prod-1-calico");
+        assert_eq!(crs["metadata"]["namespace"], "team-a");
+        assert_eq!(
+            crs["spec"]["clusterSelector"],
+            json!({ "matchLabels": { "capi-calico.io/cluster": "prod-1" } })
+        );
+        assert_eq!(crs["spec"]["strategy"], "Reconcile");
+        let names: Vec<&str> = crs["spec"]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        let mut expected: Vec<String> = loaded
+            .iter()
+            .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        expected.push("prod-1-calico-installation".into());
+        assert_eq!(names, expected);
+        // CRD chunks first, then the operator, then the Installation.
+        assert!(names[0].contains("-crds-"));
+        assert!(names[names.len() - 2].contains("-operator-"));
+    }
+
+    #[test]
+    fn deterministic() {
+        let loaded = loaded_bundle();
+        let a = desired_objects(
+            &cluster(),
+            &s(),
+            &select_bundle(loaded.iter(), "v3.31.7").unwrap(),
+        )
+        .unwrap();
+        let b = desired_objects(
+            &cluster(),
+            &s(),
+            &select_bundle(loaded.iter().rev(), "v3.31.7").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(
+            serde_json::to_string(&a.cluster_resource_set).unwrap(),
+            serde_json::to_string(&b.cluster_resource_set).unwrap()
+        );
+    }
+
+    #[test]
+    fn problems_become_status() {
+        let loaded = loaded_bundle();
+        let mut other = s();
+        other.calico_version = CalicoVersion {
+            major: 3,
+            minor: 30,
+            patch: 0,
+        };
+        let Plan::Report(status) = plan_for(&cluster(), &other, loaded.iter()) else {
+            panic!("expected Report");
+        };
+        assert_eq!(status.reason(), "BundleMissing");
+        assert!(status.message().contains("v3.30.0"));
+        let value: Value = serde_json::from_str(&status.annotation_value()).unwrap();
+        assert_eq!(value["status"], "False");
+
+        let partial: Vec<Value> = loaded.iter().skip(1).cloned().collect();
+        let Plan::Report(status) = plan_for(&cluster(), &s(), partial.iter()) else {
+            panic!("expected Report");
+        };
+        assert_eq!(status.reason(), "BundleIncomplete");
+
+        let bad = settings(
+            BgpOption::Disabled,
+            Encapsulation::Ipip,
+            NatOutgoing::Enabled,
+            "10.0.0.0/16",
+            26,
+        );
+        let Plan::Report(status) = plan_for(&cluster(), &bad, loaded.iter()) else {
+            panic!("expected Report");
+        };
+        assert_eq!(status.reason(), "Unsupported");
+
+        let mut unlabelled = cluster();
+        unlabelled.selector_label = None;
+        let Plan::Apply { status, .. } = plan_for(&unlabelled, &s(), loaded.iter()) else {
+            panic!("expected Apply");
+        };
+        assert_eq!(status.reason(), "LabelMissing");
+    }
+
+    #[test]
+    fn not_opted_in_is_ignored() {
+        let cluster = json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2",
+            "kind": "Cluster",
+            "metadata": { "name": "plain", "namespace": "default", "uid": "u1" },
+            "spec": { "clusterNetwork": { "pods": { "cidrBlocks": ["10.0.0.0/16"] } } },
+        });
+        assert_eq!(plan(&cluster, loaded_bundle().iter()), Plan::Ignore);
+        assert_eq!(
+            plan(&json!({"kind": "Cluster"}), std::iter::empty()),
+            Plan::Ignore
+        );
+    }
+
+    #[test]
+    fn status_annotation_key_is_outside_the_settings_prefix() {
+        assert!(!STATUS_ANNOTATION.starts_with(settings::PREFIX));
+        let v = DeliveryStatus::Delivered {
+            version: "v3.31.7".into(),
+        };
+        assert_eq!(v.annotation_value(), v.clone().annotation_value());
+        assert_eq!(
+            serde_json::from_str::<Value>(&v.annotation_value()).unwrap()["status"],
+            "True"
+        );
+    }
+
+    #[test]
+    fn admission_warning() {
+        let v = CalicoVersion {
+            major: 3,
+            minor: 31,
+            patch: 7,
+        };
+        assert_eq!(bundle_missing_warning(&v, &["v3.31.7".into()]), None);
+        let w = bundle_missing_warning(&v, &[]).unwrap();
+        assert!(w.contains("v3.31.7") && w.contains("none"));
+    }
+
+    #[test]
+    fn owner_managers_differ_per_cluster() {
+        assert_ne!(owner_field_manager("a"), owner_field_manager("b"));
+        assert!(owner_field_manager("0d9d3c8e-5c47-4f3b-9d7e-1b2f3c4d5e6f").len() <= 128);
+    }
+}

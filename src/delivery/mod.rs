@@ -1,0 +1,100 @@
+//! Calico itself, delivered to opted-in workload clusters through a Cluster API ClusterResourceSet.
+//!
+//! - [`bundle`]: the upstream `operator-crds.yaml` and `tigera-operator.yaml` cut into ConfigMaps that fit the API's
+//!   limits (the "bundle", loaded once per Calico version into the bundle namespace).
+//! - [`installation`]: the `operator.tigera.io/v1` Installation and APIServer rendered from [`Settings`].
+//! - [`desired`]: the pure computation of every object the reconciler writes for one Cluster.
+//! - [`reconciler`]: the kube-runtime Controller that applies them (server-side apply), reports problems as an Event
+//!   and the [`STATUS_ANNOTATION`] on the Cluster.
+//!
+//! See `docs/delivery.md` for the user flow and the decisions behind the names, the ordering and the CRS strategy.
+//!
+//! [`Settings`]: crate::settings::Settings
+
+pub mod bundle;
+pub mod desired;
+pub mod installation;
+pub mod reconciler;
+
+pub use bundle::{Bundle, BundleChunk, as_list, bundle, reassemble};
+pub use desired::{DeliveryStatus, bundle_missing_warning, desired_objects};
+pub use installation::installation_configmap;
+pub use reconciler::{ReconcilerConfig, run_reconciler, run_reconciler_until};
+
+use crate::settings::CalicoVersion;
+
+/// Field manager of every server-side apply the reconciler makes.
+pub const FIELD_MANAGER: &str = "capi-calico-webhook";
+/// Namespace the bundle is loaded into (`--bundle-namespace` overrides it).
+pub const DEFAULT_BUNDLE_NAMESPACE: &str = "capi-calico-system";
+/// Label put on opted-in Clusters by the mutating webhook; the ClusterResourceSet selects on it.
+pub const CLUSTER_LABEL: &str = "capi-calico.io/cluster";
+/// Label on bundle ConfigMaps (and their copies): the Calico version, `vX.Y.Z`.
+pub const VERSION_LABEL: &str = "capi-calico.io/calico-version";
+/// Label on bundle ConfigMaps (and their copies): `crds` or `operator`.
+pub const ROLE_LABEL: &str = "capi-calico.io/bundle-role";
+/// `app.kubernetes.io/managed-by` on everything the reconciler writes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "capi-calico-webhook";
+/// Annotation on each bundle ConfigMap: its 0-based position in the bundle (the CRS applies them in this order).
+pub const INDEX_ANNOTATION: &str = "capi-calico.io/bundle-index";
+/// Annotation on each bundle ConfigMap: how many ConfigMaps the bundle has.
+pub const COUNT_ANNOTATION: &str = "capi-calico.io/bundle-count";
+/// Annotation on each bundle ConfigMap: SHA-256 of the whole bundle content (the same on every chunk), so chunks
+/// of two different loads are never mixed.
+pub const DIGEST_ANNOTATION: &str = "capi-calico.io/bundle-digest";
+/// Condition-like annotation the reconciler writes on a Cluster. Deliberately outside the `capi-calico.io/`
+/// prefix, so the settings parser (which rejects unknown keys under that prefix) never sees it.
+pub const STATUS_ANNOTATION: &str = "status.capi-calico.io/delivery";
+/// Upper bound on the bytes of `data` (keys + values) of one bundle ConfigMap. The API server rejects a ConfigMap
+/// whose data exceeds 1 MiB (1048576 bytes); the rest is headroom for metadata and managedFields.
+pub const CHUNK_DATA_LIMIT: usize = 900_000;
+
+/// `v3.31.7`.
+pub fn version_tag(version: &CalicoVersion) -> String {
+    format!("v{}.{}.{}", version.major, version.minor, version.patch)
+}
+
+/// Why something in delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{input}: not valid YAML: {message}")]
+    Parse { input: String, message: String },
+    #[error(
+        "{input}: document {index} is not a Kubernetes object (a mapping with apiVersion, kind and metadata.name)"
+    )]
+    NotAnObject { input: String, index: usize },
+    #[error("{input}: contains no Kubernetes objects")]
+    EmptyInput { input: String },
+    #[error(
+        "{input}: document {index} ({kind} {name}) is a {kind}, but this input must hold only CustomResourceDefinitions (were --crds and --operator swapped?)"
+    )]
+    UnexpectedKind {
+        input: String,
+        index: usize,
+        kind: String,
+        name: String,
+    },
+    #[error(
+        "{input}: document {index} ({kind} {name}) is {size} bytes even as compact JSON, more than the {limit}-byte limit of one ConfigMap"
+    )]
+    DocumentTooLarge {
+        input: String,
+        index: usize,
+        kind: String,
+        name: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("the bundle has {count} documents; at most 9999 are supported")]
+    TooManyDocuments { count: usize },
+    #[error("invalid bundle chunk: {0}")]
+    InvalidChunk(String),
+    #[error("settings cannot be rendered into an Installation: {0}")]
+    Unsupported(String),
+    #[error("serializing JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}

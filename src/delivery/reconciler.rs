@@ -1,0 +1,344 @@
+//! The delivery reconciler: a kube-runtime [`Controller`] over Cluster API Clusters. Not on the admission path.
+//!
+//! For every Cluster it computes a [`Plan`] (pure, see [`super::desired`]) and applies it with server-side apply:
+//! bundle copies, the Installation ConfigMap, the ClusterResourceSet; then it records the outcome in the
+//! [`STATUS_ANNOTATION`] and, when that changes, an Event on the Cluster. A reflector on the bundle ConfigMaps
+//! (label [`ROLE_LABEL`] in the bundle namespace) both serves the bundle and re-triggers every Cluster when a bundle
+//! is loaded or changed, so a Cluster applied before its bundle is delivered as soon as the bundle arrives.
+//!
+//! No leader election: every write is a server-side apply of a body computed only from the watched inputs, under
+//! fixed field managers, so replicas that race write identical bodies and converge; a status annotation is only
+//! written when it differs. Running two replicas costs duplicate (no-op) requests, nothing else.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Client, Resource, ResourceExt,
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde_json::{Value, json};
+
+use super::{
+    DEFAULT_BUNDLE_NAMESPACE, DIGEST_ANNOTATION, DeliveryError, FIELD_MANAGER, MANAGED_BY_LABEL,
+    ROLE_LABEL, STATUS_ANNOTATION,
+    desired::{
+        ClusterRef, DeliveryStatus, Desired, Plan, current_status, owner_field_manager, plan,
+    },
+};
+
+/// How the reconciler runs.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// Where the bundle ConfigMaps are loaded (`--bundle-namespace`, default `capi-calico-system`).
+    pub bundle_namespace: String,
+    /// Periodic re-reconcile of every opted-in Cluster, a safety net for objects changed or deleted by hand
+    /// (`--resync`, default 10 minutes).
+    pub resync: Duration,
+    /// Clusters reconciled in parallel (`--reconcile-concurrency`, default 4).
+    pub concurrency: u16,
+    /// Event reporter instance, usually the pod name (`POD_NAME`).
+    pub instance: Option<String>,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig {
+            bundle_namespace: DEFAULT_BUNDLE_NAMESPACE.to_string(),
+            resync: Duration::from_secs(600),
+            concurrency: 4,
+            instance: None,
+        }
+    }
+}
+
+fn cluster_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Cluster",
+    ))
+}
+
+fn crs_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "addons.cluster.x-k8s.io",
+        "v1beta2",
+        "ClusterResourceSet",
+    ))
+}
+
+struct Ctx {
+    client: Client,
+    config: ReconcilerConfig,
+    bundles: Store<ConfigMap>,
+    recorder: Recorder,
+    cluster_resource: ApiResource,
+}
+
+/// Run until SIGTERM or Ctrl-C.
+pub async fn run_reconciler(client: Client, config: ReconcilerConfig) -> Result<(), DeliveryError> {
+    run(client, config, None::<future::Pending<()>>).await
+}
+
+/// Run until `shutdown` completes (for a process that also serves the webhook and owns signal handling).
+pub async fn run_reconciler_until(
+    client: Client,
+    config: ReconcilerConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), DeliveryError> {
+    run(client, config, Some(shutdown)).await
+}
+
+async fn run<F>(
+    client: Client,
+    config: ReconcilerConfig,
+    shutdown: Option<F>,
+) -> Result<(), DeliveryError>
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let cluster_resource = cluster_resource();
+    let clusters: Api<DynamicObject> = Api::all_with(client.clone(), &cluster_resource);
+    let bundle_api: Api<ConfigMap> = Api::namespaced(client.clone(), &config.bundle_namespace);
+
+    let (bundles, writer) = reflector::store::<ConfigMap>();
+    let bundle_trigger = watcher(bundle_api, watcher::Config::default().labels(ROLE_LABEL))
+        .default_backoff()
+        .modify(|cm| cm.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects()
+        .filter_map(|event| {
+            future::ready(match event {
+                Ok(cm) => {
+                    tracing::debug!(configmap = %cm.name_any(), "bundle ConfigMap changed; reconciling all Clusters");
+                    Some(())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching bundle ConfigMaps");
+                    None
+                }
+            })
+        });
+
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_string(),
+        instance: config.instance.clone(),
+    };
+    let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        bundles,
+        cluster_resource: cluster_resource.clone(),
+        config: config.clone(),
+    });
+    tracing::info!(bundle_namespace = %config.bundle_namespace, "delivery reconciler starting");
+
+    let mut controller =
+        Controller::new_with(clusters, watcher::Config::default(), cluster_resource)
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(config.concurrency),
+            )
+            .reconcile_all_on(bundle_trigger);
+    controller = match shutdown {
+        Some(shutdown) => controller.graceful_shutdown_on(shutdown),
+        None => controller.shutdown_on_signal(),
+    };
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    tracing::info!("delivery reconciler stopped");
+    Ok(())
+}
+
+fn error_policy(cluster: Arc<DynamicObject>, error: &DeliveryError, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(cluster = %cluster.name_any(), namespace = ?cluster.namespace(), %error, "delivery failed; retrying");
+    Action::requeue(Duration::from_secs(30))
+}
+
+async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, DeliveryError> {
+    if cluster.metadata.deletion_timestamp.is_some() {
+        // Everything we wrote is owned by the Cluster; the garbage collector removes it.
+        return Ok(Action::await_change());
+    }
+    // Until the bundle cache has listed once, "no bundle" would be a false report.
+    match tokio::time::timeout(Duration::from_secs(30), ctx.bundles.wait_until_ready()).await {
+        Ok(Ok(())) => {}
+        _ => return Ok(Action::requeue(Duration::from_secs(5))),
+    }
+    let object = serde_json::to_value(&*cluster)?;
+    let bundle_configmaps = ctx
+        .bundles
+        .state()
+        .iter()
+        .map(|cm| serde_json::to_value(&**cm))
+        .collect::<Result<Vec<Value>, _>>()?;
+
+    let status = match plan(&object, bundle_configmaps.iter()) {
+        Plan::Ignore => {
+            // Opted out (or never in): objects written earlier stay (see docs/delivery.md), only our status
+            // annotation goes, so it does not claim a delivery that is no longer managed.
+            if current_status(&object).is_some() {
+                patch_status(&ctx, &cluster, Value::Null).await?;
+            }
+            return Ok(Action::await_change());
+        }
+        Plan::Apply { desired, status } => {
+            let Some(cref) = ClusterRef::from_object(&object) else {
+                return Ok(Action::await_change());
+            };
+            apply(&ctx.client, &cref, &desired).await?;
+            status
+        }
+        Plan::Report(status) => status,
+    };
+    record(&ctx, &cluster, &object, &status).await?;
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+fn name_of(object: &Value) -> &str {
+    object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// Server-side apply everything in `desired`: bundle copies (content, then this Cluster's ownerReference under its
+/// own field manager, each skipped when already in place), the Installation ConfigMap, the ClusterResourceSet last.
+async fn apply(
+    client: &Client,
+    cluster: &ClusterRef,
+    desired: &Desired,
+) -> Result<(), DeliveryError> {
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cluster.namespace);
+    let content = PatchParams::apply(FIELD_MANAGER).force();
+    let owner_manager = owner_field_manager(&cluster.uid);
+    let owner = PatchParams::apply(&owner_manager).force();
+
+    for (copy, owner_body) in desired.bundle_copies.iter().zip(&desired.bundle_owners) {
+        let name = name_of(copy);
+        let want_digest = copy
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(DIGEST_ANNOTATION))
+            .and_then(Value::as_str);
+        let current = configmaps.get_metadata_opt(name).await?;
+        let (has_owner, same_content) = match &current {
+            None => (false, false),
+            Some(meta) => (
+                meta.owner_references().iter().any(|o| o.uid == cluster.uid),
+                meta.annotations()
+                    .get(DIGEST_ANNOTATION)
+                    .map(String::as_str)
+                    == want_digest
+                    && meta.labels().contains_key(MANAGED_BY_LABEL),
+            ),
+        };
+        if !has_owner {
+            configmaps
+                .patch(name, &owner, &Patch::Apply(owner_body))
+                .await?;
+        }
+        if !same_content {
+            configmaps
+                .patch(name, &content, &Patch::Apply(copy))
+                .await?;
+            tracing::info!(namespace = %cluster.namespace, configmap = name, "bundle copy applied");
+        }
+    }
+
+    configmaps
+        .patch(
+            name_of(&desired.installation),
+            &content,
+            &Patch::Apply(&desired.installation),
+        )
+        .await?;
+    let crs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &cluster.namespace, &crs_resource());
+    crs.patch(
+        name_of(&desired.cluster_resource_set),
+        &content,
+        &Patch::Apply(&desired.cluster_resource_set),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Set (a string) or remove (`null`) the status annotation with a JSON merge patch on the Cluster.
+async fn patch_status(
+    ctx: &Ctx,
+    cluster: &DynamicObject,
+    value: Value,
+) -> Result<(), DeliveryError> {
+    let namespace = cluster.namespace().unwrap_or_default();
+    let clusters: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &namespace, &ctx.cluster_resource);
+    let patch = json!({ "metadata": { "annotations": { STATUS_ANNOTATION: value } } });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    clusters
+        .patch(&cluster.name_any(), &params, &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Write the status annotation and publish an Event, only when the status changed.
+async fn record(
+    ctx: &Ctx,
+    cluster: &DynamicObject,
+    object: &Value,
+    status: &DeliveryStatus,
+) -> Result<(), DeliveryError> {
+    let value = status.annotation_value();
+    if current_status(object) == Some(value.as_str()) {
+        return Ok(());
+    }
+    patch_status(ctx, cluster, Value::String(value)).await?;
+    let namespace = cluster.namespace().unwrap_or_default();
+
+    let mut note = status.message();
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_: if status.is_ready() {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: status.reason().to_string(),
+        note: Some(note),
+        action: "DeliverCalico".to_string(),
+        secondary: None,
+    };
+    let reference = cluster.object_ref(&ctx.cluster_resource);
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(error = %e, cluster = %cluster.name_any(), "publishing Event");
+    }
+    if status.is_ready() {
+        tracing::info!(cluster = %cluster.name_any(), %namespace, "Calico delivery in place");
+    } else {
+        tracing::warn!(cluster = %cluster.name_any(), %namespace, reason = status.reason(), message = %status.message(), "Calico cannot be delivered");
+    }
+    Ok(())
+}
