@@ -68,6 +68,38 @@ pub enum Command {
     /// Print the manifests with the mutation applied (what the API server would store); exits like `check`.
     #[command(after_long_help = ANNOTATIONS_HELP)]
     Render(RenderArgs),
+    /// Turn upstream tigera-operator.yaml and operator-crds.yaml into ConfigMaps that fit the API's size limits,
+    /// printed as a List for `kubectl apply --server-side -f -`.
+    #[command(after_long_help = BUNDLE_HELP)]
+    Bundle(BundleArgs),
+}
+
+const BUNDLE_HELP: &str = "\
+EXAMPLE
+  V=v3.31.7
+  curl -LO https://github.com/projectcalico/calico/releases/download/$V/tigera-operator.yaml   # or your mirror
+  curl -LO https://github.com/projectcalico/calico/releases/download/$V/operator-crds.yaml
+  capi-calico-webhook bundle --operator tigera-operator.yaml --crds operator-crds.yaml --version $V \\
+    | kubectl apply --server-side -f -
+
+  The reconciler copies the bundle for a Cluster's CALICO_VERSION into the Cluster's namespace and
+  delivers it with a ClusterResourceSet (docs/delivery.md).";
+
+/// `bundle` arguments.
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Upstream tigera-operator.yaml of the Calico release.
+    #[arg(long, value_name = "FILE")]
+    pub operator: PathBuf,
+    /// Upstream operator-crds.yaml of the same release.
+    #[arg(long, value_name = "FILE")]
+    pub crds: PathBuf,
+    /// The Calico version of these manifests (vX.Y.Z); Clusters select it with CALICO_VERSION.
+    #[arg(long)]
+    pub version: String,
+    /// Namespace the bundle is loaded into (the reconciler's --bundle-namespace).
+    #[arg(long, default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE)]
+    pub namespace: String,
 }
 
 /// Input files.
@@ -299,4 +331,36 @@ pub fn run_render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -
         }
     }
     i32::from(denied)
+}
+
+/// `bundle`: print the ConfigMaps as a JSON List; exit 0, or 2 on usage/I/O errors.
+pub fn run_bundle(args: &BundleArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let version = match crate::settings::values::parse_version(&args.version) {
+        Ok(version) => version,
+        Err(e) => {
+            let _ = writeln!(err, "error: --version {:?}: {}", args.version, e.message);
+            return 2;
+        }
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let result = read(&args.operator).and_then(|operator| {
+        let crds = read(&args.crds)?;
+        crate::delivery::bundle::bundle(&operator, &crds, &version, &args.namespace)
+            .map_err(|e| e.to_string())
+    });
+    match result.and_then(|items| {
+        serde_json::to_string_pretty(&crate::delivery::bundle::as_list(items))
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(text) => {
+            let _ = writeln!(out, "{text}");
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            2
+        }
+    }
 }
