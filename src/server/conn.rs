@@ -131,7 +131,11 @@ pub(crate) async fn serve(
 
     drop(listener);
     let open = graceful.count();
-    tracing::info!(listener = name, open_connections = open, "stopped accepting; draining");
+    tracing::info!(
+        listener = name,
+        open_connections = open,
+        "stopped accepting; draining"
+    );
     match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
         Ok(()) => tracing::info!(listener = name, "drained"),
         Err(_) => tracing::warn!(
@@ -171,7 +175,9 @@ impl<T> IdleTimeout<T> {
             }
             match self.sleep.as_mut().poll(cx) {
                 Poll::Pending => return false,
-                Poll::Ready(()) if Instant::now() >= self.last_activity + self.timeout => return true,
+                Poll::Ready(()) if Instant::now() >= self.last_activity + self.timeout => {
+                    return true;
+                }
                 Poll::Ready(()) => continue,
             }
         }
@@ -183,7 +189,11 @@ impl<T> IdleTimeout<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -197,7 +207,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(r) => {
@@ -243,17 +257,18 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn idle_connection_times_out_and_activity_extends_it() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut io = IdleTimeout::new(a, Duration::from_secs(10));
+        let mut io = IdleTimeout::new(a, Duration::from_millis(200));
         let mut buf = [0u8; 4];
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
         b.write_all(b"hi").await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 2);
         let started = Instant::now();
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(started.elapsed() >= Duration::from_secs(10));
+        assert!(started.elapsed() >= Duration::from_millis(190));
+        drop(b);
     }
 }

@@ -24,11 +24,13 @@ pub const MAX_KINDS: usize = 64;
 const MAX_LABEL_LEN: usize = 128;
 /// Histogram buckets in seconds: 100 µs .. 10 s.
 const DURATION_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Content type of the `/metrics` answer.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -155,8 +157,16 @@ impl Metrics {
         self.observe_duration(endpoint, elapsed);
         if decision.outcome == Outcome::Denied {
             for rule in &decision.denied_rules {
-                let rule = if rule.len() > MAX_LABEL_LEN { "other" } else { rule.as_str() };
-                self.denials.get_or_create(&RuleLabels { rule: rule.to_owned() }).inc();
+                let rule = if rule.len() > MAX_LABEL_LEN {
+                    "other"
+                } else {
+                    rule.as_str()
+                };
+                self.denials
+                    .get_or_create(&RuleLabels {
+                        rule: rule.to_owned(),
+                    })
+                    .inc();
             }
         }
         if !decision.lookup.is_empty() {

@@ -132,7 +132,9 @@ pub struct RunningServer {
 impl RunningServer {
     /// Wait until the server has shut down and drained.
     pub async fn wait(self) -> Result<(), ServerError> {
-        self.task.await.map_err(|e| ServerError::Task(e.to_string()))?
+        self.task
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
     }
 }
 
@@ -177,7 +179,8 @@ pub async fn start<H: ReviewHandler>(
     ));
     reloader.initial_load()?;
     state.health().set_certificate_loaded(true);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(provider, resolver)?));
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(provider, resolver)?));
 
     let listener = bind(config.listen).await?;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {

@@ -165,14 +165,20 @@ async fn mutate<H: ReviewHandler>(State(state): State<AppState<H>>, request: Req
     review(state, Endpoint::Mutate, request).await
 }
 
-async fn validate<H: ReviewHandler>(State(state): State<AppState<H>>, request: Request) -> Response {
+async fn validate<H: ReviewHandler>(
+    State(state): State<AppState<H>>,
+    request: Request,
+) -> Response {
     review(state, Endpoint::Validate, request).await
 }
 
 fn text(status: StatusCode, reason: &'static str) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
         reason,
     )
         .into_response()
@@ -205,7 +211,13 @@ fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl<H: ReviewHandler> AppState<H> {
-    fn refuse(&self, endpoint: Endpoint, started: Instant, status: StatusCode, reason: &'static str) -> Response {
+    fn refuse(
+        &self,
+        endpoint: Endpoint,
+        started: Instant,
+        status: StatusCode,
+        reason: &'static str,
+    ) -> Response {
         let elapsed = started.elapsed();
         self.metrics.observe_rejection(endpoint, elapsed);
         tracing::warn!(
@@ -219,7 +231,11 @@ impl<H: ReviewHandler> AppState<H> {
     }
 }
 
-async fn review<H: ReviewHandler>(state: AppState<H>, endpoint: Endpoint, request: Request) -> Response {
+async fn review<H: ReviewHandler>(
+    state: AppState<H>,
+    endpoint: Endpoint,
+    request: Request,
+) -> Response {
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started + state.limits.request_timeout);
     let max = state.limits.max_body_bytes;
@@ -233,7 +249,12 @@ async fn review<H: ReviewHandler>(state: AppState<H>, endpoint: Endpoint, reques
         );
     }
     if declared_length(request.headers()).is_some_and(|n| n > max as u64) {
-        return state.refuse(endpoint, started, StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        return state.refuse(
+            endpoint,
+            started,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        );
     }
 
     let body_deadline = deadline.min(tokio::time::Instant::now() + state.limits.body_read_timeout);
@@ -241,10 +262,20 @@ async fn review<H: ReviewHandler>(state: AppState<H>, endpoint: Endpoint, reques
     let body = match tokio::time::timeout_at(body_deadline, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if is_length_limit(e.as_ref()) => {
-            return state.refuse(endpoint, started, StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            return state.refuse(
+                endpoint,
+                started,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+            );
         }
         Ok(Err(_)) => {
-            return state.refuse(endpoint, started, StatusCode::BAD_REQUEST, "could not read request body");
+            return state.refuse(
+                endpoint,
+                started,
+                StatusCode::BAD_REQUEST,
+                "could not read request body",
+            );
         }
         Err(_) => {
             return state.refuse(
@@ -256,22 +287,38 @@ async fn review<H: ReviewHandler>(state: AppState<H>, endpoint: Endpoint, reques
         }
     };
 
-    let _permit = match tokio::time::timeout_at(deadline, Arc::clone(&state.permits).acquire_owned()).await {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            return state.refuse(endpoint, started, StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry");
-        }
-    };
+    let _permit =
+        match tokio::time::timeout_at(deadline, Arc::clone(&state.permits).acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return state.refuse(
+                    endpoint,
+                    started,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded, retry",
+                );
+            }
+        };
 
     let answer = AssertUnwindSafe(state.handler.review(endpoint, &body)).catch_unwind();
     let reply = match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_panic)) => {
             tracing::error!(endpoint = endpoint.as_str(), "admission handler panicked");
-            return state.refuse(endpoint, started, StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            return state.refuse(
+                endpoint,
+                started,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            );
         }
         Err(_) => {
-            return state.refuse(endpoint, started, StatusCode::SERVICE_UNAVAILABLE, "review timed out");
+            return state.refuse(
+                endpoint,
+                started,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "review timed out",
+            );
         }
     };
 
@@ -295,7 +342,10 @@ async fn review<H: ReviewHandler>(state: AppState<H>, endpoint: Endpoint, reques
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         Body::from(reply.body),
     )
         .into_response()

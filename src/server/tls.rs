@@ -129,7 +129,11 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Read and check the pair at these paths.
-pub fn load_pair_files(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<LoadedCertificate, TlsError> {
+pub fn load_pair_files(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<LoadedCertificate, TlsError> {
     load_pair(&read(cert)?, &read(key)?, cert, key, provider)
 }
 
@@ -153,7 +157,10 @@ impl CertResolver {
 
     /// DER of the leaf certificate being served, if any.
     pub fn current_leaf(&self) -> Option<CertificateDer<'static>> {
-        self.current.load().as_ref().and_then(|k| k.cert.first().cloned())
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|k| k.cert.first().cloned())
     }
 }
 
@@ -373,7 +380,10 @@ pub struct SelfSignedPaths {
 
 /// Reuse a still-valid self-signed pair in `dir`, or generate a CA and a serving certificate for `localhost`,
 /// `127.0.0.1` and `::1`, and write `ca.crt`, `tls.crt`, `tls.key` (0600) there.
-pub fn ensure_self_signed(dir: &Path, provider: &CryptoProvider) -> Result<SelfSignedPaths, TlsError> {
+pub fn ensure_self_signed(
+    dir: &Path,
+    provider: &CryptoProvider,
+) -> Result<SelfSignedPaths, TlsError> {
     let paths = SelfSignedPaths {
         ca: dir.join("ca.crt"),
         cert: dir.join("tls.crt"),
@@ -391,7 +401,10 @@ pub fn ensure_self_signed(dir: &Path, provider: &CryptoProvider) -> Result<SelfS
         path: dir.to_owned(),
         source,
     })?;
-    let generated = generate_self_signed(&["localhost", "127.0.0.1", "::1"], Duration::from_secs(365 * 24 * 3600))?;
+    let generated = generate_self_signed(
+        &["localhost", "127.0.0.1", "::1"],
+        Duration::from_secs(365 * 24 * 3600),
+    )?;
     write_file(&paths.ca, generated.ca_pem.as_bytes(), 0o644)?;
     write_file(&paths.key, generated.key_pem.as_bytes(), 0o600)?;
     write_file(&paths.cert, generated.cert_pem.as_bytes(), 0o644)?;
@@ -410,11 +423,13 @@ pub struct GeneratedPair {
 /// Generate a CA and a serving certificate for `names` (DNS names or IP addresses), valid for `validity`.
 pub fn generate_self_signed(names: &[&str], validity: Duration) -> Result<GeneratedPair, TlsError> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
     };
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::hours(1);
-    let not_after = now + time::Duration::seconds(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2));
+    let not_after =
+        now + time::Duration::seconds(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2));
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
@@ -432,7 +447,8 @@ pub fn generate_self_signed(names: &[&str], validity: Duration) -> Result<Genera
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
     let cn = names.first().copied().unwrap_or("localhost");
     params.distinguished_name.push(DnType::CommonName, cn);
     params.use_authority_key_identifier_extension = true;
@@ -482,7 +498,9 @@ fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -556,7 +574,10 @@ mod tests {
     fn der_times() {
         assert_eq!(parse_der_time(0x17, b"700101000000Z"), Some(0));
         assert_eq!(parse_der_time(0x17, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(parse_der_time(0x18, b"20380119031408Z"), Some(2_147_483_648));
+        assert_eq!(
+            parse_der_time(0x18, b"20380119031408Z"),
+            Some(2_147_483_648)
+        );
         assert_eq!(parse_der_time(0x18, b"20381319031408Z"), None);
         assert_eq!(parse_der_time(0x17, b"7001010000Z"), None);
     }
@@ -565,9 +586,20 @@ mod tests {
     fn generated_pair_loads_with_its_not_after() {
         let g = generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap();
         let p = Path::new("x");
-        let loaded = load_pair(g.cert_pem.as_bytes(), g.key_pem.as_bytes(), p, p, &provider()).unwrap();
+        let loaded = load_pair(
+            g.cert_pem.as_bytes(),
+            g.key_pem.as_bytes(),
+            p,
+            p,
+            &provider(),
+        )
+        .unwrap();
         let expected = unix_now() + 3600;
-        assert!((loaded.not_after - expected).abs() <= 5, "{} vs {expected}", loaded.not_after);
+        assert!(
+            (loaded.not_after - expected).abs() <= 5,
+            "{} vs {expected}",
+            loaded.not_after
+        );
     }
 
     #[test]
@@ -620,8 +652,14 @@ mod tests {
         assert_eq!(r.check(), ReloadResult::Reloaded);
         assert_ne!(resolver.current_leaf().unwrap(), served);
         let text = metrics.encode().unwrap();
-        assert!(text.contains(r#"capi_calico_tls_reloads_total{result="error"} 1"#), "{text}");
-        assert!(text.contains(r#"capi_calico_tls_reloads_total{result="success"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"capi_calico_tls_reloads_total{result="error"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"capi_calico_tls_reloads_total{result="success"} 2"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -630,9 +668,16 @@ mod tests {
         let pr = provider();
         let paths = ensure_self_signed(dir.path(), &pr).unwrap();
         let first = fs::read(&paths.cert).unwrap();
-        assert!(fs::read_to_string(&paths.ca).unwrap().contains("BEGIN CERTIFICATE"));
+        assert!(
+            fs::read_to_string(&paths.ca)
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&paths.key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&paths.key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         ensure_self_signed(dir.path(), &pr).unwrap();
         assert_eq!(fs::read(&paths.cert).unwrap(), first);
     }
