@@ -2,6 +2,10 @@
 //! handshake deadline, hyper's HTTP/1 header read timeout (slowloris; hyper starts it whenever it waits for a request
 //! head, so it also closes HTTP/1 keep-alive connections idle for that long), an I/O idle timeout (no byte either
 //! way: closes silent HTTP/2 connections and stalled peers), HTTP/2 stream limits, and graceful drain.
+//!
+//! The protocol is chosen from ALPN (`h2` → HTTP/2, anything else → HTTP/1.1), never by sniffing the first bytes:
+//! sniffing would wait for bytes with no header timer running, so a silent client would be bounded only by the idle
+//! timeout. The plain-HTTP metrics port speaks HTTP/1.1 only.
 
 use std::future::Future;
 use std::io;
@@ -35,6 +39,12 @@ pub(crate) struct ConnLimits {
     pub drain_timeout: Duration,
 }
 
+/// HTTP/1.1-only and HTTP/2-only connection builders.
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
 fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -63,7 +73,10 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
     name: &'static str,
 ) {
-    let builder = Arc::new(builder(&limits));
+    let builders = Arc::new(Builders {
+        http1: builder(&limits).http1_only(),
+        http2: builder(&limits).http2_only(),
+    });
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
@@ -96,7 +109,7 @@ pub(crate) async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let watcher = graceful.watcher();
-        let builder = Arc::clone(&builder);
+        let builders = Arc::clone(&builders);
         let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
         let limits = limits.clone();
@@ -109,6 +122,8 @@ pub(crate) async fn serve(
             let result = match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                        let builder = if h2 { &builders.http2 } else { &builders.http1 };
                         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
                         watcher.watch(builder.serve_connection(io, service)).await
                     }
@@ -117,7 +132,7 @@ pub(crate) async fn serve(
                 },
                 None => {
                     let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
-                    watcher.watch(builder.serve_connection(io, service)).await
+                    watcher.watch(builders.http1.serve_connection(io, service)).await
                 }
             };
             if let Err(e) = result {

@@ -332,13 +332,21 @@ impl CertReloader {
 
     /// Watch the directories and poll every `poll_interval`, forever (abort the task to stop).
     pub async fn run(self: Arc<Self>, poll_interval: Duration) {
+        self.run_with(poll_interval, true).await
+    }
+
+    async fn run_with(self: Arc<Self>, poll_interval: Duration, watch: bool) {
         let (tx, mut rx) = mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                // A full channel already has a pending wake-up; coalescing is what we want.
-                let _ = tx.try_send(());
-            }
-        });
+        let watcher = if watch {
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    // A full channel already has a pending wake-up; coalescing is what we want.
+                    let _ = tx.try_send(());
+                }
+            })
+        } else {
+            Err(notify::Error::generic("watch disabled"))
+        };
         let _watcher = match watcher {
             Ok(mut w) => {
                 for dir in self.watch_dirs() {
@@ -660,6 +668,43 @@ mod tests {
             text.contains(r#"capi_calico_tls_reloads_total{result="success"} 2"#),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn polling_alone_picks_up_a_data_symlink_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap(),
+            generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap(),
+        );
+        for (version, pair) in [("..v1", &a), ("..v2", &b)] {
+            fs::create_dir(dir.path().join(version)).unwrap();
+            fs::write(dir.path().join(version).join("tls.crt"), &pair.cert_pem).unwrap();
+            fs::write(dir.path().join(version).join("tls.key"), &pair.key_pem).unwrap();
+        }
+        std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+        for f in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.path().join(f)).unwrap();
+        }
+        let resolver = Arc::new(CertResolver::default());
+        let r = Arc::new(CertReloader::new(
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            resolver.clone(),
+            Arc::new(Metrics::new()),
+            Arc::new(provider()),
+        ));
+        r.initial_load().unwrap();
+        let first = resolver.current_leaf().unwrap();
+        let task = tokio::spawn(Arc::clone(&r).run_with(Duration::from_millis(50), false));
+        std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).unwrap();
+        fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while resolver.current_leaf().unwrap() == first {
+            assert!(std::time::Instant::now() < deadline, "poll did not reload");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
     }
 
     #[test]
