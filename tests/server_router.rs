@@ -206,7 +206,7 @@ async fn readiness_needs_certificate_handler_and_no_shutdown() {
         (s, b.as_str()),
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "no serving certificate loaded"
+            "no valid serving certificate"
         )
     );
     st.health().set_certificate_loaded(true);

@@ -532,9 +532,9 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
             let mut got = Vec::new();
             let mut buf = [0u8; 1024];
             while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
                     .await
-                    .expect("answer within 3 s")
+                    .expect("answer within 5 s")
                     .unwrap();
                 assert!(n > 0, "closed without an answer");
                 got.extend_from_slice(&buf[..n]);
@@ -568,19 +568,19 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
         let t = Instant::now();
         let resp = post_json(&client, addr, "/validate", "{}").await.unwrap();
         assert_eq!(resp.status(), 200);
-        assert!(t.elapsed() < Duration::from_millis(500));
+        assert!(t.elapsed() < Duration::from_millis(1500));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let cut = slowloris.await.unwrap();
     assert!(
-        cut >= Duration::from_millis(800) && cut < Duration::from_millis(2500),
+        cut >= Duration::from_millis(800) && cut < Duration::from_secs(4),
         "slowloris cut after {cut:?}"
     );
     let (after, answer) = no_body.await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
-        after >= Duration::from_millis(800) && after < Duration::from_millis(2500),
+        after >= Duration::from_millis(800) && after < Duration::from_secs(4),
         "{after:?}"
     );
     assert!(idle.await.unwrap(), "idle connection not closed");

@@ -175,10 +175,10 @@ pub async fn start<H: ReviewHandler>(
         key,
         Arc::clone(&resolver),
         Arc::clone(state.metrics()),
+        Arc::clone(state.health()),
         Arc::clone(&provider),
     ));
     reloader.initial_load()?;
-    state.health().set_certificate_loaded(true);
     let acceptor =
         tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(provider, resolver)?));
 

@@ -9,7 +9,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -30,6 +30,8 @@ use crate::admission::api::{Endpoint, ReviewHandler};
 #[derive(Debug, Default)]
 pub struct Health {
     certificate_loaded: AtomicBool,
+    /// Not-after of the served certificate (Unix seconds); 0 when unknown.
+    certificate_not_after: AtomicI64,
     shutting_down: AtomicBool,
 }
 
@@ -38,8 +40,17 @@ impl Health {
         self.certificate_loaded.store(loaded, Ordering::SeqCst);
     }
 
+    /// A certificate valid until `not_after` (Unix seconds) is being served.
+    pub fn set_certificate(&self, not_after: i64) {
+        self.certificate_not_after
+            .store(not_after, Ordering::SeqCst);
+        self.certificate_loaded.store(true, Ordering::SeqCst);
+    }
+
+    /// A certificate is loaded and, when its expiry is known, not expired.
     pub fn certificate_loaded(&self) -> bool {
-        self.certificate_loaded.load(Ordering::SeqCst)
+        let not_after = self.certificate_not_after.load(Ordering::SeqCst);
+        self.certificate_loaded.load(Ordering::SeqCst) && (not_after == 0 || not_after > unix_now())
     }
 
     /// Readiness turns false for good.
@@ -50,6 +61,13 @@ impl Health {
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +127,7 @@ impl<H: ReviewHandler> AppState<H> {
         if self.health.shutting_down() {
             Some("shutting down")
         } else if !self.health.certificate_loaded() {
-            Some("no serving certificate loaded")
+            Some("no valid serving certificate")
         } else if !self.handler.ready() {
             Some("handler not ready")
         } else {
@@ -354,6 +372,16 @@ async fn review<H: ReviewHandler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_certificate_is_not_ready() {
+        let h = Health::default();
+        assert!(!h.certificate_loaded());
+        h.set_certificate(unix_now() + 60);
+        assert!(h.certificate_loaded());
+        h.set_certificate(unix_now() - 1);
+        assert!(!h.certificate_loaded());
+    }
 
     #[test]
     fn json_content_types() {

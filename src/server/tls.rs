@@ -25,6 +25,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
+use super::routes::Health;
 
 /// Why a certificate/key pair could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +209,7 @@ pub struct CertReloader {
     key: PathBuf,
     resolver: Arc<CertResolver>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     provider: Arc<CryptoProvider>,
     seen: Mutex<Option<Seen>>,
 }
@@ -218,6 +220,7 @@ impl CertReloader {
         key: PathBuf,
         resolver: Arc<CertResolver>,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
         provider: Arc<CryptoProvider>,
     ) -> Self {
         Self {
@@ -225,6 +228,7 @@ impl CertReloader {
             key,
             resolver,
             metrics,
+            health,
             provider,
             seen: Mutex::new(None),
         }
@@ -255,6 +259,7 @@ impl CertReloader {
 
     fn install(&self, loaded: &LoadedCertificate) {
         self.resolver.set(Arc::clone(&loaded.key));
+        self.health.set_certificate(loaded.not_after);
         self.metrics.set_certificate_expiry(loaded.not_after);
         self.metrics.tls_reload(true);
     }
@@ -644,6 +649,7 @@ mod tests {
             key.clone(),
             resolver.clone(),
             metrics.clone(),
+            Arc::new(Health::default()),
             Arc::new(provider()),
         );
         r.initial_load().unwrap();
@@ -692,6 +698,7 @@ mod tests {
             dir.path().join("tls.key"),
             resolver.clone(),
             Arc::new(Metrics::new()),
+            Arc::new(Health::default()),
             Arc::new(provider()),
         ));
         r.initial_load().unwrap();

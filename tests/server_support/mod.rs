@@ -11,7 +11,7 @@ use capi_calico_webhook::admission::api::{
 use capi_calico_webhook::server::ServerConfig;
 use tokio::sync::Notify;
 
-/// Answers `{"endpoint":..,"len":..}`. Bodies starting with `slow` sleep 800 ms, `hang` sleep 60 s, `panic` panic,
+/// Answers `{"endpoint":..,"len":..}`. Bodies starting with `slow` sleep 1.5 s, `hang` sleep 60 s, `panic` panic,
 /// `deny` produce a denial with a rule and a lookup source.
 #[derive(Debug, Default)]
 pub struct FakeHandler {
@@ -32,7 +32,7 @@ impl ReviewHandler for FakeHandler {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.started.notify_waiters();
         if body.starts_with(b"slow") {
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
         } else if body.starts_with(b"hang") {
             tokio::time::sleep(Duration::from_secs(60)).await;
         } else if body.starts_with(b"panic") {
