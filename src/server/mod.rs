@@ -63,6 +63,7 @@ pub struct ServerConfig {
     /// Deadline for the TLS handshake (default 5 s).
     pub tls_handshake_timeout: Duration,
     /// A connection with no byte in either direction for this long is closed (default 90 s; bounds idle HTTP/2).
+    /// Raised to `request_timeout + 1 s` if set lower.
     pub idle_timeout: Duration,
     /// Open connections on the webhook port; at the limit, accepting pauses (default 1024).
     pub max_connections: usize,
@@ -198,7 +199,10 @@ pub async fn start<H: ReviewHandler>(
         max_connections: config.max_connections,
         handshake_timeout: config.tls_handshake_timeout,
         header_read_timeout: config.header_read_timeout,
-        idle_timeout: config.idle_timeout,
+        // A request in progress moves no byte while the handler works: never let the idle timer cut it first.
+        idle_timeout: config
+            .idle_timeout
+            .max(config.request_timeout + Duration::from_secs(1)),
         max_concurrent_streams: config.max_concurrent_streams,
         drain_timeout: config.drain_timeout,
     };

@@ -351,7 +351,7 @@ async fn review<H: ReviewHandler>(
         name = %d.name,
         operation = %d.operation,
         outcome = d.outcome.as_str(),
-        denied_rules = ?d.denied_rules,
+        denied_rules = %d.denied_rules.join(","),
         lookup = %d.lookup,
         status = reply.status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
