@@ -115,10 +115,7 @@ pub enum Resolution {
     /// `CUSTOM_CALICO_DEPLOYMENT` absent or `false`: leave the objects alone.
     NotOptedIn { warnings: Vec<String> },
     /// Opted in and valid.
-    OptedIn {
-        settings: Box<Settings>,
-        warnings: Vec<String>,
-    },
+    OptedIn { settings: Box<Settings>, warnings: Vec<String> },
     /// At least one problem; all of them are listed.
     Invalid { problems: Vec<Problem> },
 }
@@ -127,14 +124,9 @@ pub enum Resolution {
 ///
 /// `network` is the Cluster's network when known (validating a Cluster, or a KCP/KCT whose Cluster was found);
 /// `None` when the annotations are on a KCP/KCT itself and no Cluster is known.
-pub fn resolve(
-    annotations: &BTreeMap<String, String>,
-    network: Option<&ClusterNetwork>,
-) -> Resolution {
+pub fn resolve(annotations: &BTreeMap<String, String>, network: Option<&ClusterNetwork>) -> Resolution {
     let _ = (annotations, network);
-    Resolution::NotOptedIn {
-        warnings: Vec::new(),
-    }
+    Resolution::NotOptedIn { warnings: Vec::new() }
 }
 
 /// True when any annotation key starts with [`PREFIX`].
