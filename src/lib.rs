@@ -10,4 +10,5 @@ pub mod cluster;
 pub mod delivery;
 pub mod manifest;
 pub mod mutation;
+pub mod server;
 pub mod settings;

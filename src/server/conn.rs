@@ -1,0 +1,289 @@
+//! Accept loop and per-connection bounds: a connection limit (accepting pauses while it is reached), a TLS
+//! handshake deadline, hyper's HTTP/1 header read timeout (slowloris; hyper starts it whenever it waits for a request
+//! head, so it also closes HTTP/1 keep-alive connections idle for that long), an I/O idle timeout (no byte either
+//! way: closes silent HTTP/2 connections and stalled peers), HTTP/2 stream limits, and graceful drain.
+//!
+//! The protocol is chosen from ALPN (`h2` → HTTP/2, anything else → HTTP/1.1), never by sniffing the first bytes:
+//! sniffing would wait for bytes with no header timer running, so a silent client would be bounded only by the idle
+//! timeout. The plain-HTTP metrics port speaks HTTP/1.1 only.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+
+use super::metrics::Metrics;
+
+/// Bounds for one listener.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub drain_timeout: Duration,
+}
+
+/// HTTP/1.1-only and HTTP/2-only connection builders.
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(100)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256));
+    builder
+}
+
+/// Serve `router` on `listener` until `stop` turns true, then drain for at most `drain_timeout`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    limits: ConnLimits,
+    metrics: Option<Arc<Metrics>>,
+    mut stop: watch::Receiver<bool>,
+    name: &'static str,
+) {
+    let builders = Arc::new(Builders {
+        http1: builder(&limits).http1_only(),
+        http2: builder(&limits).http2_only(),
+    });
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut tasks = JoinSet::new();
+    let stopped = async move {
+        // An Err means the sender is gone: treat it as stop too.
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            _ = &mut stopped => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builders = Arc::clone(&builders);
+        let service = TowerToHyperService::new(router.clone());
+        let tls = tls.clone();
+        let limits = limits.clone();
+        let metrics = metrics.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            if let Some(m) = &metrics {
+                m.connection_opened();
+            }
+            let result = match tls {
+                Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                        let builder = if h2 { &builders.http2 } else { &builders.http1 };
+                        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+                        watcher.watch(builder.serve_connection(io, service)).await
+                    }
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err("TLS handshake timed out".into()),
+                },
+                None => {
+                    let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
+                    watcher.watch(builders.http1.serve_connection(io, service)).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+            }
+            if let Some(m) = &metrics {
+                m.connection_closed();
+            }
+        });
+    }
+
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(
+        listener = name,
+        open_connections = open,
+        "stopped accepting; draining"
+    );
+    match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!(listener = name, "drained"),
+        Err(_) => tracing::warn!(
+            listener = name,
+            drain_timeout_ms = limits.drain_timeout.as_millis() as u64,
+            "drain deadline passed; closing the remaining connections"
+        ),
+    }
+    tasks.shutdown().await;
+}
+
+/// Fails I/O with `TimedOut` when no byte moved in either direction for `timeout`.
+pub(crate) struct IdleTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    last_activity: Instant,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<T> IdleTimeout<T> {
+    pub(crate) fn new(inner: T, timeout: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            timeout,
+            last_activity: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+        }
+    }
+
+    /// Called when the inner I/O is pending: true once the connection has been idle too long.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let deadline = self.last_activity + self.timeout;
+            if self.sleep.deadline() != deadline {
+                self.sleep.as_mut().reset(deadline);
+            }
+            match self.sleep.as_mut().poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(()) if Instant::now() >= self.last_activity + self.timeout => {
+                    return true;
+                }
+                Poll::Ready(()) => continue,
+            }
+        }
+    }
+
+    fn timed_out() -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long")
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(Self::timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(Self::timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(Self::timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn idle_connection_times_out_and_activity_extends_it() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut io = IdleTimeout::new(a, Duration::from_millis(200));
+        let mut buf = [0u8; 4];
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        b.write_all(b"hi").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 2);
+        let started = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(190));
+        drop(b);
+    }
+}

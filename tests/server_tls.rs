@@ -1,0 +1,597 @@
+//! The real server over loopback: HTTPS end to end, certificate rotation through a Kubernetes-style `..data`
+//! symlink swap (and refusal of bad pairs), graceful shutdown, and abusive clients.
+
+mod server_support;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use server_support::{FakeHandler, fast_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use capi_calico_webhook::server::tls::{GeneratedPair, generate_self_signed};
+use capi_calico_webhook::server::{RunningServer, ServerConfig, TlsSource, start};
+
+fn install_provider() {
+    // Another test may have installed it already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+async fn start_server(
+    config: ServerConfig,
+    handler: Arc<FakeHandler>,
+) -> (RunningServer, oneshot::Sender<()>) {
+    install_provider();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = start(config, handler, async move {
+        let _ = rx.await;
+    })
+    .await
+    .expect("server starts");
+    (server, tx)
+}
+
+fn https_client(cas: &[&str]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only(
+            cas.iter()
+                .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()),
+        )
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+fn url(addr: SocketAddr, path: &str) -> String {
+    format!("https://localhost:{}{path}", addr.port())
+}
+
+async fn post_json(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(url(addr, path))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    cas: &[&str],
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    for pem in cas {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// DER of the leaf certificate a fresh TLS connection is served.
+async fn served_leaf(addr: SocketAddr, cas: &[&str]) -> Vec<u8> {
+    let stream = tls_connect(addr, cas, &[b"http/1.1"]).await.unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn leaf_der(pair: &GeneratedPair) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pair.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+fn pair() -> GeneratedPair {
+    generate_self_signed(&["localhost", "127.0.0.1"], Duration::from_secs(3600)).unwrap()
+}
+
+/// Publish files the way the kubelet updates a Secret volume: write a new timestamped directory, point a temporary
+/// `..data` symlink at it and rename it over `..data` (atomic), with `tls.crt -> ..data/tls.crt` links.
+fn publish(dir: &Path, version: &str, cert: &str, key: &str) {
+    let data = dir.join(format!("..{version}"));
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("tls.crt"), cert).unwrap();
+    fs::write(data.join("tls.key"), key).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    fs::rename(&tmp, dir.join("..data")).unwrap();
+    for name in ["tls.crt", "tls.key"] {
+        let link = dir.join(name);
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn https_end_to_end_with_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(TlsSource::SelfSigned {
+        dir: dir.path().to_owned(),
+    });
+    let (server, stop) = start_server(config, FakeHandler::new()).await;
+    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let client = https_client(&[&ca]);
+
+    let resp = post_json(&client, server.local_addr, "/mutate", "{}")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"endpoint":"mutate","len":2}"#
+    );
+    let resp = post_json(&client, server.local_addr, "/validate", "deny")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        client
+            .get(url(server.local_addr, "/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(url(server.local_addr, "/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Oversized body over the wire: 413, and the server keeps serving.
+    let big = " ".repeat(64 * 1024 + 1);
+    let resp = post_json(&client, server.local_addr, "/validate", &big)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        post_json(&client, server.local_addr, "/validate", "{}")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // ALPN: h2 and http/1.1 offered; both negotiate, and a review works over HTTP/2.
+    let h2 = tls_connect(server.local_addr, &[&ca], &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(url(server.local_addr, "/validate"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(axum::body::Bytes::from_static(
+            b"{}",
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], br#"{"endpoint":"validate","len":2}"#);
+    let h1 = tls_connect(server.local_addr, &[&ca], &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(h1.get_ref().1.alpn_protocol(), Some(b"http/1.1".as_slice()));
+    // Also reachable over 127.0.0.1 (the IP SAN).
+    let by_ip = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let resp = by_ip
+        .get(format!("https://{}/healthz", server.local_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let metrics = server.metrics_addr.unwrap();
+    assert_eq!(http_get(metrics, "/readyz").await.0, 200);
+    let (status, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        r#"capi_calico_admission_requests_total{endpoint="mutate",kind="cluster.x-k8s.io/v1beta2/Cluster",operation="CREATE",outcome="allowed"} 1"#,
+        r#"capi_calico_admission_denials_total{rule="block-size-range"} 1"#,
+        r#"capi_calico_tls_reloads_total{result="success"} 1"#,
+        "capi_calico_tls_certificate_expiry_timestamp_seconds ",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn certificate_rotation_through_data_symlink_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (pair(), pair(), pair());
+    publish(dir.path(), "2026_01_01_00_00_00.1", &a.cert_pem, &a.key_pem);
+    let mut config = fast_config(TlsSource::Files {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    });
+    // The poll backstop is far away: the directory watch must see the swap.
+    config.cert_poll_interval = Duration::from_secs(600);
+    let (server, stop) = start_server(config, FakeHandler::new()).await;
+    let addr = server.local_addr;
+    let cas = [a.ca_pem.as_str(), b.ca_pem.as_str(), c.ca_pem.as_str()];
+    assert_eq!(served_leaf(addr, &cas).await, leaf_der(&a));
+
+    // Requests keep flowing during every swap.
+    let running = Arc::new(AtomicBool::new(true));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = tokio::spawn({
+        let (running, ok, failed) = (running.clone(), ok.clone(), failed.clone());
+        let client = https_client(&cas);
+        async move {
+            while running.load(Ordering::SeqCst) {
+                match post_json(&client, addr, "/validate", "{}").await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+
+    publish(dir.path(), "2026_01_02_00_00_00.2", &b.cert_pem, &b.key_pem);
+    eventually("certificate b served", Duration::from_secs(5), || async {
+        served_leaf(addr, &cas).await == leaf_der(&b)
+    })
+    .await;
+
+    // A mismatched pair (c's certificate, a's key) is refused; b stays.
+    publish(dir.path(), "2026_01_03_00_00_00.3", &c.cert_pem, &a.key_pem);
+    let metrics = server.metrics_addr.unwrap();
+    eventually("first refusal counted", Duration::from_secs(5), || async {
+        http_get(metrics, "/metrics")
+            .await
+            .1
+            .contains(r#"capi_calico_tls_reloads_total{result="error"} 1"#)
+    })
+    .await;
+    assert_eq!(served_leaf(addr, &cas).await, leaf_der(&b));
+
+    // Unparsable content too.
+    publish(
+        dir.path(),
+        "2026_01_04_00_00_00.4",
+        "not a certificate",
+        "not a key",
+    );
+    eventually("second refusal counted", Duration::from_secs(5), || async {
+        http_get(metrics, "/metrics")
+            .await
+            .1
+            .contains(r#"capi_calico_tls_reloads_total{result="error"} 2"#)
+    })
+    .await;
+    assert_eq!(served_leaf(addr, &cas).await, leaf_der(&b));
+    assert_eq!(http_get(metrics, "/readyz").await.0, 200);
+
+    // And a good pair after bad ones is taken.
+    publish(dir.path(), "2026_01_05_00_00_00.5", &c.cert_pem, &c.key_pem);
+    eventually("certificate c served", Duration::from_secs(5), || async {
+        served_leaf(addr, &cas).await == leaf_der(&c)
+    })
+    .await;
+
+    running.store(false, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 5);
+    let text = http_get(metrics, "/metrics").await.1;
+    assert!(
+        text.contains(r#"capi_calico_tls_reloads_total{result="success"} 3"#),
+        "{text}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn plain_file_overwrite_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (pair(), pair());
+    fs::write(dir.path().join("tls.crt"), &a.cert_pem).unwrap();
+    fs::write(dir.path().join("tls.key"), &a.key_pem).unwrap();
+    let mut config = fast_config(TlsSource::Files {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    });
+    config.cert_poll_interval = Duration::from_millis(200);
+    let (server, stop) = start_server(config, FakeHandler::new()).await;
+    let cas = [a.ca_pem.as_str(), b.ca_pem.as_str()];
+    // Non-atomic overwrite, key first: the intermediate (mismatched) state may be seen and refused; the final pair
+    // must be served.
+    fs::write(dir.path().join("tls.key"), &b.key_pem).unwrap();
+    fs::write(dir.path().join("tls.crt"), &b.cert_pem).unwrap();
+    eventually("certificate b served", Duration::from_secs(5), || async {
+        served_leaf(server.local_addr, &cas).await == leaf_der(&b)
+    })
+    .await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_and_refuses_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(TlsSource::SelfSigned {
+        dir: dir.path().to_owned(),
+    });
+    let handler = FakeHandler::new();
+    let (server, stop) = start_server(config, handler.clone()).await;
+    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let client = https_client(&[&ca]);
+    let (addr, metrics) = (server.local_addr, server.metrics_addr.unwrap());
+
+    let started = handler.started.notified();
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { post_json(&client, addr, "/mutate", "slow").await }
+    });
+    started.await;
+    let t0 = Instant::now();
+    stop.send(()).unwrap();
+    let waiting = tokio::spawn(server.wait());
+
+    eventually(
+        "readyz 503 during drain",
+        Duration::from_secs(1),
+        || async { http_get(metrics, "/readyz").await.0 == 503 },
+    )
+    .await;
+    eventually(
+        "new connections refused",
+        Duration::from_secs(1),
+        || async { TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"endpoint":"mutate","len":4}"#
+    );
+    tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn drain_deadline_bounds_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(TlsSource::SelfSigned {
+        dir: dir.path().to_owned(),
+    });
+    config.request_timeout = Duration::from_secs(60);
+    config.drain_timeout = Duration::from_millis(300);
+    let handler = FakeHandler::new();
+    let (server, stop) = start_server(config, handler.clone()).await;
+    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let client = https_client(&[&ca]);
+    let addr = server.local_addr;
+    let started = handler.started.notified();
+    let stuck = tokio::spawn(async move { post_json(&client, addr, "/mutate", "hang").await });
+    started.await;
+    let t0 = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "the stuck request is cut at the deadline"
+    );
+}
+
+/// Read until the peer closes; returns what was read, or None if still open after `within`.
+async fn closed_within(stream: &mut TlsStream<TcpStream>, within: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn abusive_clients_are_cut_off_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(TlsSource::SelfSigned {
+        dir: dir.path().to_owned(),
+    });
+    let (server, stop) = start_server(config, FakeHandler::new()).await;
+    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let addr = server.local_addr;
+
+    // Slowloris: request head one byte every 100 ms, never finished. header_read_timeout is 1 s.
+    let slowloris = tokio::spawn({
+        let ca = ca.clone();
+        async move {
+            let mut s = tls_connect(addr, &[&ca], &[b"http/1.1"]).await.unwrap();
+            let t0 = Instant::now();
+            let head = b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            for byte in head {
+                if s.write_all(&[*byte]).await.is_err() || s.flush().await.is_err() {
+                    return t0.elapsed();
+                }
+                if closed_within(&mut s, Duration::from_millis(100))
+                    .await
+                    .is_some()
+                {
+                    return t0.elapsed();
+                }
+            }
+            panic!("slowloris connection never cut off");
+        }
+    });
+    // Headers complete, body promised but never sent: 408 after body_read_timeout (1 s).
+    let no_body = tokio::spawn({
+        let ca = ca.clone();
+        async move {
+            let mut s = tls_connect(addr, &[&ca], &[b"http/1.1"]).await.unwrap();
+            s.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+                .await
+                .unwrap();
+            s.flush().await.unwrap();
+            let t0 = Instant::now();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                    .await
+                    .expect("answer within 5 s")
+                    .unwrap();
+                assert!(n > 0, "closed without an answer");
+                got.extend_from_slice(&buf[..n]);
+            }
+            (t0.elapsed(), String::from_utf8_lossy(&got).into_owned())
+        }
+    });
+    // TLS done, then silence: closed by the HTTP/1 header timer (1 s).
+    let idle = tokio::spawn({
+        let ca = ca.clone();
+        async move {
+            let mut s = tls_connect(addr, &[&ca], &[b"http/1.1"]).await.unwrap();
+            closed_within(&mut s, Duration::from_secs(3))
+                .await
+                .is_some()
+        }
+    });
+    // TCP connected, no TLS handshake at all: closed by the handshake deadline (1 s).
+    let no_handshake = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    });
+
+    // Meanwhile a well-behaved client is served, each request quickly.
+    let client = https_client(&[&ca]);
+    for _ in 0..10 {
+        let t = Instant::now();
+        let resp = post_json(&client, addr, "/validate", "{}").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(t.elapsed() < Duration::from_millis(1500));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let cut = slowloris.await.unwrap();
+    assert!(
+        cut >= Duration::from_millis(800) && cut < Duration::from_secs(4),
+        "slowloris cut after {cut:?}"
+    );
+    let (after, answer) = no_body.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(800) && after < Duration::from_secs(4),
+        "{after:?}"
+    );
+    assert!(idle.await.unwrap(), "idle connection not closed");
+    assert!(
+        no_handshake.await.unwrap(),
+        "connection without handshake not closed"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
