@@ -11,9 +11,12 @@
 # The build uses cache mounts (BuildKit, buildah >= 1.24 and podman understand `RUN --mount=type=cache`); the binary
 # is copied out of the cached target directory inside the same RUN.
 
-ARG RUST_VERSION=1.95
+# Override both for a mirror or a digest-pinned base, e.g.
+#   --build-arg BUILDER_IMAGE=registry.example/rust:1.95-bookworm@sha256:... --build-arg RUNTIME_IMAGE=...
+ARG BUILDER_IMAGE=docker.io/library/rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
-FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
+FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -21,7 +24,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin capi-calico-webhook \
     && install -D -m 0755 target/release/capi-calico-webhook /out/capi-calico-webhook
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="capi-calico-webhook" \
       org.opencontainers.image.description="Admission webhook for Calico settings on Cluster API clusters" \
       org.opencontainers.image.licenses="Apache-2.0"
