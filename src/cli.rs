@@ -133,53 +133,92 @@ pub struct ServeArgs {
     /// HTTPS listen address.
     #[arg(long, env = "CAPI_CALICO_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: std::net::SocketAddr,
-    /// Serving certificate (PEM). Without it and --tls-key-file, a self-signed certificate is generated.
+    /// Serving certificate (PEM), reloaded when it changes. Without it and --tls-key-file, a self-signed CA and
+    /// certificate for localhost are generated into --self-signed-dir.
     #[arg(long, env = "CAPI_CALICO_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
     /// Private key of the serving certificate (PEM).
     #[arg(long, env = "CAPI_CALICO_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
-    /// Where the self-signed CA and certificate are written when no certificate files are given.
-    #[arg(
-        long,
-        env = "CAPI_CALICO_SELF_SIGNED_DIR",
-        default_value = "capi-calico-webhook-certs"
-    )]
-    pub self_signed_dir: PathBuf,
+    /// Where the self-signed CA (ca.crt) and certificate are written when no certificate files are given.
+    /// Default: $TMPDIR/capi-calico-webhook-tls.
+    #[arg(long, env = "CAPI_CALICO_SELF_SIGNED_DIR")]
+    pub self_signed_dir: Option<PathBuf>,
     /// Plain-HTTP address for /metrics, /healthz and /readyz; `off` disables it.
-    #[arg(
-        long,
-        env = "CAPI_CALICO_METRICS_LISTEN",
-        default_value = "0.0.0.0:9090"
-    )]
+    #[arg(long, env = "CAPI_CALICO_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: String,
-    /// Kubeconfig for the Cluster lookup. Default: in-cluster config or $KUBECONFIG when present.
+    /// Kubeconfig for the Cluster lookup and the reconciler. Default: $KUBECONFIG, ~/.kube/config or the
+    /// in-cluster service account, whichever is found first.
     #[arg(long, env = "CAPI_CALICO_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Turn the Cluster lookup off even when cluster access is available.
+    /// Run without cluster access: no Cluster lookup for KCPs/KCTs, no reconciler.
     #[arg(long, env = "CAPI_CALICO_NO_CLUSTER_LOOKUP")]
     pub no_cluster_lookup: bool,
+    /// Do not run the reconciler that delivers Calico through ClusterResourceSets.
+    #[arg(long, env = "CAPI_CALICO_NO_RECONCILER")]
+    pub no_reconciler: bool,
+    /// Namespace holding the Calico operator bundles (see `bundle`).
+    #[arg(long, env = "CAPI_CALICO_BUNDLE_NAMESPACE", default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE)]
+    pub bundle_namespace: String,
     /// Log format.
-    #[arg(
-        long,
-        env = "CAPI_CALICO_LOG_FORMAT",
-        value_enum,
-        default_value = "json"
-    )]
-    pub log_format: LogFormatArg,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "CAPI_CALICO_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: crate::server::LogFormat,
+    /// Deadline for one review, from the first body byte to the answer; keep it below the webhook timeoutSeconds.
+    #[arg(long, env = "CAPI_CALICO_REQUEST_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// After SIGTERM, keep serving (unready) this long so endpoints can drop the pod.
+    #[arg(long, env = "CAPI_CALICO_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: std::time::Duration,
+    /// How long in-flight requests may take to finish after the listener closes.
     #[arg(long, env = "CAPI_CALICO_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
     /// Bound on the direct API call made on a Cluster cache miss.
     #[arg(long, env = "CAPI_CALICO_LOOKUP_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
     pub lookup_timeout: std::time::Duration,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "CAPI_CALICO_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Reviews handled at once.
+    #[arg(long, env = "CAPI_CALICO_MAX_CONCURRENT_REVIEWS", default_value_t = 64)]
+    pub max_concurrent_reviews: usize,
+    /// Open connections accepted on the webhook port.
+    #[arg(long, env = "CAPI_CALICO_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
-/// Log format flag.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormatArg {
-    Json,
-    Text,
+impl ServeArgs {
+    /// The transport configuration these flags describe.
+    pub fn server_config(&self) -> Result<crate::server::ServerConfig, String> {
+        use crate::server::{ServerConfig, TlsSource};
+        let defaults = ServerConfig::default();
+        let tls = match (&self.tls_cert_file, &self.tls_key_file, &self.self_signed_dir) {
+            (Some(cert), Some(key), _) => TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (_, _, Some(dir)) => TlsSource::SelfSigned { dir: dir.clone() },
+            _ => defaults.tls.clone(),
+        };
+        let metrics_listen = match self.metrics_listen.as_str() {
+            "off" | "" => None,
+            addr => Some(
+                addr.parse()
+                    .map_err(|e| format!("--metrics-listen {addr:?}: {e} (use host:port or off)"))?,
+            ),
+        };
+        Ok(ServerConfig {
+            listen: self.listen,
+            metrics_listen,
+            tls,
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: self.request_timeout,
+            shutdown_delay: self.shutdown_delay,
+            drain_timeout: self.drain_timeout,
+            max_concurrent_reviews: self.max_concurrent_reviews,
+            max_connections: self.max_connections,
+            ..defaults
+        })
+    }
 }
 
 /// Parse `250ms`, `20s`, `2m`.
@@ -363,4 +402,112 @@ pub fn run_bundle(args: &BundleArgs, out: &mut dyn Write, err: &mut dyn Write) -
             2
         }
     }
+}
+
+/// `serve`: run until SIGTERM/Ctrl-C; exit 0 after a clean shutdown, 1 on a start-up or serving error.
+pub fn run_serve(args: &ServeArgs) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "capi-calico-webhook stopped");
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+async fn kube_client(args: &ServeArgs) -> Result<kube::Client, String> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
+    };
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+async fn serve(args: &ServeArgs) -> Result<(), String> {
+    use std::sync::Arc;
+
+    use crate::{
+        admission::Webhook,
+        cluster::{NoLookup, ServeSource, live::LiveSource},
+        delivery::reconciler::{ReconcilerConfig, run_reconciler_until},
+        server,
+    };
+
+    server::init_logging(args.log_format);
+    let config = args.server_config()?;
+    let client = if args.no_cluster_lookup {
+        tracing::info!("cluster access disabled by --no-cluster-lookup: KCP/KCT Cluster lookup and reconciler are off");
+        None
+    } else {
+        match kube_client(args).await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                if args.kubeconfig.is_some() {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    error = %e,
+                    "no cluster access: KCP/KCT Cluster lookup and the reconciler are off; objects without their \
+                     own capi-calico.io annotations are admitted unchanged with a warning"
+                );
+                None
+            }
+        }
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let source = match &client {
+        Some(client) => {
+            tracing::info!("Cluster lookup on: watching clusters and machinedeployments");
+            ServeSource::Live(LiveSource::start(client.clone(), args.lookup_timeout))
+        }
+        None => ServeSource::Off(NoLookup),
+    };
+    let reconciler = match (&client, args.no_reconciler) {
+        (Some(client), false) => {
+            let config = ReconcilerConfig {
+                bundle_namespace: args.bundle_namespace.clone(),
+                instance: std::env::var("POD_NAME").ok(),
+                ..ReconcilerConfig::default()
+            };
+            let client = client.clone();
+            let stop = stopped();
+            Some(tokio::spawn(async move {
+                if let Err(e) = run_reconciler_until(client, config, stop).await {
+                    tracing::error!(error = %e, "the Calico delivery reconciler stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
+    let result = server::run(config, Arc::new(Webhook::new(source)), stopped()).await;
+    if let Some(task) = reconciler {
+        task.abort();
+    }
+    result.map_err(|e| e.to_string())
 }
