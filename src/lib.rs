@@ -5,4 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod mutation;
 pub mod settings;
