@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::settings::Settings;
 
-pub use patch::{apply, patch, verify};
+pub use patch::{apply, is_ours_command, is_ours_path, patch, verify};
 
 /// Every path the webhook injects starts with this directory. The whole directory is reserved: any file under it
 /// and any command mentioning it is treated as ours.
@@ -108,7 +108,10 @@ impl InjectedFile {
         let mut m = Map::new();
         m.insert("path".into(), Value::String(self.path.clone()));
         m.insert("owner".into(), Value::String(self.owner.to_string()));
-        m.insert("permissions".into(), Value::String(self.permissions.to_string()));
+        m.insert(
+            "permissions".into(),
+            Value::String(self.permissions.to_string()),
+        );
         m.insert("content".into(), Value::String(self.content.clone()));
         Value::Object(m)
     }
@@ -127,7 +130,9 @@ impl Injection {
     /// True when nothing is injected (an opted-in cluster without INSTALL_CALICOCTL): [`patch`] then only removes
     /// stale entries of ours.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.pre_kubeadm_commands.is_empty() && self.post_kubeadm_commands.is_empty()
+        self.files.is_empty()
+            && self.pre_kubeadm_commands.is_empty()
+            && self.post_kubeadm_commands.is_empty()
     }
 
     /// The injected file at `path`, if any.
@@ -185,7 +190,9 @@ pub fn desired(settings: &Settings, target: Target) -> Result<Injection, Mutatio
             ));
         }
         let as_number = settings.as_number.ok_or_else(|| {
-            MutationError::InvalidSettings("CONFIGURE_CALICO_BGP_SETTINGS=true needs CALICO_BGP_AS_NUMBER".into())
+            MutationError::InvalidSettings(
+                "CONFIGURE_CALICO_BGP_SETTINGS=true needs CALICO_BGP_AS_NUMBER".into(),
+            )
         })?;
         let peer_files = render::peers_files(&settings.route_reflectors)?;
         for (i, content) in peer_files.into_iter().enumerate() {

@@ -9,8 +9,8 @@ use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation
 use serde_json::{Map, Value};
 
 use super::{
-    CALICOCTL_BINARY_PATH, DIR, INSTALL_SCRIPT_PATH, Injection, MAX_COMMANDS, MAX_CONTENT_CHARS, MAX_FILES,
-    MutationError, Target,
+    CALICOCTL_BINARY_PATH, DIR, INSTALL_SCRIPT_PATH, Injection, MAX_COMMANDS, MAX_CONTENT_CHARS,
+    MAX_FILES, MutationError, Target,
 };
 
 const FILES: &str = "files";
@@ -18,13 +18,13 @@ const PRE: &str = "preKubeadmCommands";
 const POST: &str = "postKubeadmCommands";
 
 /// True for a file path the webhook owns (everything under `/etc/capi-calico/`).
-pub(crate) fn is_ours_path(path: &str) -> bool {
+pub fn is_ours_path(path: &str) -> bool {
     path.starts_with(DIR)
 }
 
 /// True for a command the webhook owns (any command mentioning `/etc/capi-calico/`, which covers every constant
 /// command we have ever injected).
-pub(crate) fn is_ours_command(cmd: &str) -> bool {
+pub fn is_ours_command(cmd: &str) -> bool {
     cmd.contains(DIR)
 }
 
@@ -135,7 +135,11 @@ fn plan_commands(existing: &[Value], desired: &[&'static str]) -> ListPlan {
     // Pass 1: exact matches stay where they are.
     for (i, entry) in existing.iter().enumerate() {
         let Some(cmd) = entry.as_str() else { continue };
-        if let Some(j) = desired.iter().enumerate().position(|(j, d)| !placed[j] && *d == cmd) {
+        if let Some(j) = desired
+            .iter()
+            .enumerate()
+            .position(|(j, d)| !placed[j] && *d == cmd)
+        {
             placed[j] = true;
             handled[i] = true;
         }
@@ -153,7 +157,8 @@ fn plan_commands(existing: &[Value], desired: &[&'static str]) -> ListPlan {
         match placed.iter().position(|p| !p) {
             Some(j) => {
                 placed[j] = true;
-                plan.replace.push((i, Value::String(desired[j].to_string())));
+                plan.replace
+                    .push((i, Value::String(desired[j].to_string())));
             }
             None => plan.remove.push(i),
         }
@@ -177,7 +182,9 @@ enum Container<'a> {
 
 fn container(object: &Value, target: Target) -> Result<Container<'_>, MutationError> {
     let Value::Object(root) = object else {
-        return Err(MutationError::Malformed("the object is not a JSON object".into()));
+        return Err(MutationError::Malformed(
+            "the object is not a JSON object".into(),
+        ));
     };
     let mut cur = root;
     let path = target.spec_path();
@@ -196,11 +203,18 @@ fn container(object: &Value, target: Target) -> Result<Container<'_>, MutationEr
     Ok(Container::Present(cur))
 }
 
-fn list<'a>(spec: &'a Map<String, Value>, target: Target, field: &str) -> Result<Option<&'a [Value]>, MutationError> {
+fn list<'a>(
+    spec: &'a Map<String, Value>,
+    target: Target,
+    field: &str,
+) -> Result<Option<&'a [Value]>, MutationError> {
     match spec.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) => Ok(Some(a.as_slice())),
-        Some(_) => Err(MutationError::Malformed(format!("{} is not a list", dotted(target, field)))),
+        Some(_) => Err(MutationError::Malformed(format!(
+            "{} is not a list",
+            dotted(target, field)
+        ))),
     }
 }
 
@@ -226,8 +240,16 @@ fn removable(object: &Value, target: Target, depth: usize) -> bool {
 /// (files and pre/post commands alike); stale and duplicated entries of ours are removed. Missing parents and lists
 /// are created; a list (or parent) that would become empty is removed instead. An already-correct object yields an
 /// empty vector.
-pub fn patch(object: &Value, target: Target, injection: &Injection) -> Result<Vec<PatchOperation>, MutationError> {
-    for c in injection.pre_kubeadm_commands.iter().chain(&injection.post_kubeadm_commands) {
+pub fn patch(
+    object: &Value,
+    target: Target,
+    injection: &Injection,
+) -> Result<Vec<PatchOperation>, MutationError> {
+    for c in injection
+        .pre_kubeadm_commands
+        .iter()
+        .chain(&injection.post_kubeadm_commands)
+    {
         if c.is_empty() || c.chars().count() > MAX_CONTENT_CHARS {
             return Err(MutationError::TooLarge(format!(
                 "an injected command has {} characters; CAPI allows 1..={MAX_CONTENT_CHARS}",
@@ -236,8 +258,18 @@ pub fn patch(object: &Value, target: Target, injection: &Injection) -> Result<Ve
         }
     }
     check_count(injection.files.len(), MAX_FILES, target, FILES)?;
-    check_count(injection.pre_kubeadm_commands.len(), MAX_COMMANDS, target, PRE)?;
-    check_count(injection.post_kubeadm_commands.len(), MAX_COMMANDS, target, POST)?;
+    check_count(
+        injection.pre_kubeadm_commands.len(),
+        MAX_COMMANDS,
+        target,
+        PRE,
+    )?;
+    check_count(
+        injection.post_kubeadm_commands.len(),
+        MAX_COMMANDS,
+        target,
+        POST,
+    )?;
 
     let path = target.spec_path();
     let spec = match container(object, target)? {
@@ -283,10 +315,15 @@ pub fn patch(object: &Value, target: Target, injection: &Injection) -> Result<Ve
         let depth = path.len() - 1;
         if removable(object, target, depth) {
             let mut top = depth;
-            while top > 0 && removable(object, target, top - 1) && single_key_parent(object, &path[..top]) {
+            while top > 0
+                && removable(object, target, top - 1)
+                && single_key_parent(object, &path[..top])
+            {
                 top -= 1;
             }
-            return Ok(vec![PatchOperation::Remove(RemoveOperation { path: pointer(&path[..=top]) })]);
+            return Ok(vec![PatchOperation::Remove(RemoveOperation {
+                path: pointer(&path[..=top]),
+            })]);
         }
     }
 
@@ -311,7 +348,9 @@ pub fn patch(object: &Value, target: Target, injection: &Injection) -> Result<Ve
                     continue;
                 }
                 if plan.final_len == 0 {
-                    ops.push(PatchOperation::Remove(RemoveOperation { path: pointer_with(path, &[field]) }));
+                    ops.push(PatchOperation::Remove(RemoveOperation {
+                        path: pointer_with(path, &[field]),
+                    }));
                     continue;
                 }
                 for (i, value) in plan.replace {
@@ -323,10 +362,15 @@ pub fn patch(object: &Value, target: Target, injection: &Injection) -> Result<Ve
                 }
                 for i in plan.remove.into_iter().rev() {
                     let idx = i.to_string();
-                    ops.push(PatchOperation::Remove(RemoveOperation { path: pointer_with(path, &[field, &idx]) }));
+                    ops.push(PatchOperation::Remove(RemoveOperation {
+                        path: pointer_with(path, &[field, &idx]),
+                    }));
                 }
                 for value in plan.append {
-                    ops.push(PatchOperation::Add(AddOperation { path: pointer_with(path, &[field, "-"]), value }));
+                    ops.push(PatchOperation::Add(AddOperation {
+                        path: pointer_with(path, &[field, "-"]),
+                        value,
+                    }));
                 }
             }
         }
@@ -347,7 +391,9 @@ fn single_key_parent(object: &Value, tokens: &[&str]) -> bool {
 }
 
 fn strings(cmds: &[&'static str]) -> Vec<Value> {
-    cmds.iter().map(|c| Value::String((*c).to_string())).collect()
+    cmds.iter()
+        .map(|c| Value::String((*c).to_string()))
+        .collect()
 }
 
 fn check_count(n: usize, max: usize, target: Target, field: &str) -> Result<(), MutationError> {
@@ -364,13 +410,22 @@ fn check_count(n: usize, max: usize, target: Target, field: &str) -> Result<(), 
 fn create_missing(path: &[&str], depth: usize, injection: &Injection) -> Vec<PatchOperation> {
     let mut spec = Map::new();
     if !injection.files.is_empty() {
-        spec.insert(FILES.into(), Value::Array(injection.files.iter().map(|f| f.to_json()).collect()));
+        spec.insert(
+            FILES.into(),
+            Value::Array(injection.files.iter().map(|f| f.to_json()).collect()),
+        );
     }
     if !injection.pre_kubeadm_commands.is_empty() {
-        spec.insert(PRE.into(), Value::Array(strings(&injection.pre_kubeadm_commands)));
+        spec.insert(
+            PRE.into(),
+            Value::Array(strings(&injection.pre_kubeadm_commands)),
+        );
     }
     if !injection.post_kubeadm_commands.is_empty() {
-        spec.insert(POST.into(), Value::Array(strings(&injection.post_kubeadm_commands)));
+        spec.insert(
+            POST.into(),
+            Value::Array(strings(&injection.post_kubeadm_commands)),
+        );
     }
     if spec.is_empty() {
         return Vec::new();
@@ -381,7 +436,10 @@ fn create_missing(path: &[&str], depth: usize, injection: &Injection) -> Vec<Pat
         m.insert((*key).to_string(), value);
         value = Value::Object(m);
     }
-    vec![PatchOperation::Add(AddOperation { path: pointer(&path[..=depth]), value })]
+    vec![PatchOperation::Add(AddOperation {
+        path: pointer(&path[..=depth]),
+        value,
+    })]
 }
 
 /// Problems that make `object` differ from `injection`: our files or commands missing, altered, duplicated or
@@ -422,13 +480,19 @@ pub fn verify(object: &Value, target: Target, injection: &Injection) -> Vec<Stri
                     ));
                 }
                 if !rest.is_empty() {
-                    problems.push(format!("{where_files}: {} appears {} times", f.path, found.len()));
+                    problems.push(format!(
+                        "{where_files}: {} appears {} times",
+                        f.path,
+                        found.len()
+                    ));
                 }
             }
         }
     }
     for e in files {
-        let Some(path) = e.get("path").and_then(Value::as_str) else { continue };
+        let Some(path) = e.get("path").and_then(Value::as_str) else {
+            continue;
+        };
         if is_ours_path(path) && injection.file(path).is_none() {
             problems.push(format!(
                 "{where_files}: unexpected {path} (paths under {DIR} are reserved for capi-calico-webhook)"
@@ -439,7 +503,10 @@ pub fn verify(object: &Value, target: Target, injection: &Injection) -> Vec<Stri
     }
 
     // Commands.
-    for (field, desired) in [(PRE, &injection.pre_kubeadm_commands), (POST, &injection.post_kubeadm_commands)] {
+    for (field, desired) in [
+        (PRE, &injection.pre_kubeadm_commands),
+        (POST, &injection.post_kubeadm_commands),
+    ] {
         let where_cmds = dotted(target, field);
         let cmds: &[Value] = match list(spec, target, field) {
             Ok(Some(a)) => a,
@@ -452,9 +519,15 @@ pub fn verify(object: &Value, target: Target, injection: &Injection) -> Vec<Stri
         for d in desired.iter() {
             let n = cmds.iter().filter(|c| c.as_str() == Some(*d)).count();
             match n {
-                0 => problems.push(format!("{where_cmds}: the command `{}` is missing", short(d))),
+                0 => problems.push(format!(
+                    "{where_cmds}: the command `{}` is missing",
+                    short(d)
+                )),
                 1 => {}
-                n => problems.push(format!("{where_cmds}: the command `{}` appears {n} times", short(d))),
+                n => problems.push(format!(
+                    "{where_cmds}: the command `{}` appears {n} times",
+                    short(d)
+                )),
             }
         }
         for c in cmds.iter().filter_map(Value::as_str) {

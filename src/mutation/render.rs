@@ -10,7 +10,8 @@ use super::{MAX_CONTENT_CHARS, MutationError};
 use crate::settings::{BgpPeer, Settings};
 
 /// First line of every rendered YAML file.
-pub(crate) const YAML_HEADER: &str = "# Managed by capi-calico-webhook: generated from capi-calico.io/ annotations.\n";
+pub(crate) const YAML_HEADER: &str =
+    "# Managed by capi-calico-webhook: generated from capi-calico.io/ annotations.\n";
 
 /// `/etc/capi-calico/calicoctl.conf`: `key=value` lines read by install-calicoctl.sh with `read` (never sourced).
 pub(crate) fn calicoctl_conf(settings: &Settings) -> Result<String, MutationError> {
@@ -40,7 +41,11 @@ pub(crate) fn calicoctl_conf(settings: &Settings) -> Result<String, MutationErro
     ] {
         if let Some(sum) = sum {
             let s = &sum.0;
-            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            if s.len() != 64
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
                 return Err(MutationError::InvalidSettings(format!(
                     "calicoctl SHA-256 for {arch} must be 64 lower-case hex digits"
                 )));
@@ -62,7 +67,10 @@ pub(crate) fn peer_document(peer: &BgpPeer) -> String {
     let mut meta = Map::new();
     meta.insert("name".into(), Value::String(peer.name.clone()));
     let mut doc = Map::new();
-    doc.insert("apiVersion".into(), Value::String("projectcalico.org/v3".into()));
+    doc.insert(
+        "apiVersion".into(),
+        Value::String("projectcalico.org/v3".into()),
+    );
     doc.insert("kind".into(), Value::String("BGPPeer".into()));
     doc.insert("metadata".into(), Value::Object(meta));
     doc.insert("spec".into(), Value::Object(peer.spec.clone()));
@@ -76,7 +84,8 @@ pub(crate) fn peer_document(peer: &BgpPeer) -> String {
 pub(crate) fn peers_files(peers: &[BgpPeer]) -> Result<Vec<String>, MutationError> {
     if peers.is_empty() {
         return Err(MutationError::InvalidSettings(
-            "CONFIGURE_CALICO_BGP_SETTINGS=true needs at least one peer in CALICO_ROUTE_REFLECTORS".into(),
+            "CONFIGURE_CALICO_BGP_SETTINGS=true needs at least one peer in CALICO_ROUTE_REFLECTORS"
+                .into(),
         ));
     }
     let mut files: Vec<String> = Vec::new();
@@ -110,7 +119,10 @@ pub(crate) fn bgp_configuration(as_number: u32) -> String {
     spec.insert("asNumber".into(), Value::from(as_number));
     spec.insert("nodeToNodeMeshEnabled".into(), Value::Bool(false));
     let mut doc = Map::new();
-    doc.insert("apiVersion".into(), Value::String("projectcalico.org/v3".into()));
+    doc.insert(
+        "apiVersion".into(),
+        Value::String("projectcalico.org/v3".into()),
+    );
     doc.insert("kind".into(), Value::String("BGPConfiguration".into()));
     doc.insert("metadata".into(), Value::Object(meta));
     doc.insert("spec".into(), Value::Object(spec));
@@ -188,7 +200,8 @@ fn key(k: &str) -> String {
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         && !RESERVED.contains(&k.to_ascii_lowercase().as_str());
     if plain { k.to_string() } else { quote(k) }
 }

@@ -6,19 +6,24 @@ use json_patch::PatchOperation;
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
-use super::patch::{is_ours_command, is_ours_path};
 use super::render;
 use super::*;
 use crate::settings::{
-    BgpOption, BgpPeer, CalicoVersion, CalicoctlSource, Encapsulation, NatOutgoing, Settings, Sha256Hex,
+    BgpOption, BgpPeer, CalicoVersion, CalicoctlSource, Encapsulation, NatOutgoing, Settings,
+    Sha256Hex,
 };
 
 const SHA_AMD64: &str = "1b91928adc39861ba5e04d8d15c4ce489731269b07a8e7444c0fdf677f041113";
 const SHA_ARM64: &str = "d7adff41398cb77b97451bf238022376382725ff231228f78b3ebc35d9fb9fda";
 
 pub(crate) fn peer(name: &str, spec: Value) -> BgpPeer {
-    let Value::Object(spec) = spec else { panic!("spec must be an object") };
-    BgpPeer { name: name.into(), spec }
+    let Value::Object(spec) = spec else {
+        panic!("spec must be an object")
+    };
+    BgpPeer {
+        name: name.into(),
+        spec,
+    }
 }
 
 pub(crate) fn settings(install: bool, bgp: bool) -> Settings {
@@ -49,7 +54,9 @@ pub(crate) fn settings(install: bool, bgp: bool) -> Settings {
 }
 
 pub(crate) fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mutation").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mutation")
+        .join(name);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -73,7 +80,11 @@ fn list_of(obj: &Value, target: Target, field: &str) -> Vec<Value> {
 fn user_files(obj: &Value, target: Target) -> Vec<Value> {
     list_of(obj, target, "files")
         .into_iter()
-        .filter(|f| !f.get("path").and_then(Value::as_str).is_some_and(is_ours_path))
+        .filter(|f| {
+            !f.get("path")
+                .and_then(Value::as_str)
+                .is_some_and(is_ours_path)
+        })
         .collect()
 }
 
@@ -91,7 +102,10 @@ fn assert_no_empty_containers(before: &Value, obj: &Value, target: Target) {
     for k in target.spec_path() {
         match cur.get(*k) {
             Some(v) => {
-                assert!(v.as_object().is_some_and(|m| !m.is_empty()), "{k} is empty or not an object in {obj}");
+                assert!(
+                    v.as_object().is_some_and(|m| !m.is_empty()),
+                    "{k} is empty or not an object in {obj}"
+                );
                 cur = v;
             }
             None => return,
@@ -100,7 +114,10 @@ fn assert_no_empty_containers(before: &Value, obj: &Value, target: Target) {
     for field in ["files", "preKubeadmCommands", "postKubeadmCommands"] {
         let was_empty = spec_of(before, target).and_then(|s| s.get(field)) == Some(&json!([]));
         if let Some(v) = cur.get(field).filter(|_| !was_empty) {
-            assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{field} is empty in {obj}");
+            assert!(
+                v.as_array().is_some_and(|a| !a.is_empty()),
+                "{field} is empty in {obj}"
+            );
         }
     }
 }
@@ -123,7 +140,11 @@ fn roundtrip(before: &Value, target: Target, inj: &Injection) -> Value {
     // Exactly our entries, each once.
     let ours: Vec<Value> = list_of(&after, target, "files")
         .into_iter()
-        .filter(|f| f.get("path").and_then(Value::as_str).is_some_and(is_ours_path))
+        .filter(|f| {
+            f.get("path")
+                .and_then(Value::as_str)
+                .is_some_and(is_ours_path)
+        })
         .collect();
     let mut want: Vec<Value> = inj.files.iter().map(InjectedFile::to_json).collect();
     let mut got = ours.clone();
@@ -131,14 +152,20 @@ fn roundtrip(before: &Value, target: Target, inj: &Injection) -> Value {
     want.sort_by_key(key);
     got.sort_by_key(key);
     assert_eq!(got, want);
-    for (f, d) in [("preKubeadmCommands", &inj.pre_kubeadm_commands), ("postKubeadmCommands", &inj.post_kubeadm_commands)]
-    {
+    for (f, d) in [
+        ("preKubeadmCommands", &inj.pre_kubeadm_commands),
+        ("postKubeadmCommands", &inj.post_kubeadm_commands),
+    ] {
         let mine: Vec<String> = list_of(&after, target, f)
             .into_iter()
             .filter_map(|c| c.as_str().map(str::to_string))
             .filter(|c| is_ours_command(c))
             .collect();
-        assert_eq!(mine, d.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{f}");
+        assert_eq!(
+            mine,
+            d.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "{f}"
+        );
     }
     assert_no_empty_containers(before, &after, target);
     // Everything outside the spec's lists is untouched.
@@ -216,7 +243,13 @@ fn desired_bgp_only_for_control_plane() {
     let paths: Vec<&str> = cp.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(
         paths,
-        vec![INSTALL_SCRIPT_PATH, CALICOCTL_CONF_PATH, BGP_PEERS_PATH, BGP_CONFIGURATION_PATH, APPLY_SCRIPT_PATH]
+        vec![
+            INSTALL_SCRIPT_PATH,
+            CALICOCTL_CONF_PATH,
+            BGP_PEERS_PATH,
+            BGP_CONFIGURATION_PATH,
+            APPLY_SCRIPT_PATH
+        ]
     );
     assert_eq!(cp.file(BGP_PEERS_PATH).unwrap().permissions, "0600");
     assert_eq!(cp.file(BGP_CONFIGURATION_PATH).unwrap().permissions, "0600");
@@ -224,9 +257,15 @@ fn desired_bgp_only_for_control_plane() {
     assert_eq!(cp.post_kubeadm_commands, vec![APPLY_COMMAND]);
 
     let workers = desired(&s, Target::Workers).unwrap();
-    assert!(workers.files.iter().all(|f| !f.path.contains("bgp")), "workers got BGP files");
+    assert!(
+        workers.files.iter().all(|f| !f.path.contains("bgp")),
+        "workers got BGP files"
+    );
     assert!(workers.post_kubeadm_commands.is_empty());
-    assert_eq!(workers, desired(&settings(true, false), Target::Workers).unwrap());
+    assert_eq!(
+        workers,
+        desired(&settings(true, false), Target::Workers).unwrap()
+    );
 }
 
 #[test]
@@ -239,39 +278,73 @@ fn desired_nothing_without_install() {
 fn desired_rejects_inconsistent_settings() {
     let mut s = settings(true, true);
     s.install_calicoctl = false;
-    assert!(matches!(desired(&s, Target::ControlPlane), Err(MutationError::InvalidSettings(_))));
+    assert!(matches!(
+        desired(&s, Target::ControlPlane),
+        Err(MutationError::InvalidSettings(_))
+    ));
     let mut s = settings(true, true);
     s.as_number = None;
-    assert!(matches!(desired(&s, Target::ControlPlane), Err(MutationError::InvalidSettings(_))));
+    assert!(matches!(
+        desired(&s, Target::ControlPlane),
+        Err(MutationError::InvalidSettings(_))
+    ));
     let mut s = settings(true, true);
     s.route_reflectors.clear();
-    assert!(matches!(desired(&s, Target::ControlPlane), Err(MutationError::InvalidSettings(_))));
+    assert!(matches!(
+        desired(&s, Target::ControlPlane),
+        Err(MutationError::InvalidSettings(_))
+    ));
     let mut s = settings(true, false);
     s.calicoctl.sha256_amd64 = None;
     s.calicoctl.sha256_arm64 = None;
-    assert!(matches!(desired(&s, Target::Workers), Err(MutationError::InvalidSettings(_))));
+    assert!(matches!(
+        desired(&s, Target::Workers),
+        Err(MutationError::InvalidSettings(_))
+    ));
     let mut s = settings(true, false);
     s.calicoctl.url_template = "https://example.com/{version}/x-{arch}\nversion=evil".into();
-    assert!(matches!(desired(&s, Target::Workers), Err(MutationError::InvalidSettings(_))));
+    assert!(matches!(
+        desired(&s, Target::Workers),
+        Err(MutationError::InvalidSettings(_))
+    ));
     let mut s = settings(true, false);
     s.calicoctl.sha256_arm64 = Some(Sha256Hex("ABC".into()));
-    assert!(matches!(desired(&s, Target::Workers), Err(MutationError::InvalidSettings(_))));
+    assert!(matches!(
+        desired(&s, Target::Workers),
+        Err(MutationError::InvalidSettings(_))
+    ));
 }
 
 #[test]
 fn commands_are_constants_and_values_only_in_files() {
     let mut s = settings(true, true);
-    s.calicoctl.url_template = "https://mirror.example.com/calico/{version}/calicoctl-{arch}".into();
+    s.calicoctl.url_template =
+        "https://mirror.example.com/calico/{version}/calicoctl-{arch}".into();
     let inj = desired(&s, Target::ControlPlane).unwrap();
     assert_eq!(inj.pre_kubeadm_commands, vec![INSTALL_COMMAND]);
     assert_eq!(inj.post_kubeadm_commands, vec![APPLY_COMMAND]);
-    for c in inj.pre_kubeadm_commands.iter().chain(&inj.post_kubeadm_commands) {
-        for value in ["mirror.example.com", "v3.31.7", SHA_AMD64, "64512", "rr-1", "192.0.2.10"] {
+    for c in inj
+        .pre_kubeadm_commands
+        .iter()
+        .chain(&inj.post_kubeadm_commands)
+    {
+        for value in [
+            "mirror.example.com",
+            "v3.31.7",
+            SHA_AMD64,
+            "64512",
+            "rr-1",
+            "192.0.2.10",
+        ] {
             assert!(!c.contains(value), "{value} leaked into command {c}");
         }
     }
     let conf = &inj.file(CALICOCTL_CONF_PATH).unwrap().content;
-    assert!(conf.contains("url_template=https://mirror.example.com/calico/{version}/calicoctl-{arch}\n"));
+    assert!(
+        conf.contains(
+            "url_template=https://mirror.example.com/calico/{version}/calicoctl-{arch}\n"
+        )
+    );
     assert!(conf.contains("version=v3.31.7\n"));
     assert!(conf.contains(&format!("sha256_amd64={SHA_AMD64}\n")));
     assert!(conf.contains(&format!("sha256_arm64={SHA_ARM64}\n")));
@@ -289,9 +362,17 @@ fn conf_omits_a_missing_checksum() {
 
 #[test]
 fn scripts_and_commands_fit_capi_limits() {
-    for (name, s) in [("install", INSTALL_SCRIPT), ("apply", APPLY_SCRIPT), ("install cmd", INSTALL_COMMAND), ("apply cmd", APPLY_COMMAND)]
-    {
-        assert!(s.chars().count() <= MAX_CONTENT_CHARS, "{name} has {} chars", s.chars().count());
+    for (name, s) in [
+        ("install", INSTALL_SCRIPT),
+        ("apply", APPLY_SCRIPT),
+        ("install cmd", INSTALL_COMMAND),
+        ("apply cmd", APPLY_COMMAND),
+    ] {
+        assert!(
+            s.chars().count() <= MAX_CONTENT_CHARS,
+            "{name} has {} chars",
+            s.chars().count()
+        );
         assert!(!s.is_empty());
     }
     assert!(INSTALL_SCRIPT.starts_with("#!/bin/bash\n"));
@@ -321,7 +402,8 @@ fn bgp_files_parse_back_to_the_validated_values() {
         assert_eq!(doc["spec"], Value::Object(p.spec.clone()));
         assert_eq!(doc.as_object().unwrap().len(), 4);
     }
-    let conf: Vec<Value> = serde_saphyr::from_multiple(&inj.file(BGP_CONFIGURATION_PATH).unwrap().content).unwrap();
+    let conf: Vec<Value> =
+        serde_saphyr::from_multiple(&inj.file(BGP_CONFIGURATION_PATH).unwrap().content).unwrap();
     assert_eq!(
         conf,
         vec![json!({
@@ -359,9 +441,41 @@ fn canonical_yaml_is_exact() {
 #[test]
 fn awkward_strings_survive_the_yaml_round_trip() {
     let nasty = [
-        "on", "no", "yes", "0755", "1e3", "null", "~", "", " lead", "trail ", "a: b", "- x", "#c", "'q'", "\"dq\"",
-        "back\\slash", "new\nline", "tab\there", "\u{85}nel", "\u{2028}ls", "é", "日本", "😀", "{a}", "[b]", "*anchor",
-        "&x", "!tag", "%dir", "@at", "`tick`", "$(id)", "a\r\nb", "\u{7f}", "\u{1}",
+        "on",
+        "no",
+        "yes",
+        "0755",
+        "1e3",
+        "null",
+        "~",
+        "",
+        " lead",
+        "trail ",
+        "a: b",
+        "- x",
+        "#c",
+        "'q'",
+        "\"dq\"",
+        "back\\slash",
+        "new\nline",
+        "tab\there",
+        "\u{85}nel",
+        "\u{2028}ls",
+        "é",
+        "日本",
+        "😀",
+        "{a}",
+        "[b]",
+        "*anchor",
+        "&x",
+        "!tag",
+        "%dir",
+        "@at",
+        "`tick`",
+        "$(id)",
+        "a\r\nb",
+        "\u{7f}",
+        "\u{1}",
     ];
     for (i, s) in nasty.iter().enumerate() {
         let p = peer(
@@ -370,16 +484,27 @@ fn awkward_strings_survive_the_yaml_round_trip() {
         );
         let text = render::peer_document(&p);
         assert!(text.is_ascii(), "{text}");
-        let back: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{s:?}: {e}\n{text}"));
-        assert_eq!(back[0]["spec"], Value::Object(p.spec.clone()), "{s:?}\n{text}");
+        let back: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{s:?}: {e}\n{text}"));
+        assert_eq!(
+            back[0]["spec"],
+            Value::Object(p.spec.clone()),
+            "{s:?}\n{text}"
+        );
     }
 }
 
 #[test]
 fn awkward_keys_are_quoted() {
-    let p = peer("p", json!({"on": 1, "y": 2, "a b": 3, "Off": 4, "ok-key.x": 5}));
+    let p = peer(
+        "p",
+        json!({"on": 1, "y": 2, "a b": 3, "Off": 4, "ok-key.x": 5}),
+    );
     let text = render::peer_document(&p);
-    assert!(text.contains("\"on\": 1") && text.contains("\"y\": 2") && text.contains("\"Off\": 4"), "{text}");
+    assert!(
+        text.contains("\"on\": 1") && text.contains("\"y\": 2") && text.contains("\"Off\": 4"),
+        "{text}"
+    );
     assert!(text.contains("ok-key.x: 5"));
     let back: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     assert_eq!(back[0]["spec"], Value::Object(p.spec));
@@ -405,8 +530,16 @@ fn large_peer_sets_are_split_in_order() {
     let mut s = settings(true, true);
     s.route_reflectors = many_peers(120);
     let inj = desired(&s, Target::ControlPlane).unwrap();
-    let peer_files: Vec<&InjectedFile> = inj.files.iter().filter(|f| f.path.contains("bgppeers")).collect();
-    assert!(peer_files.len() >= 3, "expected a split, got {}", peer_files.len());
+    let peer_files: Vec<&InjectedFile> = inj
+        .files
+        .iter()
+        .filter(|f| f.path.contains("bgppeers"))
+        .collect();
+    assert!(
+        peer_files.len() >= 3,
+        "expected a split, got {}",
+        peer_files.len()
+    );
     let mut all = Vec::new();
     for (i, f) in peer_files.iter().enumerate() {
         assert_eq!(f.path, peers_path(i + 1));
@@ -415,14 +548,20 @@ fn large_peer_sets_are_split_in_order() {
         let docs: Vec<Value> = serde_saphyr::from_multiple(&f.content).unwrap();
         all.extend(docs);
     }
-    let names: Vec<&str> = all.iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = all
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
     let want: Vec<String> = s.route_reflectors.iter().map(|p| p.name.clone()).collect();
     assert_eq!(names, want);
     // File order: peers 1..n, then configuration, then the script (apply-bgp.sh reads peers first).
     let paths: Vec<&str> = inj.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths[2], BGP_PEERS_PATH);
     assert_eq!(paths[3], "/etc/capi-calico/bgppeers-2.yaml");
-    assert_eq!(&paths[paths.len() - 2..], &[BGP_CONFIGURATION_PATH, APPLY_SCRIPT_PATH]);
+    assert_eq!(
+        &paths[paths.len() - 2..],
+        &[BGP_CONFIGURATION_PATH, APPLY_SCRIPT_PATH]
+    );
     // And it still patches cleanly.
     roundtrip(&fixture("kcp-v1beta2.json"), Target::ControlPlane, &inj);
 }
@@ -430,7 +569,10 @@ fn large_peer_sets_are_split_in_order() {
 #[test]
 fn a_single_huge_peer_is_refused() {
     let mut s = settings(true, true);
-    s.route_reflectors = vec![peer("huge", json!({"peerSelector": "x".repeat(MAX_CONTENT_CHARS)}))];
+    s.route_reflectors = vec![peer(
+        "huge",
+        json!({"peerSelector": "x".repeat(MAX_CONTENT_CHARS)}),
+    )];
     let err = desired(&s, Target::ControlPlane).unwrap_err();
     assert!(matches!(err, MutationError::TooLarge(_)));
     assert!(err.to_string().contains("huge"), "{err}");
@@ -442,7 +584,10 @@ fn a_single_huge_peer_is_refused() {
 const FIXTURES: &[(&str, Target)] = &[
     ("kcp-v1beta1.json", Target::ControlPlane),
     ("kcp-v1beta2.json", Target::ControlPlane),
-    ("kcp-v1beta2-no-kubeadmconfigspec.json", Target::ControlPlane),
+    (
+        "kcp-v1beta2-no-kubeadmconfigspec.json",
+        Target::ControlPlane,
+    ),
     ("kct-v1beta1.json", Target::Workers),
     ("kct-v1beta2.json", Target::Workers),
     ("kct-v1beta2-no-spec.json", Target::Workers),
@@ -450,14 +595,21 @@ const FIXTURES: &[(&str, Target)] = &[
 
 #[test]
 fn fixtures_roundtrip_for_every_settings_variant() {
-    let variants = [settings(true, false), settings(true, true), settings(false, false)];
+    let variants = [
+        settings(true, false),
+        settings(true, true),
+        settings(false, false),
+    ];
     for (name, target) in FIXTURES {
         let before = fixture(name);
         for s in &variants {
             let inj = desired(s, *target).unwrap();
             let after = roundtrip(&before, *target, &inj);
             if inj.is_empty() {
-                assert_eq!(after, before, "{name}: empty injection must not change a clean object");
+                assert_eq!(
+                    after, before,
+                    "{name}: empty injection must not change a clean object"
+                );
                 assert!(patch(&before, *target, &inj).unwrap().is_empty());
             }
             // Switching settings on an injected object: only the difference is patched, still idempotent.
@@ -504,9 +656,18 @@ fn minimal_ops_append_after_user_entries() {
     let after = apply(&before, &ops).unwrap();
     let pre = list_of(&after, Target::ControlPlane, "preKubeadmCommands");
     assert_eq!(pre.len(), 4);
-    assert_eq!(pre[3], INSTALL_COMMAND, "our pre command runs after the user's (and after the drop-in loop)");
+    assert_eq!(
+        pre[3], INSTALL_COMMAND,
+        "our pre command runs after the user's (and after the drop-in loop)"
+    );
     let post = list_of(&after, Target::ControlPlane, "postKubeadmCommands");
-    assert_eq!(post, vec![json!("echo control plane ready > /var/log/cp-ready"), json!(APPLY_COMMAND)]);
+    assert_eq!(
+        post,
+        vec![
+            json!("echo control plane ready > /var/log/cp-ready"),
+            json!(APPLY_COMMAND)
+        ]
+    );
 }
 
 #[test]
@@ -524,7 +685,12 @@ fn missing_lists_and_parents_are_created_in_one_add() {
     );
 
     let inj = desired(&settings(true, true), Target::ControlPlane).unwrap();
-    let ops = patch(&fixture("kcp-v1beta2-no-kubeadmconfigspec.json"), Target::ControlPlane, &inj).unwrap();
+    let ops = patch(
+        &fixture("kcp-v1beta2-no-kubeadmconfigspec.json"),
+        Target::ControlPlane,
+        &inj,
+    )
+    .unwrap();
     assert_eq!(op_paths(&ops), vec!["add /spec/kubeadmConfigSpec"]);
 
     let ops = patch(&fixture("kcp-v1beta2.json"), Target::ControlPlane, &inj).unwrap();
@@ -552,7 +718,10 @@ fn missing_lists_and_parents_are_created_in_one_add() {
 fn nothing_to_inject_on_a_clean_object_is_no_patch() {
     let inj = Injection::default();
     for (name, target) in FIXTURES {
-        assert!(patch(&fixture(name), *target, &inj).unwrap().is_empty(), "{name}");
+        assert!(
+            patch(&fixture(name), *target, &inj).unwrap().is_empty(),
+            "{name}"
+        );
         assert!(verify(&fixture(name), *target, &inj).is_empty(), "{name}");
     }
 }
@@ -578,7 +747,11 @@ fn emptied_parents_are_removed_not_left_empty() {
     let mut v1 = before.clone();
     v1["apiVersion"] = json!("controlplane.cluster.x-k8s.io/v1beta1");
     let injected = roundtrip(&v1, Target::ControlPlane, &inj);
-    let after = apply(&injected, &patch(&injected, Target::ControlPlane, &Injection::default()).unwrap()).unwrap();
+    let after = apply(
+        &injected,
+        &patch(&injected, Target::ControlPlane, &Injection::default()).unwrap(),
+    )
+    .unwrap();
     assert_eq!(after["spec"]["kubeadmConfigSpec"], json!({}));
 
     // A list holding only our entries is removed, not emptied.
@@ -606,20 +779,30 @@ fn stale_entries_are_removed_and_user_entries_kept() {
         ]
     );
     let after = roundtrip(&injected, Target::ControlPlane, &install_only);
-    assert_eq!(list_of(&after, Target::ControlPlane, "postKubeadmCommands"), vec![json!(
-        "echo control plane ready > /var/log/cp-ready"
-    )]);
+    assert_eq!(
+        list_of(&after, Target::ControlPlane, "postKubeadmCommands"),
+        vec![json!("echo control plane ready > /var/log/cp-ready")]
+    );
     // Unknown files of ours (e.g. from a future version or an old split) are stale too.
     let mut obj = after.clone();
     obj["spec"]["kubeadmConfigSpec"]["files"]
         .as_array_mut()
         .unwrap()
-        .insert(1, json!({"path": "/etc/capi-calico/bgppeers-7.yaml", "content": "x"}));
+        .insert(
+            1,
+            json!({"path": "/etc/capi-calico/bgppeers-7.yaml", "content": "x"}),
+        );
     let problems = verify(&obj, Target::ControlPlane, &install_only);
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].contains("unexpected /etc/capi-calico/bgppeers-7.yaml"), "{problems:?}");
+    assert!(
+        problems[0].contains("unexpected /etc/capi-calico/bgppeers-7.yaml"),
+        "{problems:?}"
+    );
     let ops = patch(&obj, Target::ControlPlane, &install_only).unwrap();
-    assert_eq!(op_paths(&ops), vec!["remove /spec/kubeadmConfigSpec/files/1"]);
+    assert_eq!(
+        op_paths(&ops),
+        vec!["remove /spec/kubeadmConfigSpec/files/1"]
+    );
     assert_eq!(apply(&obj, &ops).unwrap(), after);
 }
 
@@ -634,24 +817,46 @@ fn altered_entries_are_replaced_in_place() {
         json!({"path": INSTALL_SCRIPT_PATH, "owner": "root:root", "permissions": "0777", "content": "echo hacked", "append": true}),
     );
     // An older version of our pre command in the middle of the user's commands.
-    spec["preKubeadmCommands"].as_array_mut().unwrap().insert(1, json!("bash /etc/capi-calico/install-calicoctl.sh --old"));
+    spec["preKubeadmCommands"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, json!("bash /etc/capi-calico/install-calicoctl.sh --old"));
     // Our post command duplicated, and one with a different spelling.
-    spec["postKubeadmCommands"] = json!([APPLY_COMMAND, "echo user", "/etc/capi-calico/apply-bgp.sh &", APPLY_COMMAND]);
+    spec["postKubeadmCommands"] = json!([
+        APPLY_COMMAND,
+        "echo user",
+        "/etc/capi-calico/apply-bgp.sh &",
+        APPLY_COMMAND
+    ]);
 
     let problems = verify(&obj, Target::ControlPlane, &inj);
     let text = problems.join("\n");
-    assert!(text.contains("/etc/capi-calico/install-calicoctl.sh was altered (append, content, permissions differ"), "{text}");
+    assert!(
+        text.contains(
+            "/etc/capi-calico/install-calicoctl.sh was altered (append, content, permissions differ"
+        ),
+        "{text}"
+    );
     assert!(text.contains("appears 2 times"), "{text}");
     assert!(text.contains("unexpected or altered command referring to /etc/capi-calico/: `bash /etc/capi-calico/install-calicoctl.sh --old`"), "{text}");
-    assert!(text.contains("/etc/capi-calico/calicoctl.conf is missing"), "{text}");
+    assert!(
+        text.contains("/etc/capi-calico/calicoctl.conf is missing"),
+        "{text}"
+    );
 
     let ops = patch(&obj, Target::ControlPlane, &inj).unwrap();
     let after = apply(&obj, &ops).unwrap();
     let spec = &after["spec"]["kubeadmConfigSpec"];
     assert_eq!(spec["files"][0], inj.files[0].to_json(), "kept at index 0");
-    assert_eq!(spec["preKubeadmCommands"][1], INSTALL_COMMAND, "kept at index 1");
+    assert_eq!(
+        spec["preKubeadmCommands"][1], INSTALL_COMMAND,
+        "kept at index 1"
+    );
     assert_eq!(spec["preKubeadmCommands"].as_array().unwrap().len(), 4);
-    assert_eq!(spec["postKubeadmCommands"], json!([APPLY_COMMAND, "echo user"]));
+    assert_eq!(
+        spec["postKubeadmCommands"],
+        json!([APPLY_COMMAND, "echo user"])
+    );
     roundtrip(&obj, Target::ControlPlane, &inj);
 }
 
@@ -659,10 +864,17 @@ fn altered_entries_are_replaced_in_place() {
 fn our_commands_in_the_wrong_list_are_moved() {
     let inj = desired(&settings(true, false), Target::Workers).unwrap();
     let mut obj = fixture("kct-v1beta2.json");
-    obj["spec"]["template"]["spec"]["postKubeadmCommands"] = json!(["echo worker joined", INSTALL_COMMAND]);
+    obj["spec"]["template"]["spec"]["postKubeadmCommands"] =
+        json!(["echo worker joined", INSTALL_COMMAND]);
     let after = roundtrip(&obj, Target::Workers, &inj);
-    assert_eq!(after["spec"]["template"]["spec"]["postKubeadmCommands"], json!(["echo worker joined"]));
-    assert_eq!(after["spec"]["template"]["spec"]["preKubeadmCommands"], json!(["sysctl --system", INSTALL_COMMAND]));
+    assert_eq!(
+        after["spec"]["template"]["spec"]["postKubeadmCommands"],
+        json!(["echo worker joined"])
+    );
+    assert_eq!(
+        after["spec"]["template"]["spec"]["preKubeadmCommands"],
+        json!(["sysctl --system", INSTALL_COMMAND])
+    );
 }
 
 #[test]
@@ -684,7 +896,10 @@ fn duplicates_of_ours_collapse_to_the_first() {
         ]
     );
     let after = roundtrip(&obj, Target::Workers, &inj);
-    assert_eq!(after["spec"]["template"]["spec"]["files"], json!([f0, {"path": "/etc/a", "content": "a"}, f1]));
+    assert_eq!(
+        after["spec"]["template"]["spec"]["files"],
+        json!([f0, {"path": "/etc/a", "content": "a"}, f1])
+    );
 }
 
 #[test]
@@ -697,12 +912,23 @@ fn reserved_paths_and_collisions() {
         .unwrap()
         .push(json!({"path": CALICOCTL_CONF_PATH, "content": "version=v0.0.1"}));
     let after = roundtrip(&obj, Target::Workers, &inj);
-    assert_eq!(after["spec"]["template"]["spec"]["files"][1], inj.files[1].to_json());
+    assert_eq!(
+        after["spec"]["template"]["spec"]["files"][1],
+        inj.files[1].to_json()
+    );
 
     // Paths that alias into the directory are refused rather than guessed at.
-    for path in ["/etc//capi-calico/calicoctl.conf", "/etc/./capi-calico/x", "/etc/capi-calico", "/tmp/../etc/capi-calico/y"] {
+    for path in [
+        "/etc//capi-calico/calicoctl.conf",
+        "/etc/./capi-calico/x",
+        "/etc/capi-calico",
+        "/tmp/../etc/capi-calico/y",
+    ] {
         let mut obj = fixture("kct-v1beta2.json");
-        obj["spec"]["template"]["spec"]["files"].as_array_mut().unwrap().push(json!({"path": path, "content": "x"}));
+        obj["spec"]["template"]["spec"]["files"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"path": path, "content": "x"}));
         let err = patch(&obj, Target::Workers, &inj).unwrap_err();
         assert!(matches!(err, MutationError::Conflict(_)), "{path}: {err}");
         assert!(err.to_string().contains(path), "{err}");
@@ -716,7 +942,11 @@ fn reserved_paths_and_collisions() {
         .push(json!({"path": "/usr/local/bin/calicoctl", "contentFrom": {"secret": {"name": "s", "key": "k"}}}));
     let err = patch(&obj, Target::Workers, &inj).unwrap_err();
     assert!(err.to_string().contains("INSTALL_CALICOCTL"), "{err}");
-    assert!(patch(&obj, Target::Workers, &Injection::default()).unwrap().is_empty());
+    assert!(
+        patch(&obj, Target::Workers, &Injection::default())
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -728,11 +958,18 @@ fn limits_are_enforced() {
         if files > 0 {
             spec.insert(
                 "files".into(),
-                Value::Array((0..files).map(|i| json!({"path": format!("/etc/u/{i}"), "content": "x"})).collect()),
+                Value::Array(
+                    (0..files)
+                        .map(|i| json!({"path": format!("/etc/u/{i}"), "content": "x"}))
+                        .collect(),
+                ),
             );
         }
         if pre > 0 {
-            spec.insert("preKubeadmCommands".into(), Value::Array((0..pre).map(|i| json!(format!("echo {i}"))).collect()));
+            spec.insert(
+                "preKubeadmCommands".into(),
+                Value::Array((0..pre).map(|i| json!(format!("echo {i}"))).collect()),
+            );
         }
         obj["spec"] = json!({"template": {"spec": spec}});
         obj
@@ -740,9 +977,17 @@ fn limits_are_enforced() {
     roundtrip(&with(198, 999), Target::Workers, &inj);
     let err = patch(&with(199, 1), Target::Workers, &inj).unwrap_err();
     assert!(matches!(err, MutationError::TooLarge(_)));
-    assert!(err.to_string().contains("spec.template.spec.files would have 201 entries"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.template.spec.files would have 201 entries"),
+        "{err}"
+    );
     let err = patch(&with(1, 1000), Target::Workers, &inj).unwrap_err();
-    assert!(err.to_string().contains("spec.template.spec.preKubeadmCommands would have 1001 entries"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.template.spec.preKubeadmCommands would have 1001 entries"),
+        "{err}"
+    );
     // Replacing our own entries in a full list is fine (no growth).
     let mut full = with(198, 999);
     let injected = roundtrip(&full, Target::Workers, &inj);
@@ -755,9 +1000,15 @@ fn limits_are_enforced() {
     s.route_reflectors = many_peers(120);
     let inj = desired(&s, Target::ControlPlane).unwrap();
     let mut obj = fixture("kcp-v1beta2.json");
-    obj["spec"]["kubeadmConfigSpec"]["files"] =
-        Value::Array((0..195).map(|i| json!({"path": format!("/etc/u/{i}"), "content": "x"})).collect());
-    assert!(matches!(patch(&obj, Target::ControlPlane, &inj), Err(MutationError::TooLarge(_))));
+    obj["spec"]["kubeadmConfigSpec"]["files"] = Value::Array(
+        (0..195)
+            .map(|i| json!({"path": format!("/etc/u/{i}"), "content": "x"}))
+            .collect(),
+    );
+    assert!(matches!(
+        patch(&obj, Target::ControlPlane, &inj),
+        Err(MutationError::TooLarge(_))
+    ));
 }
 
 #[test]
@@ -770,14 +1021,23 @@ fn malformed_objects_are_errors() {
         json!({"spec": {"template": {"spec": {"files": {"path": "/x"}}}}}),
         json!({"spec": {"template": {"spec": {"preKubeadmCommands": "echo"}}}}),
     ] {
-        assert!(matches!(patch(&obj, Target::Workers, &inj), Err(MutationError::Malformed(_))), "{obj}");
+        assert!(
+            matches!(
+                patch(&obj, Target::Workers, &inj),
+                Err(MutationError::Malformed(_))
+            ),
+            "{obj}"
+        );
         assert!(!verify(&obj, Target::Workers, &inj).is_empty(), "{obj}");
     }
     // Entries we cannot recognise are the user's and are kept.
     let obj = json!({"spec": {"template": {"spec": {"files": [42, {"content": "no path"}], "preKubeadmCommands": [7]}}}});
     let after = roundtrip(&obj, Target::Workers, &inj);
     assert_eq!(after["spec"]["template"]["spec"]["files"][0], 42);
-    assert_eq!(after["spec"]["template"]["spec"]["preKubeadmCommands"][0], 7);
+    assert_eq!(
+        after["spec"]["template"]["spec"]["preKubeadmCommands"][0],
+        7
+    );
 }
 
 #[test]
@@ -785,8 +1045,12 @@ fn verify_reports_missing_entries() {
     let inj = desired(&settings(true, true), Target::ControlPlane).unwrap();
     let problems = verify(&fixture("kcp-v1beta2.json"), Target::ControlPlane, &inj);
     assert_eq!(problems.len(), inj.files.len() + 2, "{problems:?}");
-    assert!(problems.contains(&"spec.kubeadmConfigSpec.files: /etc/capi-calico/apply-bgp.sh is missing".to_string()));
-    assert!(problems.iter().any(|p| p.starts_with("spec.kubeadmConfigSpec.postKubeadmCommands: the command `if command")));
+    assert!(problems.contains(
+        &"spec.kubeadmConfigSpec.files: /etc/capi-calico/apply-bgp.sh is missing".to_string()
+    ));
+    assert!(problems.iter().any(|p| {
+        p.starts_with("spec.kubeadmConfigSpec.postKubeadmCommands: the command `if command")
+    }));
 }
 
 #[test]
@@ -794,7 +1058,10 @@ fn apply_reports_bad_patches() {
     let op = PatchOperation::Remove(json_patch::RemoveOperation {
         path: json_patch::jsonptr::PointerBuf::parse("/nope").unwrap(),
     });
-    assert!(matches!(apply(&json!({}), &[op]), Err(MutationError::Apply(_))));
+    assert!(matches!(
+        apply(&json!({}), &[op]),
+        Err(MutationError::Apply(_))
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -825,15 +1092,23 @@ fn substitute_placeholders(text: &str) -> String {
 fn shared_capi_examples_roundtrip() {
     let dir = std::env::var_os("CAPI_EXAMPLES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/capi-examples"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/capi-examples")
+        });
     if !dir.is_dir() {
-        eprintln!("NOTICE: {} not found; the shared CAPI example fixtures were not exercised", dir.display());
+        eprintln!(
+            "NOTICE: {} not found; the shared CAPI example fixtures were not exercised",
+            dir.display()
+        );
         return;
     }
     let mut seen = Vec::new();
     let mut stack = vec![dir];
     while let Some(d) = stack.pop() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             if p.is_dir() {
@@ -844,7 +1119,8 @@ fn shared_capi_examples_roundtrip() {
                 continue;
             }
             let text = substitute_placeholders(&std::fs::read_to_string(&p).unwrap());
-            let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             for doc in docs {
                 let target = match doc.get("kind").and_then(Value::as_str) {
                     Some("KubeadmControlPlane") => Target::ControlPlane,
@@ -865,7 +1141,10 @@ fn shared_capi_examples_roundtrip() {
             }
         }
     }
-    assert!(seen.len() >= 4, "expected KCPs and KCTs in the shared examples, saw {seen:?}");
+    assert!(
+        seen.len() >= 4,
+        "expected KCPs and KCTs in the shared examples, saw {seen:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -887,7 +1166,12 @@ mod props {
 
     fn file() -> impl Strategy<Value = Value> {
         let s = settings(true, true);
-        let ours: Vec<Value> = desired(&s, Target::ControlPlane).unwrap().files.iter().map(InjectedFile::to_json).collect();
+        let ours: Vec<Value> = desired(&s, Target::ControlPlane)
+            .unwrap()
+            .files
+            .iter()
+            .map(InjectedFile::to_json)
+            .collect();
         prop_oneof![
             4 => "[a-z]{1,8}".prop_map(|s| json!({"path": format!("/etc/user/{s}"), "content": s})),
             2 => proptest::sample::select(ours),
@@ -919,12 +1203,15 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, .. ProptestConfig::default() })]
 
         #[test]
         fn patch_is_idempotent_and_keeps_user_entries(obj in object(), variant in 0usize..3) {
             let s = [settings(true, true), settings(true, false), settings(false, false)][variant].clone();
             let inj = desired(&s, Target::ControlPlane).unwrap();
+            let ops = patch(&obj, Target::ControlPlane, &inj).unwrap();
+            let problems = verify(&obj, Target::ControlPlane, &inj);
+            prop_assert_eq!(ops.is_empty(), problems.is_empty(), "ops {:?} problems {:?}", ops, problems);
             roundtrip(&obj, Target::ControlPlane, &inj);
         }
 
