@@ -9,9 +9,16 @@ use serde_json::{Map, Value};
 use super::{MAX_CONTENT_CHARS, MutationError};
 use crate::settings::{BgpPeer, Settings};
 
-/// First line of every rendered YAML file.
+/// Comment placed right after the first `---` of every rendered YAML file. It must not precede that marker:
+/// calicoctl splits files at `"\n---"` and would parse a comment-only leading chunk as a resource without a kind.
 pub(crate) const YAML_HEADER: &str =
     "# Managed by capi-calico-webhook: generated from capi-calico.io/ annotations.\n";
+
+/// `docs` (each starting with `---\n`) with [`YAML_HEADER`] inserted after the first marker.
+fn with_header(docs: &str) -> String {
+    let body = docs.strip_prefix("---\n").unwrap_or(docs);
+    format!("---\n{YAML_HEADER}{body}")
+}
 
 /// `/etc/capi-calico/calicoctl.conf`: `key=value` lines read by install-calicoctl.sh with `read` (never sourced).
 pub(crate) fn calicoctl_conf(settings: &Settings) -> Result<String, MutationError> {
@@ -89,8 +96,7 @@ pub(crate) fn peers_files(peers: &[BgpPeer]) -> Result<Vec<String>, MutationErro
         ));
     }
     let mut files: Vec<String> = Vec::new();
-    let mut current = String::from(YAML_HEADER);
-    let mut docs_in_current = 0usize;
+    let mut current = String::new();
     for peer in peers {
         let doc = peer_document(peer);
         if YAML_HEADER.len() + doc.len() > MAX_CONTENT_CHARS {
@@ -100,14 +106,13 @@ pub(crate) fn peers_files(peers: &[BgpPeer]) -> Result<Vec<String>, MutationErro
                 doc.len()
             )));
         }
-        if docs_in_current > 0 && current.len() + doc.len() > MAX_CONTENT_CHARS {
-            files.push(std::mem::replace(&mut current, String::from(YAML_HEADER)));
-            docs_in_current = 0;
+        if !current.is_empty() && YAML_HEADER.len() + current.len() + doc.len() > MAX_CONTENT_CHARS
+        {
+            files.push(with_header(&std::mem::take(&mut current)));
         }
         current.push_str(&doc);
-        docs_in_current += 1;
     }
-    files.push(current);
+    files.push(with_header(&current));
     Ok(files)
 }
 
@@ -126,18 +131,16 @@ pub(crate) fn bgp_configuration(as_number: u32) -> String {
     doc.insert("kind".into(), Value::String("BGPConfiguration".into()));
     doc.insert("metadata".into(), Value::Object(meta));
     doc.insert("spec".into(), Value::Object(spec));
-    let mut out = String::from(YAML_HEADER);
-    out.push_str("---\n");
+    let mut out = String::from("---\n");
     emit_map(&mut out, 0, &doc);
-    out
+    with_header(&out)
 }
 
 /// Emit a mapping in block style at `indent`, keys sorted.
 pub(crate) fn emit_map(out: &mut String, indent: usize, map: &Map<String, Value>) {
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort();
-    for k in keys {
-        let v = &map[k];
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    for (k, v) in entries {
         pad(out, indent);
         out.push_str(&key(k));
         out.push(':');

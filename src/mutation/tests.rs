@@ -431,11 +431,59 @@ fn canonical_yaml_is_exact() {
     assert_eq!(
         render::bgp_configuration(65000),
         format!(
-            "{}---\napiVersion: \"projectcalico.org/v3\"\nkind: \"BGPConfiguration\"\nmetadata:\n  name: \"default\"\n\
+            "---\n{}apiVersion: \"projectcalico.org/v3\"\nkind: \"BGPConfiguration\"\nmetadata:\n  name: \"default\"\n\
              spec:\n  asNumber: 65000\n  nodeToNodeMeshEnabled: false\n",
             render::YAML_HEADER
         )
     );
+}
+
+/// Split a file the way calicoctl does: at every "\n---", dropping the rest of the marker line.
+fn calicoctl_chunks(text: &str) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("\n---") {
+        chunks.push(rest[..i].to_string());
+        let after = &rest[i + 4..];
+        rest = match after.find('\n') {
+            Some(j) => &after[j + 1..],
+            None => "",
+        };
+    }
+    if !rest.is_empty() {
+        chunks.push(rest.to_string());
+    }
+    chunks
+}
+
+#[test]
+fn every_calicoctl_chunk_is_one_resource() {
+    let mut s = settings(true, true);
+    s.route_reflectors.extend(many_peers(100));
+    s.route_reflectors.push(peer(
+        "tricky",
+        json!({"peerSelector": "a == '\n---\nkind: x'", "asNumber": 1}),
+    ));
+    let inj = desired(&s, Target::ControlPlane).unwrap();
+    let mut names = Vec::new();
+    for f in inj.files.iter().filter(|f| f.path.ends_with(".yaml")) {
+        let chunks = calicoctl_chunks(&f.content);
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&f.content).unwrap();
+        assert_eq!(chunks.len(), docs.len(), "{}", f.path);
+        for (chunk, doc) in chunks.iter().zip(&docs) {
+            let parsed: Value =
+                serde_saphyr::from_str(chunk).unwrap_or_else(|e| panic!("{e}: {chunk}"));
+            assert_eq!(&parsed, doc);
+            assert!(
+                parsed["kind"].is_string() && parsed["apiVersion"] == "projectcalico.org/v3",
+                "{chunk}"
+            );
+            names.push(parsed["metadata"]["name"].as_str().unwrap().to_string());
+        }
+    }
+    let mut want: Vec<String> = s.route_reflectors.iter().map(|p| p.name.clone()).collect();
+    want.push("default".into());
+    assert_eq!(names, want);
 }
 
 #[test]

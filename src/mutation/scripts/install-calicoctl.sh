@@ -125,7 +125,7 @@ fi
 if command -v curl >/dev/null 2>&1; then
   fetch() {
     curl --fail --location --silent --show-error --proto '=http,https' --proto-redir '=http,https' \
-      --connect-timeout 15 --max-time 300 --output "$2" -- "$1"
+      --connect-timeout 15 --max-time 900 --speed-limit 1024 --speed-time 60 --output "$2" -- "$1"
   }
 elif command -v wget >/dev/null 2>&1; then
   fetch() {
