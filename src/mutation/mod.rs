@@ -1,0 +1,239 @@
+//! Settings -> the files and commands capi-calico-webhook owns in a KubeadmControlPlane or KubeadmConfigTemplate,
+//! and the JSON patch that puts exactly those there.
+//!
+//! Pure: no I/O. The node scripts are embedded from `scripts/` with `include_str!`. The layout and the ordering
+//! decisions are described in `docs/injection.md`.
+//!
+//! - [`desired`] computes the [`Injection`] (files, pre- and post-kubeadm commands) for a [`Target`].
+//! - [`patch`] computes the JSON patch that turns an object into one holding exactly that injection, keeping the
+//!   user's own entries, their order and content. An already-correct object yields an empty patch.
+//! - [`verify`] lists what is missing, altered or duplicated (for the validating webhook).
+//! - [`apply`] applies a patch to a copy of an object (for `render` and tests).
+
+mod patch;
+mod render;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod script_tests;
+
+use serde_json::{Map, Value};
+
+use crate::settings::Settings;
+
+pub use patch::{apply, is_ours_command, is_ours_path, patch, verify};
+
+/// Every path the webhook injects starts with this directory. The whole directory is reserved: any file under it
+/// and any command mentioning it is treated as ours.
+pub const DIR: &str = "/etc/capi-calico/";
+/// The calicoctl installer script.
+pub const INSTALL_SCRIPT_PATH: &str = "/etc/capi-calico/install-calicoctl.sh";
+/// The installer's data file (`key=value` lines: version, URL template, checksums).
+pub const CALICOCTL_CONF_PATH: &str = "/etc/capi-calico/calicoctl.conf";
+/// The first (often only) BGPPeers file; further ones are `bgppeers-2.yaml`, `bgppeers-3.yaml`, ...
+pub const BGP_PEERS_PATH: &str = "/etc/capi-calico/bgppeers.yaml";
+/// The BGPConfiguration `default` (node-to-node mesh off, AS number).
+pub const BGP_CONFIGURATION_PATH: &str = "/etc/capi-calico/bgpconfiguration.yaml";
+/// The script that waits for Calico and applies the peers, then the BGPConfiguration.
+pub const APPLY_SCRIPT_PATH: &str = "/etc/capi-calico/apply-bgp.sh";
+/// Where the installer puts calicoctl. A user file at this path conflicts with the installer.
+pub const CALICOCTL_BINARY_PATH: &str = "/usr/local/bin/calicoctl";
+
+/// The `preKubeadmCommands` entry that runs the installer. A constant: no setting ever reaches a command line.
+pub const INSTALL_COMMAND: &str = "/bin/bash /etc/capi-calico/install-calicoctl.sh";
+
+/// The `postKubeadmCommands` entry that starts the BGP apply in the background (a transient systemd unit, or a
+/// detached process when systemd-run is missing), so the bootstrap is never blocked. A constant.
+pub const APPLY_COMMAND: &str = "if command -v systemd-run >/dev/null 2>&1; then \
+systemd-run --no-block --unit=capi-calico-apply-bgp --description='capi-calico: apply BGPPeers then BGPConfiguration' \
+/bin/bash /etc/capi-calico/apply-bgp.sh; \
+else nohup setsid /bin/bash /etc/capi-calico/apply-bgp.sh </dev/null >/dev/null 2>&1 & fi";
+
+/// The installer script (bash, `set -eu`).
+pub const INSTALL_SCRIPT: &str = include_str!("scripts/install-calicoctl.sh");
+/// The BGP apply script (bash, `set -eu`).
+pub const APPLY_SCRIPT: &str = include_str!("scripts/apply-bgp.sh");
+
+/// CAPI limit: characters per command and per file `content`.
+pub const MAX_CONTENT_CHARS: usize = 10240;
+/// CAPI limit: entries in `files`.
+pub const MAX_FILES: usize = 200;
+/// CAPI limit: entries in `preKubeadmCommands` / `postKubeadmCommands`.
+pub const MAX_COMMANDS: usize = 1000;
+
+/// Owner of every injected file.
+pub const OWNER: &str = "root:root";
+
+/// Which object is mutated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A KubeadmControlPlane: entries live under `/spec/kubeadmConfigSpec`.
+    ControlPlane,
+    /// A KubeadmConfigTemplate (workers): entries live under `/spec/template/spec`.
+    Workers,
+}
+
+impl Target {
+    /// The object keys leading to the kubeadm config spec (same in v1beta1 and v1beta2).
+    pub fn spec_path(self) -> &'static [&'static str] {
+        match self {
+            Target::ControlPlane => &["spec", "kubeadmConfigSpec"],
+            Target::Workers => &["spec", "template", "spec"],
+        }
+    }
+
+    /// The same as a JSON pointer string, e.g. `/spec/kubeadmConfigSpec`.
+    pub fn spec_pointer(self) -> &'static str {
+        match self {
+            Target::ControlPlane => "/spec/kubeadmConfigSpec",
+            Target::Workers => "/spec/template/spec",
+        }
+    }
+}
+
+/// One file the webhook writes on the node (a `files[]` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedFile {
+    pub path: String,
+    pub owner: &'static str,
+    pub permissions: &'static str,
+    pub content: String,
+}
+
+impl InjectedFile {
+    /// The `files[]` entry exactly as injected: `path`, `owner`, `permissions`, `content` and nothing else.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("path".into(), Value::String(self.path.clone()));
+        m.insert("owner".into(), Value::String(self.owner.to_string()));
+        m.insert(
+            "permissions".into(),
+            Value::String(self.permissions.to_string()),
+        );
+        m.insert("content".into(), Value::String(self.content.clone()));
+        Value::Object(m)
+    }
+}
+
+/// Everything the webhook owns in one object. Commands are `&'static str`: compile-time constants by type.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Injection {
+    /// In the order they are appended when missing.
+    pub files: Vec<InjectedFile>,
+    pub pre_kubeadm_commands: Vec<&'static str>,
+    pub post_kubeadm_commands: Vec<&'static str>,
+}
+
+impl Injection {
+    /// True when nothing is injected (an opted-in cluster without INSTALL_CALICOCTL): [`patch`] then only removes
+    /// stale entries of ours.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+            && self.pre_kubeadm_commands.is_empty()
+            && self.post_kubeadm_commands.is_empty()
+    }
+
+    /// The injected file at `path`, if any.
+    pub fn file(&self, path: &str) -> Option<&InjectedFile> {
+        self.files.iter().find(|f| f.path == path)
+    }
+}
+
+/// Why no injection or patch could be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutationError {
+    /// The settings break an invariant `settings::resolve` should have enforced.
+    #[error("inconsistent Calico settings: {0}")]
+    InvalidSettings(String),
+    /// Rendered content cannot be placed within CAPI's limits.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The object's shape is not what a KubeadmControlPlane / KubeadmConfigTemplate looks like.
+    #[error("malformed object: {0}")]
+    Malformed(String),
+    /// A user entry conflicts with what the webhook must inject.
+    #[error("conflict with an existing entry: {0}")]
+    Conflict(String),
+    /// Applying a patch failed.
+    #[error("cannot apply patch: {0}")]
+    Apply(String),
+}
+
+/// The files and commands the webhook owns for `target` under `settings`.
+///
+/// - `install_calicoctl`: the installer script, its data file and one `preKubeadmCommands` entry (both targets).
+/// - `configure_bgp` and [`Target::ControlPlane`]: the peers file(s), the BGPConfiguration, the apply script and one
+///   `postKubeadmCommands` entry. Workers never get BGP files (they have no admin kubeconfig).
+pub fn desired(settings: &Settings, target: Target) -> Result<Injection, MutationError> {
+    let mut inj = Injection::default();
+    if settings.install_calicoctl {
+        inj.files.push(InjectedFile {
+            path: INSTALL_SCRIPT_PATH.into(),
+            owner: OWNER,
+            permissions: "0755",
+            content: INSTALL_SCRIPT.into(),
+        });
+        inj.files.push(InjectedFile {
+            path: CALICOCTL_CONF_PATH.into(),
+            owner: OWNER,
+            permissions: "0644",
+            content: render::calicoctl_conf(settings)?,
+        });
+        inj.pre_kubeadm_commands.push(INSTALL_COMMAND);
+    }
+    if settings.configure_bgp && target == Target::ControlPlane {
+        if !settings.install_calicoctl {
+            return Err(MutationError::InvalidSettings(
+                "CONFIGURE_CALICO_BGP_SETTINGS=true needs INSTALL_CALICOCTL=true".into(),
+            ));
+        }
+        let as_number = settings.as_number.ok_or_else(|| {
+            MutationError::InvalidSettings(
+                "CONFIGURE_CALICO_BGP_SETTINGS=true needs CALICO_BGP_AS_NUMBER".into(),
+            )
+        })?;
+        let peer_files = render::peers_files(&settings.route_reflectors)?;
+        for (i, content) in peer_files.into_iter().enumerate() {
+            inj.files.push(InjectedFile {
+                path: peers_path(i + 1),
+                owner: OWNER,
+                permissions: "0600",
+                content,
+            });
+        }
+        inj.files.push(InjectedFile {
+            path: BGP_CONFIGURATION_PATH.into(),
+            owner: OWNER,
+            permissions: "0600",
+            content: render::bgp_configuration(as_number),
+        });
+        inj.files.push(InjectedFile {
+            path: APPLY_SCRIPT_PATH.into(),
+            owner: OWNER,
+            permissions: "0755",
+            content: APPLY_SCRIPT.into(),
+        });
+        inj.post_kubeadm_commands.push(APPLY_COMMAND);
+    }
+    for f in &inj.files {
+        if f.content.chars().count() > MAX_CONTENT_CHARS {
+            return Err(MutationError::TooLarge(format!(
+                "{} would have {} characters, CAPI allows {MAX_CONTENT_CHARS} per file",
+                f.path,
+                f.content.chars().count()
+            )));
+        }
+    }
+    Ok(inj)
+}
+
+/// Path of the `n`-th peers file (1-based): `bgppeers.yaml`, `bgppeers-2.yaml`, `bgppeers-3.yaml`, ...
+pub fn peers_path(n: usize) -> String {
+    if n <= 1 {
+        BGP_PEERS_PATH.to_string()
+    } else {
+        format!("{DIR}bgppeers-{n}.yaml")
+    }
+}

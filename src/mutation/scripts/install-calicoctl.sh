@@ -1,0 +1,169 @@
+#!/bin/bash
+# Installed by capi-calico-webhook as /etc/capi-calico/install-calicoctl.sh and run from preKubeadmCommands.
+#
+# Installs a pinned calicoctl whose SHA-256 is verified before it is put in place. Every value comes from the data
+# file (key=value lines, parsed with `read`; the file is never sourced or evaluated). The environment variables
+# below exist for tests; on a node they are unset and the defaults apply.
+#
+#   CAPI_CALICO_CONF              data file                 (default /etc/capi-calico/calicoctl.conf)
+#   CAPI_CALICO_INSTALL_DIR       where calicoctl goes      (default /usr/local/bin)
+#   CAPI_CALICO_LOG_DIR           log directory             (default /var/log/capi-calico)
+#   CAPI_CALICO_DOWNLOAD_ATTEMPTS download attempts         (default 5)
+#   CAPI_CALICO_RETRY_SLEEP       first back-off, seconds   (default 2; doubled per attempt, at most 60)
+#
+# Exit codes: 0 installed or already present, 2 bad data file, 3 unsupported architecture or no checksum for it,
+# 4 checksum mismatch, 5 download failed, 6 no downloader / install failure.
+set -eu
+set -o pipefail
+
+conf="${CAPI_CALICO_CONF:-/etc/capi-calico/calicoctl.conf}"
+install_dir="${CAPI_CALICO_INSTALL_DIR:-/usr/local/bin}"
+log_dir="${CAPI_CALICO_LOG_DIR:-/var/log/capi-calico}"
+attempts="${CAPI_CALICO_DOWNLOAD_ATTEMPTS:-5}"
+retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-2}"
+target="${install_dir}/calicoctl"
+log_file=""
+tmp_file=""
+
+if mkdir -p "$log_dir" 2>/dev/null && touch "$log_dir/install-calicoctl.log" 2>/dev/null; then
+  log_file="$log_dir/install-calicoctl.log"
+fi
+
+log() {
+  line="$(date -u '+%Y-%m-%dT%H:%M:%SZ') install-calicoctl: $*"
+  printf '%s\n' "$line" >&2
+  if [ -n "$log_file" ]; then
+    printf '%s\n' "$line" >>"$log_file" 2>/dev/null || true
+  fi
+}
+
+die() {
+  code="$1"
+  shift
+  log "ERROR: $*"
+  exit "$code"
+}
+
+cleanup() {
+  if [ -n "$tmp_file" ] && [ -e "$tmp_file" ]; then
+    rm -f -- "$tmp_file"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+case "$attempts" in
+  '' | *[!0-9]*) die 2 "CAPI_CALICO_DOWNLOAD_ATTEMPTS must be a positive integer, got '$attempts'" ;;
+esac
+case "$retry_sleep" in
+  '' | *[!0-9]*) die 2 "CAPI_CALICO_RETRY_SLEEP must be a non-negative integer, got '$retry_sleep'" ;;
+esac
+[ "$attempts" -ge 1 ] || die 2 "CAPI_CALICO_DOWNLOAD_ATTEMPTS must be at least 1"
+
+[ -r "$conf" ] || die 2 "data file $conf is missing or unreadable"
+
+version=""
+url_template=""
+sha256_amd64=""
+sha256_arm64=""
+# Plain key=value lines. The whole line is read verbatim and split at the first '=' with parameter expansion,
+# so a value may itself contain '='. Unknown keys are ignored; nothing is ever evaluated.
+while IFS= read -r line || [ -n "$line" ]; do
+  case "$line" in
+    '' | '#'*) continue ;;
+    *=*) ;;
+    *) die 2 "malformed line in $conf (expected key=value): $line" ;;
+  esac
+  key="${line%%=*}"
+  value="${line#*=}"
+  case "$key" in
+    version) version="$value" ;;
+    url_template) url_template="$value" ;;
+    sha256_amd64) sha256_amd64="$value" ;;
+    sha256_arm64) sha256_arm64="$value" ;;
+    *) ;;
+  esac
+done <"$conf"
+
+[ -n "$version" ] || die 2 "$conf does not set version"
+[ -n "$url_template" ] || die 2 "$conf does not set url_template"
+
+machine="$(uname -m)"
+case "$machine" in
+  x86_64 | amd64) arch=amd64 ;;
+  aarch64 | arm64) arch=arm64 ;;
+  *) die 3 "unsupported architecture '$machine': calicoctl is installed only on amd64 (x86_64) and arm64 (aarch64)" ;;
+esac
+
+case "$arch" in
+  amd64) expected="$sha256_amd64" ;;
+  arm64) expected="$sha256_arm64" ;;
+esac
+case "$expected" in
+  '') die 3 "no SHA-256 for calicoctl $version on $arch in $conf; refusing to install an unverified binary (set capi-calico.io/CALICOCTL_SHA256_$(printf '%s' "$arch" | tr '[:lower:]' '[:upper:]'))" ;;
+  *[!0-9a-f]*) die 2 "sha256_$arch in $conf is not lower-case hex: $expected" ;;
+esac
+[ "${#expected}" -eq 64 ] || die 2 "sha256_$arch in $conf is not 64 hex digits"
+
+# Substitute the placeholders with pure string operations (quoted replacements: no pattern or '&' expansion).
+url="${url_template//"{version}"/"$version"}"
+url="${url//"{arch}"/"$arch"}"
+
+digest_of() {
+  sha256sum -- "$1" | cut -d ' ' -f 1
+}
+
+if [ -f "$target" ]; then
+  current="$(digest_of "$target" || true)"
+  if [ "$current" = "$expected" ]; then
+    log "calicoctl $version ($arch) already installed at $target (sha256 $expected); nothing to do"
+    exit 0
+  fi
+  log "existing $target has sha256 $current, expected $expected; replacing it"
+fi
+
+if command -v curl >/dev/null 2>&1; then
+  fetch() {
+    curl --fail --location --silent --show-error --proto '=http,https' --proto-redir '=http,https' \
+      --connect-timeout 15 --max-time 900 --speed-limit 1024 --speed-time 60 --output "$2" -- "$1"
+  }
+elif command -v wget >/dev/null 2>&1; then
+  fetch() {
+    wget --quiet --tries=1 --timeout=60 --output-document="$2" -- "$1"
+  }
+else
+  die 6 "neither curl nor wget is available to download $url"
+fi
+
+mkdir -p -- "$install_dir" || die 6 "cannot create $install_dir"
+# The temporary file lives in the target directory so that the final mv is an atomic rename.
+tmp_file="$(mktemp "$install_dir/.calicoctl.XXXXXX")" || die 6 "cannot create a temporary file in $install_dir"
+
+attempt=1
+delay="$retry_sleep"
+while :; do
+  log "downloading calicoctl $version ($arch) from $url (attempt $attempt/$attempts)"
+  if fetch "$url" "$tmp_file"; then
+    break
+  fi
+  if [ "$attempt" -ge "$attempts" ]; then
+    die 5 "download of $url failed after $attempts attempts"
+  fi
+  log "download failed; retrying in ${delay}s"
+  sleep "$delay"
+  attempt=$((attempt + 1))
+  delay=$((delay * 2))
+  if [ "$delay" -gt 60 ]; then
+    delay=60
+  fi
+done
+
+actual="$(digest_of "$tmp_file")"
+if [ "$actual" != "$expected" ]; then
+  die 4 "checksum mismatch for $url: expected sha256 $expected, got $actual; calicoctl NOT installed"
+fi
+
+chmod 0755 -- "$tmp_file"
+mv -f -- "$tmp_file" "$target" || die 6 "cannot move the verified binary to $target"
+tmp_file=""
+log "installed calicoctl $version ($arch) at $target (sha256 $actual)"
