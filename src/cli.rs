@@ -145,7 +145,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CAPI_CALICO_SELF_SIGNED_DIR")]
     pub self_signed_dir: Option<PathBuf>,
     /// Plain-HTTP address for /metrics, /healthz and /readyz; `off` disables it.
-    #[arg(long, env = "CAPI_CALICO_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "CAPI_CALICO_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
     pub metrics_listen: String,
     /// Kubeconfig for the Cluster lookup and the reconciler. Default: $KUBECONFIG, ~/.kube/config or the
     /// in-cluster service account, whichever is found first.
@@ -161,7 +165,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CAPI_CALICO_BUNDLE_NAMESPACE", default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE)]
     pub bundle_namespace: String,
     /// Log format.
-    #[arg(long, env = "CAPI_CALICO_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(
+        long,
+        env = "CAPI_CALICO_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
     pub log_format: crate::server::LogFormat,
     /// Deadline for one review, from the first body byte to the answer; keep it below the webhook timeoutSeconds.
     #[arg(long, env = "CAPI_CALICO_REQUEST_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
@@ -191,7 +200,11 @@ impl ServeArgs {
     pub fn server_config(&self) -> Result<crate::server::ServerConfig, String> {
         use crate::server::{ServerConfig, TlsSource};
         let defaults = ServerConfig::default();
-        let tls = match (&self.tls_cert_file, &self.tls_key_file, &self.self_signed_dir) {
+        let tls = match (
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            &self.self_signed_dir,
+        ) {
             (Some(cert), Some(key), _) => TlsSource::Files {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -199,13 +212,13 @@ impl ServeArgs {
             (_, _, Some(dir)) => TlsSource::SelfSigned { dir: dir.clone() },
             _ => defaults.tls.clone(),
         };
-        let metrics_listen = match self.metrics_listen.as_str() {
-            "off" | "" => None,
-            addr => Some(
-                addr.parse()
-                    .map_err(|e| format!("--metrics-listen {addr:?}: {e} (use host:port or off)"))?,
-            ),
-        };
+        let metrics_listen =
+            match self.metrics_listen.as_str() {
+                "off" | "" => None,
+                addr => Some(addr.parse().map_err(|e| {
+                    format!("--metrics-listen {addr:?}: {e} (use host:port or off)")
+                })?),
+            };
         Ok(ServerConfig {
             listen: self.listen,
             metrics_listen,
@@ -406,7 +419,10 @@ pub fn run_bundle(args: &BundleArgs, out: &mut dyn Write, err: &mut dyn Write) -
 
 /// `serve`: run until SIGTERM/Ctrl-C; exit 0 after a clean shutdown, 1 on a start-up or serving error.
 pub fn run_serve(args: &ServeArgs) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -428,9 +444,12 @@ async fn kube_client(args: &ServeArgs) -> Result<kube::Client, String> {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
         }
         None => kube::Config::infer().await.map_err(|e| e.to_string())?,
     };
@@ -450,7 +469,9 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
     server::init_logging(args.log_format);
     let config = args.server_config()?;
     let client = if args.no_cluster_lookup {
-        tracing::info!("cluster access disabled by --no-cluster-lookup: KCP/KCT Cluster lookup and reconciler are off");
+        tracing::info!(
+            "cluster access disabled by --no-cluster-lookup: KCP/KCT Cluster lookup and reconciler are off"
+        );
         None
     } else {
         match kube_client(args).await {

@@ -8,6 +8,7 @@ use crate::{
     cluster::{
         ClusterInfo, ClusterSource, Lookup, Subject, SubjectKind, cluster_network, string_map,
     },
+    delivery::CLUSTER_LABEL,
     mutation::{self, Target},
     settings::{self, Resolution},
 };
@@ -224,9 +225,6 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
     ]
 }
 
-/// The label the mutating webhook puts on opted-in Clusters; the ClusterResourceSet that delivers Calico selects it.
-pub const CLUSTER_LABEL: &str = "capi-calico.io/cluster";
-
 fn cluster_verdict(
     endpoint: Endpoint,
     object: &Value,
@@ -333,4 +331,244 @@ fn cluster_label_patch(object: &Value) -> Vec<PatchOperation> {
         },
     };
     vec![PatchOperation::Add(op)]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::cluster::{ClusterInfo, LookupSource};
+
+    /// A source that answers with a fixed lookup and records the subjects asked for.
+    struct FixedSource {
+        answer: Lookup,
+        asked: Mutex<Vec<Subject>>,
+    }
+
+    impl FixedSource {
+        fn new(answer: Lookup) -> Self {
+            FixedSource {
+                answer,
+                asked: Mutex::new(Vec::new()),
+            }
+        }
+        fn found(cluster: &Value) -> Self {
+            Self::new(Lookup::Found {
+                cluster: Box::new(ClusterInfo::from_object(cluster).expect("cluster")),
+                source: LookupSource::Cache,
+            })
+        }
+    }
+
+    impl ClusterSource for FixedSource {
+        async fn find(&self, subject: &Subject) -> Lookup {
+            self.asked.lock().expect("lock").push(subject.clone());
+            self.answer.clone()
+        }
+    }
+
+    fn cluster(annotations: Value) -> Value {
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+            "metadata": {"name": "wl-1", "namespace": "team-a", "annotations": annotations},
+            "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["100.96.0.0/11"]}},
+                     "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io",
+                                         "kind": "KubeadmControlPlane", "name": "wl-1-cp"}}
+        })
+    }
+
+    fn calico_on() -> Value {
+        json!({
+            "capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true",
+            "capi-calico.io/INSTALL_CALICOCTL": "true",
+        })
+    }
+
+    fn kcp(annotations: Value) -> Value {
+        json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
+            "metadata": {"name": "wl-1-cp", "namespace": "team-a", "annotations": annotations},
+            "spec": {"version": "v1.33.0", "kubeadmConfigSpec": {"preKubeadmCommands": ["echo user"]}}
+        })
+    }
+
+    fn run<S: ClusterSource>(source: &S, endpoint: Endpoint, object: &Value) -> Decided {
+        let kind = Kind::of_object(object).expect("known kind");
+        futures::executor::block_on(decide(source, endpoint, kind, object))
+    }
+
+    fn applied(object: &Value, verdict: &Verdict) -> Value {
+        let mut out = object.clone();
+        json_patch::patch(&mut out, patch_of(verdict)).expect("patch applies");
+        out
+    }
+
+    #[test]
+    fn clusters_not_opted_in_are_left_alone() {
+        let c = cluster(json!({}));
+        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+            let decided = run(&NoLookupPanics, endpoint, &c);
+            assert_eq!(decided.verdict, Verdict::allow(Vec::new()));
+        }
+    }
+
+    #[test]
+    fn opted_in_clusters_get_the_selector_label_once() {
+        let c = cluster(calico_on());
+        let first = run(&NoLookupPanics, Endpoint::Mutate, &c).verdict;
+        let labelled = applied(&c, &first);
+        assert_eq!(
+            labelled.pointer("/metadata/labels/capi-calico.io~1cluster"),
+            Some(&json!("wl-1"))
+        );
+        assert_eq!(
+            patch_of(&run(&NoLookupPanics, Endpoint::Mutate, &labelled).verdict),
+            &[]
+        );
+        assert_eq!(
+            patch_of(&run(&NoLookupPanics, Endpoint::Validate, &c).verdict),
+            &[]
+        );
+    }
+
+    #[test]
+    fn invalid_cluster_settings_are_denied_with_every_key() {
+        let c = cluster(json!({
+            "capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true",
+            "capi-calico.io/CALICO_BLOCK_SIZE": "19",
+            "capi-calico.io/CALICO_BGP_OPTION": "enabled",
+        }));
+        match run(&NoLookupPanics, Endpoint::Validate, &c).verdict {
+            Verdict::Deny { message, rules, .. } => {
+                assert!(
+                    message.contains("capi-calico.io/CALICO_BLOCK_SIZE"),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("capi-calico.io/CALICO_BGP_OPTION"),
+                    "{message}"
+                );
+                assert!(message.contains("Enabled"), "{message}");
+                assert_eq!(rules.len(), 2, "{rules:?}");
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kcp_gets_its_clusters_injection_and_is_idempotent() {
+        let source = FixedSource::found(&cluster(calico_on()));
+        let object = kcp(json!({}));
+        let first = run(&source, Endpoint::Mutate, &object);
+        assert_eq!(first.lookup, "cache");
+        assert!(!patch_of(&first.verdict).is_empty(), "{:?}", first.verdict);
+        let mutated = applied(&object, &first.verdict);
+        assert_eq!(
+            mutated.pointer("/spec/kubeadmConfigSpec/preKubeadmCommands/0"),
+            Some(&json!("echo user")),
+            "the user's command stays first"
+        );
+        assert_eq!(
+            patch_of(&run(&source, Endpoint::Mutate, &mutated).verdict),
+            &[]
+        );
+        assert_eq!(
+            run(&source, Endpoint::Validate, &mutated).verdict.outcome(),
+            crate::admission::api::Outcome::Allowed
+        );
+        let asked = source.asked.lock().expect("lock");
+        assert_eq!(asked[0].kind, SubjectKind::ControlPlane);
+        assert_eq!(
+            (asked[0].namespace.as_str(), asked[0].name.as_str()),
+            ("team-a", "wl-1-cp")
+        );
+    }
+
+    #[test]
+    fn validate_denies_an_altered_injection() {
+        let source = FixedSource::found(&cluster(calico_on()));
+        let object = kcp(json!({}));
+        let mut mutated = applied(&object, &run(&source, Endpoint::Mutate, &object).verdict);
+        let files = mutated
+            .pointer_mut("/spec/kubeadmConfigSpec/files")
+            .and_then(Value::as_array_mut)
+            .expect("files injected");
+        files.clear();
+        match run(&source, Endpoint::Validate, &mutated).verdict {
+            Verdict::Deny { rules, .. } => assert_eq!(rules, vec!["injection-intact".to_string()]),
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn own_annotations_win_and_skip_the_lookup() {
+        let object = kcp(calico_on());
+        let decided = run(&NoLookupPanics, Endpoint::Mutate, &object);
+        assert!(!patch_of(&decided.verdict).is_empty());
+        assert_eq!(decided.lookup, "");
+    }
+
+    #[test]
+    fn invalid_cluster_settings_deny_the_kcp_and_point_at_the_cluster() {
+        let source = FixedSource::found(&cluster(json!({
+            "capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true",
+            "capi-calico.io/CALICO_ENCAPSULATION": "ipip",
+        })));
+        match run(&source, Endpoint::Mutate, &kcp(json!({}))).verdict {
+            Verdict::Deny { message, .. } => {
+                assert!(message.contains("Cluster team-a/wl-1"), "{message}");
+                assert!(message.contains("fix them on the Cluster"), "{message}");
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lookup_misses_admit_with_short_warnings() {
+        let cases = [
+            Lookup::NotFound {
+                looked_for: "a Cluster in namespace team-a whose spec.controlPlaneRef names KubeadmControlPlane \
+                             wl-1-cp-with-a-rather-long-name-that-goes-on-and-on"
+                    .to_string(),
+            },
+            Lookup::Disabled,
+            Lookup::Failed {
+                reason: "listing clusters timed out".to_string(),
+            },
+        ];
+        for answer in cases {
+            let label = answer.label();
+            let decided = run(&FixedSource::new(answer), Endpoint::Mutate, &kcp(json!({})));
+            assert_eq!(decided.lookup, label);
+            match decided.verdict {
+                Verdict::Allow { patch, warnings } => {
+                    assert!(patch.is_empty());
+                    assert!(!warnings.is_empty());
+                    for w in warnings {
+                        assert!(w.chars().count() < 120, "{w}");
+                    }
+                }
+                other => panic!("expected allow, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fit_warning_bounds_and_flattens() {
+        assert_eq!(fit_warning("a\nb"), "a b");
+        let long = "x".repeat(500);
+        assert_eq!(fit_warning(&long).chars().count(), MAX_WARNING_CHARS);
+    }
+
+    /// For objects that must never trigger a lookup.
+    struct NoLookupPanics;
+
+    impl ClusterSource for NoLookupPanics {
+        async fn find(&self, subject: &Subject) -> Lookup {
+            panic!("no lookup expected, got one for {subject:?}")
+        }
+    }
 }
