@@ -22,3 +22,9 @@ command -v shellcheck >/dev/null || apt_install shellcheck
 command -v curl >/dev/null || apt_install curl
 command -v openssl >/dev/null || apt_install openssl
 echo "shellcheck: $(shellcheck --version | sed -n 's/^version: //p')"
+
+# kubectl renders the kustomizations in tests/deploy_manifests.rs (the e2e suite builds its own, version-matched).
+command -v kubectl >/dev/null || echo "kubectl not found: tests/deploy_manifests.rs will use bin/e2e's kubectl when built" >&2
+
+# ytt renders the TKG overlay in tests/tkg_overlay.rs.
+deploy/tkg/build-ytt.sh
