@@ -505,7 +505,10 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
     let source = match &client {
         Some(client) => {
             tracing::info!("Cluster lookup on: watching clusters and machinedeployments");
-            ServeSource::Live(LiveSource::start(client.clone(), args.lookup_timeout))
+            ServeSource::Live(Box::new(LiveSource::start(
+                client.clone(),
+                args.lookup_timeout,
+            )))
         }
         None => ServeSource::Off(NoLookup),
     };

@@ -195,7 +195,7 @@ pub fn reference_names(
 /// The source `serve` runs with: live lookups when it has cluster access, none otherwise.
 #[derive(Clone)]
 pub enum ServeSource {
-    Live(live::LiveSource),
+    Live(Box<live::LiveSource>),
     Off(NoLookup),
 }
 
