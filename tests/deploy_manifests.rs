@@ -220,6 +220,8 @@ fn base_has_exactly_the_expected_objects() {
         ("ClusterRoleBinding", "capi-calico-webhook-lookup"),
         ("ClusterRole", "capi-calico-webhook-reconciler"),
         ("ClusterRoleBinding", "capi-calico-webhook-reconciler"),
+        ("Role", "capi-calico-webhook-bundles"),
+        ("RoleBinding", "capi-calico-webhook-bundles"),
         ("Deployment", SERVICE),
         ("Service", SERVICE),
         ("PodDisruptionBudget", SERVICE),
@@ -601,7 +603,20 @@ fn triples(list: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)>
 #[test]
 fn rbac_is_exactly_the_least_set_split_by_feature() {
     let docs = base();
-    assert!(all_of(&docs, "Role").is_empty() && all_of(&docs, "RoleBinding").is_empty());
+    // The only namespaced grant: reading the operator bundles loaded into the webhook's own namespace.
+    let roles = all_of(&docs, "Role");
+    assert_eq!(roles.len(), 1);
+    let bundles = find(&docs, "Role", "capi-calico-webhook-bundles");
+    assert_eq!(bundles["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        rules_of(bundles),
+        triples(&[("", "configmaps", &["get", "list", "watch"])])
+    );
+    let binding = find(&docs, "RoleBinding", "capi-calico-webhook-bundles");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": SERVICE, "namespace": NAMESPACE}])
+    );
     assert_eq!(all_of(&docs, "ClusterRole").len(), 2);
 
     // Admission lookups (issue 3): read Clusters and MachineDeployments, nothing else.
@@ -617,13 +632,13 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
             ),
         ])
     );
-    // Calico delivery (issue 6): server-side apply of its outputs, Events, annotations on Clusters. No reads of
-    // ConfigMaps (that would be every ConfigMap of the cluster), no delete, no Secrets.
+    // Calico delivery (issue 6): server-side apply of its outputs, Events, annotations on Clusters. ConfigMaps are
+    // read by name only (no list/watch of every ConfigMap of the cluster), no delete, no Secrets.
     let reconciler = rules_of(find(&docs, "ClusterRole", "capi-calico-webhook-reconciler"));
     assert_eq!(
         reconciler,
         triples(&[
-            ("", "configmaps", &["create", "patch"]),
+            ("", "configmaps", &["get", "create", "patch"]),
             (
                 "addons.cluster.x-k8s.io",
                 "clusterresourcesets",
