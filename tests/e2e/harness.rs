@@ -274,14 +274,25 @@ fn poll<T>(
     }
 }
 
-/// Minimal HTTP/1.0 GET over plain TCP (etcd's /health); returns the whole response.
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+/// Minimal HTTP/1.0 request over plain TCP (etcd's /health and JSON gateway); returns the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    Ok(buf)
+    Ok(buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(buf))
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    http(port, "GET", path, "")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,6 +348,9 @@ pub struct Harness {
     pub server: String,
     /// CRD names installed by [`Harness::install_crds`].
     pub crds: Vec<String>,
+    /// etcd client port and the kube-apiserver's `--etcd-prefix`, for [`Harness::etcd_get`].
+    pub etcd_port: u16,
+    pub etcd_prefix: String,
     ns_counter: AtomicU32,
     /// Removed last (after the processes are dead). `E2E_KEEP=1` keeps it for debugging.
     dir: Option<tempfile::TempDir>,
@@ -379,12 +393,13 @@ impl Harness {
             kubeconfig: d.join("admin.kubeconfig"),
             server: String::new(),
             crds: Vec::new(),
+            etcd_port: 0,
+            etcd_prefix: String::new(),
             ns_counter: AtomicU32::new(0),
             dir: Some(dir),
         };
 
         // etcd (up to 3 tries: a port picked by free_port() may be taken by someone else meanwhile)
-        let mut etcd_port = 0;
         for attempt in 1..=3 {
             let (client, peer) = (free_port()?, free_port()?);
             let data = d.join(format!("etcd-data-{attempt}"));
@@ -418,7 +433,7 @@ impl Harness {
             match healthy {
                 Ok(()) => {
                     h.procs.push(p);
-                    etcd_port = client;
+                    h.etcd_port = client;
                     break;
                 }
                 Err(e) if attempt < 3 => {
@@ -434,7 +449,7 @@ impl Harness {
             h.server = format!("https://127.0.0.1:{port}");
             h.write_kubeconfig(&admin)?;
             let args: Vec<String> = vec![
-                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                format!("--etcd-servers=http://127.0.0.1:{}", h.etcd_port),
                 // no default route in sandboxes: always pin the addresses
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -454,6 +469,7 @@ impl Harness {
                 // separate etcd key prefix per attempt, in case a half-started one wrote data
                 format!("--etcd-prefix=/registry-{attempt}"),
             ];
+            h.etcd_prefix = format!("/registry-{attempt}");
             let log = d.join(format!("logs/kube-apiserver-{attempt}.log"));
             let mut p = Proc::spawn("kube-apiserver", &h.tools.kube_apiserver, &args, log)?;
             let ready = poll(
@@ -576,6 +592,22 @@ impl Harness {
     pub fn get_json(&self, kind: &str, ns: &str, name: &str) -> TestResult<Value> {
         let out = self.kubectl_ok(&["get", kind, name, "-n", ns, "-o", "json"], None)?;
         Ok(serde_json::from_str(&out)?)
+    }
+
+    /// The object exactly as the API server stored it in etcd (JSON; CRs are stored as JSON), or
+    /// `None`. `resource` is `group/plural` for CRs (e.g. `cluster.x-k8s.io/clusters`) or the
+    /// plural for core kinds. Uses etcd's JSON gateway (`/v3/kv/range`).
+    pub fn etcd_get(&self, resource: &str, ns: &str, name: &str) -> TestResult<Option<Value>> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = format!("{}/{resource}/{ns}/{name}", self.etcd_prefix);
+        let body = serde_json::json!({ "key": b64.encode(&key) }).to_string();
+        let resp: Value =
+            serde_json::from_str(&http(self.etcd_port, "POST", "/v3/kv/range", &body)?)?;
+        match resp["kvs"][0]["value"].as_str() {
+            Some(v) => Ok(Some(serde_json::from_slice(&b64.decode(v)?)?)),
+            None => Ok(None),
+        }
     }
 
     /// Does `kubectl get KIND NAME -n NS` find it?

@@ -182,59 +182,158 @@ fn v1beta2_classic_cluster_apply_and_read_back(h: &mut Harness) -> TestResult {
 }
 
 /// What the API server does with v1beta1 objects when the CRDs' conversion strategy is `None`
-/// (no CAPI conversion webhook). See e2e/README.md "Findings".
+/// (no CAPI conversion webhook). Asserts the behaviour found with v1.37.2 + CAPI v1.14.0 CRDs;
+/// e2e/README.md "Findings" explains it.
 fn v1beta1_objects_without_conversion_webhook(h: &mut Harness) -> TestResult {
     let ns = h.create_namespace("smoke-v1beta1")?;
     let yaml = fixture("classic-v1beta1.yaml")?;
-    // 1. v1beta1 is served: the request is validated against the v1beta1 schema and accepted.
-    h.apply(&ns, &yaml)?;
     let docs = yaml_docs(&yaml)?;
+    // (1) accepted: validated against the v1beta1 schema, with a deprecation warning
+    let out = h.apply_server_side(&ns, &yaml, "e2e-smoke")?;
+    ensure!(
+        out.stderr.contains("KubeadmControlPlane is deprecated"),
+        "no deprecation warning: {}",
+        out.stderr
+    );
+
+    let mut stored_specs = Vec::new();
     for d in &docs {
         let kind = d["kind"].as_str().unwrap_or_default();
-        // 2. Read back as v1beta1: exactly what was written.
-        let v1 = h.get_json(&qualified(d), &ns, name_of(d))?;
+        let (group, _) = d["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .split_once('/')
+            .unwrap_or_default();
+        let resource = format!("{group}/{}s", kind.to_lowercase());
+        let stored = h
+            .etcd_get(&resource, &ns, name_of(d))?
+            .ok_or_else(|| fail!("{kind} not in etcd"))?;
+        // (2) stored as the storage version: only apiVersion is rewritten ...
         ensure!(
-            v1["apiVersion"] == d["apiVersion"],
-            "{kind}: v1beta1 read gave {}",
-            v1["apiVersion"]
+            stored["apiVersion"] == format!("{group}/v1beta2").as_str(),
+            "{kind} stored as {}",
+            stored["apiVersion"]
         );
-        ensure_contains(
-            &v1["spec"],
-            &d["spec"],
-            &format!("{kind} (read as v1beta1)"),
-        )?;
-
-        // 3. Read as v1beta2 (kubectl's default, the storage version): only apiVersion changes.
-        //    The content keeps the v1beta1 shape, which is NOT valid v1beta2; fields unknown to
-        //    the v1beta2 schema are pruned on read.
-        let mut as_v2 = d.clone();
-        as_v2["apiVersion"] = Value::String(
-            d["apiVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .replace("/v1beta1", "/v1beta2"),
-        );
-        let v2 = h.get_json(&qualified(&as_v2), &ns, name_of(d))?;
+        // ... and every field the v1beta2 schema does not know is pruned (nothing is converted)
+        let mut missing = Vec::new();
+        contains(&stored["spec"], &d["spec"], ".spec", &mut missing);
+        let mut extra = Vec::new();
+        contains(&d["spec"], &stored["spec"], ".spec", &mut extra);
         ensure!(
-            v2["apiVersion"] == as_v2["apiVersion"],
-            "{kind}: v1beta2 read gave {}",
-            v2["apiVersion"]
+            extra.is_empty(),
+            "{kind}: stored spec has fields the manifest lacks: {extra:?}"
         );
-        let mut diffs = Vec::new();
-        contains(&v2["spec"], &d["spec"], "", &mut diffs);
         println!(
-            "  {kind} read as v1beta2: {} field(s) differ from the v1beta1 manifest",
-            diffs.len()
+            "  {kind}: {} v1beta1-only field(s) dropped: {}",
+            missing.len(),
+            missing.join("; ")
         );
-        for diff in &diffs {
-            println!("    {diff}");
+        // (3) both versions read back the stored content, only apiVersion differs
+        for version in ["v1beta1", "v1beta2"] {
+            let q = format!("{}.{version}.{group}", kind.to_lowercase());
+            let got = h.get_json(&q, &ns, name_of(d))?;
+            ensure!(
+                got["apiVersion"] == format!("{group}/{version}").as_str(),
+                "{q}: {}",
+                got["apiVersion"]
+            );
+            ensure!(
+                got["spec"] == stored["spec"],
+                "{q} differs from etcd: {} vs {}",
+                got["spec"],
+                stored["spec"]
+            );
         }
-        // the default `kubectl get <kind>` picks v1beta2 (the preferred version)
-        let plain = h.get_json(kind, &ns, name_of(d))?;
+        stored_specs.push(stored["spec"].clone());
+    }
+    let (cluster, kcp, kct) = (&stored_specs[0], &stored_specs[1], &stored_specs[2]);
+    ensure!(
+        cluster["controlPlaneRef"]
+            == serde_json::json!({"kind": "KubeadmControlPlane", "name": "legacy-control-plane"}),
+        "Cluster controlPlaneRef {}",
+        cluster["controlPlaneRef"]
+    );
+    ensure!(
+        kcp["machineTemplate"] == serde_json::json!({}),
+        "KCP machineTemplate {}",
+        kcp["machineTemplate"]
+    );
+    ensure!(
+        kcp["kubeadmConfigSpec"]["clusterConfiguration"]["apiServer"]["extraArgs"]
+            == serde_json::json!({}),
+        "KCP extraArgs {}",
+        kcp["kubeadmConfigSpec"]["clusterConfiguration"]
+    );
+    // the fields the webhook injects into have the same shape in both versions and survive
+    for (spec, want) in [
+        (
+            &kcp["kubeadmConfigSpec"],
+            &docs[1]["spec"]["kubeadmConfigSpec"],
+        ),
+        (
+            &kct["template"]["spec"],
+            &docs[2]["spec"]["template"]["spec"],
+        ),
+    ] {
+        for f in ["preKubeadmCommands", "files"] {
+            ensure!(
+                spec[f] == want[f],
+                "{f}: stored {} vs applied {}",
+                spec[f],
+                want[f]
+            );
+        }
+    }
+
+    // (4) the stored objects violate the v1beta2 schema: an update through v1beta2 (kubectl
+    // label, a merge patch) is rejected for the KCT; through v1beta1 it works
+    let out = h.kubectl(
+        &[
+            "label",
+            "kubeadmconfigtemplate.v1beta2.bootstrap.cluster.x-k8s.io",
+            "legacy-md-0",
+            "-n",
+            &ns,
+            "e2e=v1beta2",
+        ],
+        None,
+    )?;
+    ensure!(
+        !out.success && out.stderr.contains("kubeletExtraArgs"),
+        "label via v1beta2: {out:?}"
+    );
+    h.kubectl_ok(
+        &[
+            "label",
+            "kubeadmconfigtemplate.v1beta1.bootstrap.cluster.x-k8s.io",
+            "legacy-md-0",
+            "-n",
+            &ns,
+            "e2e=v1beta1",
+        ],
+        None,
+    )?;
+
+    // (5) re-applying the identical v1beta1 manifest bumps metadata.generation although the
+    // stored spec does not change (generation is computed before the storage pruning)
+    let before: Vec<i64> = docs
+        .iter()
+        .map(|d| generation_and_rv(h, d, &ns).map(|g| g.0))
+        .collect::<TestResult<_>>()?;
+    h.apply_server_side(&ns, &yaml, "e2e-smoke")?;
+    for (i, d) in docs.iter().enumerate() {
+        let (gen_after, _) = generation_and_rv(h, d, &ns)?;
         ensure!(
-            plain["apiVersion"] == as_v2["apiVersion"],
-            "{kind}: default read gave {}",
-            plain["apiVersion"]
+            gen_after == before[i] + 1,
+            "{}: generation {} -> {gen_after}",
+            d["kind"],
+            before[i]
+        );
+        let q2 = qualified(d).replace(".v1beta1.", ".v1beta2.");
+        ensure!(
+            h.get_json(&q2, &ns, name_of(d))?["spec"] == stored_specs[i],
+            "{}: spec changed",
+            d["kind"]
         );
     }
     Ok(())
