@@ -88,6 +88,7 @@ else
              controlplane/kubeadm/config/crd/bases; do
       [ -d "$SRC/$d" ] || continue
       for f in "$SRC/$d"/*.yaml; do cp "$f" "$tmp/"; n=$((n + 1)); done
+      chmod u+w "$tmp"/*.yaml  # the module cache is read-only
     done
     [ "$n" -gt 0 ] || { echo "build-tools: no CRDs found in $SRC" >&2; exit 1; }
     echo "sigs.k8s.io/cluster-api $CVER (module $SRC)" > "$tmp/.complete"

@@ -337,6 +337,32 @@ pub fn list_of(items: Vec<Value>) -> String {
 // ---------------------------------------------------------------------------------------------
 // The harness
 
+const TEMP_PREFIX: &str = "capi-e2e-";
+
+/// Remove temp dirs left by runs that were SIGKILLed (their processes died with them through
+/// PR_SET_PDEATHSIG, but nothing removed the dir). A dir whose owner pid is alive is kept.
+fn remove_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let Ok(pid) = fs::read_to_string(path.join("owner.pid")) else {
+            continue;
+        };
+        let alive = pid
+            .trim()
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
 pub struct Harness {
     /// Killed in reverse start order by Drop (webhook, kube-apiserver, etcd).
     pub procs: Vec<Proc>,
@@ -364,9 +390,11 @@ impl Harness {
     /// Generate certs, start etcd and kube-apiserver on 127.0.0.1, write a kubeconfig, wait for
     /// `/readyz` and namespace `default`. On error everything started so far is torn down.
     pub fn start(tools: Tools) -> TestResult<Harness> {
-        let dir = tempfile::Builder::new().prefix("capi-e2e-").tempdir()?;
+        remove_stale_dirs();
+        let dir = tempfile::Builder::new().prefix(TEMP_PREFIX).tempdir()?;
         cleanup_registry().dirs.push(dir.path().to_path_buf());
         let d = dir.path().to_path_buf();
+        fs::write(d.join("owner.pid"), std::process::id().to_string())?;
         let pki = d.join("pki");
         fs::create_dir_all(&pki)?;
         fs::create_dir_all(d.join("logs"))?;
@@ -744,7 +772,7 @@ impl Drop for Harness {
         }
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_path_buf();
-            if std::env::var_os("E2E_KEEP").is_some() {
+            if std::env::var("E2E_KEEP").as_deref() == Ok("1") {
                 eprintln!("e2e: E2E_KEEP set; kept {}", dir.keep().display());
             } else if let Err(e) = dir.close() {
                 eprintln!("e2e: could not remove {}: {e}", path.display());
