@@ -508,6 +508,7 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
             ServeSource::Live(Box::new(LiveSource::start(
                 client.clone(),
                 args.lookup_timeout,
+                &args.bundle_namespace,
             )))
         }
         None => ServeSource::Off(NoLookup),

@@ -102,7 +102,7 @@ pub async fn decide<S: ClusterSource>(
 ) -> Decided {
     let annotations = string_map(object.pointer("/metadata/annotations"));
     let (Some(target), Some(subject_kind)) = (kind.target(), kind.subject_kind()) else {
-        return Decided::new(cluster_verdict(endpoint, object, &annotations));
+        return Decided::new(cluster_verdict(source, endpoint, object, &annotations));
     };
 
     let own = settings::has_settings(&annotations);
@@ -225,7 +225,8 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
     ]
 }
 
-fn cluster_verdict(
+fn cluster_verdict<S: ClusterSource>(
+    source: &S,
     endpoint: Endpoint,
     object: &Value,
     annotations: &std::collections::BTreeMap<String, String>,
@@ -233,7 +234,16 @@ fn cluster_verdict(
     let (network, _) = cluster_network(object);
     match settings::resolve(annotations, Some(&network)) {
         Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
-        Resolution::OptedIn { warnings, .. } => {
+        Resolution::OptedIn {
+            settings,
+            mut warnings,
+        } => {
+            if let Some(loaded) = source.calico_bundles() {
+                warnings.extend(crate::delivery::bundle_missing_warning(
+                    &settings.calico_version,
+                    &loaded,
+                ));
+            }
             let patch = match endpoint {
                 Endpoint::Mutate => cluster_label_patch(object),
                 Endpoint::Validate => Vec::new(),
@@ -346,6 +356,7 @@ mod tests {
     struct FixedSource {
         answer: Lookup,
         asked: Mutex<Vec<Subject>>,
+        bundles: Option<Vec<String>>,
     }
 
     impl FixedSource {
@@ -353,6 +364,7 @@ mod tests {
             FixedSource {
                 answer,
                 asked: Mutex::new(Vec::new()),
+                bundles: None,
             }
         }
         fn found(cluster: &Value) -> Self {
@@ -367,6 +379,9 @@ mod tests {
         async fn find(&self, subject: &Subject) -> Lookup {
             self.asked.lock().expect("lock").push(subject.clone());
             self.answer.clone()
+        }
+        fn calico_bundles(&self) -> Option<Vec<String>> {
+            self.bundles.clone()
         }
     }
 
@@ -432,6 +447,33 @@ mod tests {
             patch_of(&run(&NoLookupPanics, Endpoint::Validate, &c).verdict),
             &[]
         );
+    }
+
+    #[test]
+    fn a_cluster_whose_calico_bundle_is_missing_is_admitted_with_a_warning() {
+        let c = cluster(calico_on());
+        let cases: [(Option<Vec<String>>, bool); 4] = [
+            (None, false),
+            (Some(vec![]), true),
+            (Some(vec!["v3.30.7".to_string()]), true),
+            (Some(vec!["v3.31.7".to_string()]), false),
+        ];
+        for (bundles, warned) in cases {
+            let mut source = FixedSource::new(Lookup::Disabled);
+            source.bundles = bundles.clone();
+            for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+                match run(&source, endpoint, &c).verdict {
+                    Verdict::Allow { warnings, .. } => {
+                        let has = warnings
+                            .iter()
+                            .any(|w| w.contains("no Calico operator bundle v3.31.7"));
+                        assert_eq!(has, warned, "{bundles:?}: {warnings:?}");
+                        assert!(warnings.iter().all(|w| w.chars().count() < 120));
+                    }
+                    other => panic!("expected allow, got {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::{
 };
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Client,
     api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams},
@@ -21,6 +22,8 @@ use kube::{
     },
 };
 use serde_json::Value;
+
+use crate::delivery::VERSION_LABEL;
 
 use super::{
     CLUSTER_NAME_LABEL, ClusterInfo, ClusterSource, Lookup, LookupSource, Subject, SubjectKind,
@@ -42,18 +45,31 @@ pub struct LiveSource {
     machine_deployments: Store<DynamicObject>,
     cluster_resource: ApiResource,
     md_resource: ApiResource,
+    bundles: Store<ConfigMap>,
+    bundles_synced: Arc<AtomicBool>,
     synced: Arc<AtomicBool>,
     api_timeout: Duration,
 }
 
 impl LiveSource {
-    /// Start the reflectors (on the current tokio runtime) and return the source. It reports ready once both
-    /// caches have synced.
-    pub fn start(client: Client, api_timeout: Duration) -> Self {
+    /// Start the reflectors (on the current tokio runtime) and return the source. It reports ready once the
+    /// Cluster and MachineDeployment caches have synced. `bundle_namespace` is where the Calico operator bundles are
+    /// loaded; their versions feed the admission warning for a CALICO_VERSION without a bundle.
+    pub fn start(client: Client, api_timeout: Duration, bundle_namespace: &str) -> Self {
         let cluster_resource = resource("Cluster");
         let md_resource = resource("MachineDeployment");
         let clusters = spawn_reflector(client.clone(), cluster_resource.clone());
         let machine_deployments = spawn_reflector(client.clone(), md_resource.clone());
+        let bundles = spawn_bundle_reflector(client.clone(), bundle_namespace);
+        let bundles_synced = Arc::new(AtomicBool::new(false));
+        {
+            let (bundles, flag) = (bundles.clone(), bundles_synced.clone());
+            tokio::spawn(async move {
+                if bundles.wait_until_ready().await.is_ok() {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            });
+        }
         let synced = Arc::new(AtomicBool::new(false));
         {
             let (clusters, mds, synced) = (
@@ -75,6 +91,8 @@ impl LiveSource {
             machine_deployments,
             cluster_resource,
             md_resource,
+            bundles,
+            bundles_synced,
             synced,
             api_timeout,
         }
@@ -153,6 +171,26 @@ impl LiveSource {
             )),
         }
     }
+}
+
+/// Bundle ConfigMaps (labelled with their Calico version) in the bundle namespace.
+fn spawn_bundle_reflector(client: Client, namespace: &str) -> Store<ConfigMap> {
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().labels(VERSION_LABEL);
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(err) = event {
+                tracing::debug!(error = %err, "watching Calico bundles; retrying with backoff");
+            }
+        }
+    });
+    reader
 }
 
 fn spawn_reflector(client: Client, resource: ApiResource) -> Store<DynamicObject> {
@@ -263,5 +301,20 @@ impl ClusterSource for LiveSource {
 
     fn ready(&self) -> bool {
         self.synced.load(Ordering::SeqCst)
+    }
+
+    fn calico_bundles(&self) -> Option<Vec<String>> {
+        if !self.bundles_synced.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut versions: Vec<String> = self
+            .bundles
+            .state()
+            .iter()
+            .filter_map(|cm| cm.metadata.labels.as_ref()?.get(VERSION_LABEL).cloned())
+            .collect();
+        versions.sort();
+        versions.dedup();
+        Some(versions)
     }
 }

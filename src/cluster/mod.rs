@@ -162,6 +162,11 @@ pub trait ClusterSource: Send + Sync + 'static {
     fn ready(&self) -> bool {
         true
     }
+    /// The Calico versions whose operator bundle is loaded in the management cluster, when this source knows
+    /// them (`serve` with cluster access); `None` otherwise.
+    fn calico_bundles(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// The source used when `serve` has no cluster access: every lookup is [`Lookup::Disabled`].
@@ -211,6 +216,13 @@ impl ClusterSource for ServeSource {
         match self {
             ServeSource::Live(live) => live.ready(),
             ServeSource::Off(off) => off.ready(),
+        }
+    }
+
+    fn calico_bundles(&self) -> Option<Vec<String>> {
+        match self {
+            ServeSource::Live(live) => live.calico_bundles(),
+            ServeSource::Off(off) => off.calico_bundles(),
         }
     }
 }

@@ -334,24 +334,28 @@ pub fn plan_for<'a>(
     }
 }
 
-/// For the admission path: a warning when the bundle for `version` is not among `loaded_versions` (`vX.Y.Z`
-/// values of the [`VERSION_LABEL`] label in the bundle namespace). `None` when it is loaded.
-pub fn bundle_missing_warning(
-    version: &CalicoVersion,
-    loaded_versions: &[String],
-) -> Option<String> {
+/// For the admission path: warnings (each short enough for a `Warning:` line) when the bundle for `version` is not
+/// among `loaded_versions` (`vX.Y.Z` values of the [`VERSION_LABEL`] label in the bundle namespace). Empty when it
+/// is loaded.
+pub fn bundle_missing_warning(version: &CalicoVersion, loaded_versions: &[String]) -> Vec<String> {
     let tag = version_tag(version);
     if loaded_versions.contains(&tag) {
-        return None;
+        return Vec::new();
     }
-    let loaded = if loaded_versions.is_empty() {
+    let mut loaded = if loaded_versions.is_empty() {
         "none".to_string()
     } else {
         loaded_versions.join(", ")
     };
-    Some(format!(
-        "capi-calico.io/CALICO_VERSION {tag}: no Calico operator bundle for this version is loaded in the management cluster (loaded: {loaded}); Calico will not be delivered until it is"
-    ))
+    if loaded.len() > 40 {
+        loaded.truncate(37);
+        loaded.push_str("...");
+    }
+    vec![
+        format!("capi-calico: no Calico operator bundle {tag} is loaded (loaded: {loaded})"),
+        "capi-calico: Calico is not delivered until it is: see capi-calico-webhook bundle --help"
+            .to_string(),
+    ]
 }
 
 /// The current value of [`STATUS_ANNOTATION`] on a Cluster object.
@@ -588,9 +592,13 @@ mod tests {
             minor: 31,
             patch: 7,
         };
-        assert_eq!(bundle_missing_warning(&v, &["v3.31.7".into()]), None);
-        let w = bundle_missing_warning(&v, &[]).unwrap();
-        assert!(w.contains("v3.31.7") && w.contains("none"));
+        assert!(bundle_missing_warning(&v, &["v3.31.7".into()]).is_empty());
+        let w = bundle_missing_warning(&v, &[]);
+        assert!(w[0].contains("v3.31.7") && w[0].contains("none"), "{w:?}");
+        let many: Vec<String> = (0..30).map(|p| format!("v3.30.{p}")).collect();
+        for line in bundle_missing_warning(&v, &many) {
+            assert!(line.chars().count() < 120, "{line}");
+        }
     }
 
     #[test]
