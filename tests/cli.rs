@@ -1,0 +1,427 @@
+//! The offline CLI (`check`, `render`): exit codes, messages, and golden rendered output.
+//!
+//! Goldens live in `tests/golden/cli/`; regenerate them with `UPDATE_GOLDEN=1 cargo test --test cli` and review
+//! the diff. The Cluster API example templates from `../shared/fixtures/capi-examples` (present in CI, not in a
+//! user's clone) are rendered too when that folder exists; without it those cases print a notice and are skipped.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures/cli").join(name)
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_capi-calico-webhook"))
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = bin();
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn the binary");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Compare `actual` with the golden file, or rewrite it under UPDATE_GOLDEN=1.
+fn golden(name: &str, actual: &str) {
+    let path = repo().join("tests/golden/cli").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    if want != actual {
+        let first = want
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(want.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the rendered output at line {}:\n  golden: {:?}\n  actual: {:?}\n\
+             (UPDATE_GOLDEN=1 regenerates it; review the diff)",
+            path.display(),
+            first + 1,
+            want.lines().nth(first),
+            actual.lines().nth(first)
+        );
+    }
+}
+
+fn parse_docs(yaml: &str) -> Vec<Value> {
+    capi_calico_webhook::manifest::parse("output", yaml)
+        .expect("render output parses")
+        .into_iter()
+        .map(|d| d.object)
+        .collect()
+}
+
+fn render_files(files: &[&Path]) -> (i32, String, String) {
+    let mut args = vec!["render".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&refs, None);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn render_matches_the_goldens_and_is_a_fixed_point() {
+    for (name, input) in [
+        ("classic-v1beta2.yaml", "classic-v1beta2.yaml"),
+        ("classic-v1beta1.yaml", "classic-v1beta1.yaml"),
+        ("own-annotations.yaml", "own-annotations.yaml"),
+        ("not-opted-in.yaml", "not-opted-in.yaml"),
+    ] {
+        let (code, stdout, stderr) = render_files(&[&fixture(input)]);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        golden(name, &stdout);
+
+        // Rendering the rendered output changes nothing: the webhook applied to its own output is a no-op.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let again = dir.path().join("again.yaml");
+        std::fs::write(&again, &stdout).expect("write");
+        let (code, second, stderr) = render_files(&[&again]);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        assert_eq!(
+            parse_docs(&second),
+            parse_docs(&stdout),
+            "{name}: render is not idempotent"
+        );
+    }
+}
+
+#[test]
+fn render_injects_what_the_contract_says_and_keeps_the_users_entries() {
+    let (_, stdout, _) = render_files(&[&fixture("classic-v1beta2.yaml")]);
+    let docs = parse_docs(&stdout);
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).expect(k).clone();
+
+    let cluster = kind("Cluster");
+    assert_eq!(
+        cluster["metadata"]["labels"]["capi-calico.io/cluster"],
+        "wl-1"
+    );
+
+    let kcp = kind("KubeadmControlPlane");
+    let spec = &kcp["spec"]["kubeadmConfigSpec"];
+    let pre: Vec<&str> = spec["preKubeadmCommands"]
+        .as_array()
+        .expect("pre")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        pre[..2],
+        [
+            "hostnamectl set-hostname \"{{ ds.meta_data.hostname }}\"",
+            "echo \"::1 localhost\" >> /etc/hosts"
+        ]
+    );
+    assert_eq!(pre.len(), 3, "{pre:?}");
+    assert!(pre[2].contains("/etc/capi-calico/install-calicoctl.sh"));
+    let post = spec["postKubeadmCommands"].as_array().expect("post");
+    assert_eq!(post[0], "echo bootstrap done");
+    assert_eq!(post.len(), 2);
+    let paths: Vec<&str> = spec["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(paths[0], "/etc/kubernetes/manifests/kube-vip.yaml");
+    for p in [
+        "/etc/capi-calico/install-calicoctl.sh",
+        "/etc/capi-calico/calicoctl.conf",
+        "/etc/capi-calico/bgppeers.yaml",
+        "/etc/capi-calico/bgpconfiguration.yaml",
+        "/etc/capi-calico/apply-bgp.sh",
+    ] {
+        assert_eq!(
+            paths.iter().filter(|x| **x == p).count(),
+            1,
+            "{p} once in {paths:?}"
+        );
+    }
+
+    // The KCT had no spec; the workers get calicoctl but never the BGP files.
+    let kct = kind("KubeadmConfigTemplate");
+    let worker_paths: Vec<&str> = kct["spec"]["template"]["spec"]["files"]
+        .as_array()
+        .expect("kct files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(
+        worker_paths,
+        [
+            "/etc/capi-calico/install-calicoctl.sh",
+            "/etc/capi-calico/calicoctl.conf"
+        ]
+    );
+    assert!(
+        kct["spec"]["template"]["spec"]
+            .get("postKubeadmCommands")
+            .is_none()
+    );
+
+    // Not ours: the MachineDeployment comes out as it went in.
+    let input =
+        capi_calico_webhook::manifest::read(&fixture("classic-v1beta2.yaml").display().to_string())
+            .expect("read fixture");
+    let md_in = &input
+        .iter()
+        .find(|d| d.object["kind"] == "MachineDeployment")
+        .expect("md")
+        .object;
+    assert_eq!(&kind("MachineDeployment"), md_in);
+}
+
+#[test]
+fn check_exit_codes_and_messages() {
+    let ok = run(
+        &[
+            "check",
+            &fixture("classic-v1beta2.yaml").display().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).starts_with("ok: 4 documents, 3 checked"),
+        "{}",
+        text(&ok.stdout)
+    );
+
+    let bad = run(
+        &["check", &fixture("invalid.yaml").display().to_string()],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let out = text(&bad.stdout);
+    for needle in [
+        "(document 1, Cluster broken): denied the request: 3 problems with the capi-calico.io annotations:",
+        "capi-calico.io/CALICO_BLOCKSIZE: \"26\" is not a known setting: did you mean",
+        "\"capi-calico.io/CALICO_BLOCK_SIZE\"?",
+        "capi-calico.io/CALICO_BGP_OPTION: \"enabled\" is not valid: did you mean \"Enabled\"?",
+        "did you mean\n    10.0.0.0/16?",
+        "(document 2, KubeadmControlPlane broken-cp): denied the request: this object takes its Calico settings \
+         from Cluster default/broken, whose annotations are invalid; fix them on the Cluster",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+
+    // Standard input, and the same rejection through render (documents still printed, exit 1).
+    let input = std::fs::read_to_string(fixture("invalid.yaml")).expect("read");
+    let piped = run(&["check", "-"], Some(&input));
+    assert_eq!(piped.status.code(), Some(1));
+    assert!(text(&piped.stdout).contains("-: ") || text(&piped.stdout).contains("- (document 1"));
+    let rendered = run(&["render", "-"], Some(&input));
+    assert_eq!(rendered.status.code(), Some(1));
+    assert!(text(&rendered.stderr).contains("denied the request"));
+
+    // Usage and I/O errors: exit 2.
+    for (args, stdin, needle) in [
+        (
+            vec!["check", "/nonexistent/cluster.yaml"],
+            None,
+            "/nonexistent/cluster.yaml",
+        ),
+        (
+            vec!["check", "-"],
+            Some("a: [1, 2\n"),
+            "not valid YAML or JSON",
+        ),
+        (
+            vec!["check", "-"],
+            Some("- just\n- a list\n"),
+            "not a Kubernetes object",
+        ),
+        (
+            vec!["render", "--output", "toml", "-"],
+            Some(""),
+            "invalid value 'toml'",
+        ),
+        (vec!["check"], None, "required"),
+    ] {
+        let out = run(&args, stdin);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_kcp_without_its_cluster_gets_a_warning_not_an_error() {
+    let input = "apiVersion: controlplane.cluster.x-k8s.io/v1beta2\nkind: KubeadmControlPlane\n\
+                 metadata: {name: orphan-cp, namespace: ns}\nspec: {version: v1.33.4}\n";
+    let out = run(&["check", "-"], Some(input));
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Warning: - (document 1, KubeadmControlPlane ns/orphan-cp): capi-calico: no Cluster found"), "{stdout}");
+    assert!(
+        stdout.contains("cluster.x-k8s.io/cluster-name=<cluster>"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn render_json_output_is_a_list() {
+    let out = run(
+        &[
+            "render",
+            "-o",
+            "json",
+            &fixture("own-annotations.yaml").display().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    let spec = &list["items"][0]["spec"]["template"]["spec"];
+    assert_eq!(spec["preKubeadmCommands"][0], json!("echo first"));
+    let conf = spec["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == "/etc/capi-calico/calicoctl.conf")
+        .expect("data file");
+    assert!(conf["content"].as_str().expect("content").contains(
+        "url_template=https://mirror.example.internal/calico/{version}/calicoctl-linux-{arch}"
+    ));
+}
+
+#[test]
+fn help_explains_the_annotations_on_every_subcommand() {
+    for sub in ["serve", "check", "render"] {
+        let out = run(&[sub, "--help"], None);
+        assert_eq!(out.status.code(), Some(0));
+        let help = text(&out.stdout);
+        assert!(
+            help.contains("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT"),
+            "{sub}: {help}"
+        );
+        assert!(help.contains("CALICO_ROUTE_REFLECTORS"), "{sub}");
+    }
+    let out = run(&["bundle", "--help"], None);
+    assert!(text(&out.stdout).contains("kubectl apply --server-side"));
+}
+
+/// The Cluster API example templates, opted in: every KCP/KCT they contain is mutated, everything else unchanged.
+#[test]
+fn capi_example_templates_render_to_their_goldens() {
+    let shared = repo().join("../shared/fixtures/capi-examples");
+    if !shared.is_dir() {
+        println!(
+            "NOTICE: {} not found (it exists in CI, not in a user's clone): the CAPI example goldens are skipped",
+            shared.display()
+        );
+        return;
+    }
+    let cases: [(&str, &[&str]); 4] = [
+        ("capv-v1.16.1.yaml", &["capv-v1.16.1/cluster-template.yaml"]),
+        ("capv-v1.13.0.yaml", &["capv-v1.13.0/cluster-template.yaml"]),
+        (
+            "capi-docker-e2e-classic.yaml",
+            &[
+                "capi-v1.14.0-docker-e2e-classic/cluster-with-kcp.yaml",
+                "capi-v1.14.0-docker-e2e-classic/md.yaml",
+            ],
+        ),
+        (
+            "capi-docker-clusterclass.yaml",
+            &["capi-v1.14.0-docker-clusterclass/cluster-template-development.yaml"],
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, files) in cases {
+        // Opt every Cluster in (INSTALL_CALICOCTL and BGP), leave the rest of the template as it is.
+        let mut paths = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let docs =
+                capi_calico_webhook::manifest::read(&shared.join(file).display().to_string())
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+            let mut out = String::new();
+            for mut doc in docs.into_iter().map(|d| d.object) {
+                if doc["kind"] == "Cluster" {
+                    let annotations = doc["metadata"]
+                        .as_object_mut()
+                        .expect("metadata")
+                        .entry("annotations")
+                        .or_insert_with(|| json!({}));
+                    for (k, v) in [
+                        ("CUSTOM_CALICO_DEPLOYMENT", "true"),
+                        ("INSTALL_CALICOCTL", "true"),
+                        ("CALICO_BGP_OPTION", "Enabled"),
+                        ("CONFIGURE_CALICO_BGP_SETTINGS", "true"),
+                        ("CALICO_BGP_AS_NUMBER", "65100"),
+                        (
+                            "CALICO_ROUTE_REFLECTORS",
+                            // base64 of one BGPPeer {name: rr-1, peerIP: 192.0.2.1, asNumber: 65100}
+                            "YXBpVmVyc2lvbjogcHJvamVjdGNhbGljby5vcmcvdjMKa2luZDogQkdQUGVlcgptZXRhZGF0YToKICBuYW1lOiBy\
+                             ci0xCnNwZWM6CiAgcGVlcklQOiAxOTIuMC4yLjEKICBhc051bWJlcjogNjUxMDAK",
+                        ),
+                    ] {
+                        annotations[format!("capi-calico.io/{k}")] = json!(v);
+                    }
+                    // The templates leave pod CIDRs to variables; give the ones with a placeholder a real block.
+                    if let Some(blocks) = doc.pointer_mut("/spec/clusterNetwork/pods/cidrBlocks")
+                        && blocks.to_string().contains('$')
+                    {
+                        *blocks = json!(["192.168.0.0/16"]);
+                    }
+                }
+                out.push_str("---\n");
+                out.push_str(&serde_json::to_string(&doc).expect("json"));
+                out.push('\n');
+            }
+            let path = dir.path().join(format!("{i}.yaml"));
+            std::fs::write(&path, out).expect("write");
+            paths.push(path);
+        }
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let (code, stdout, stderr) = render_files(&refs);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        golden(name, &stdout);
+    }
+}
