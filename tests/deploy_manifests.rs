@@ -1056,3 +1056,63 @@ fn match_conditions_send_creates_and_relevant_updates_only() {
         failures.join("\n")
     );
 }
+
+/// The Deployment's command line is one the binary accepts, and the server it describes keeps its drain inside the
+/// pod's termination grace period.
+#[test]
+fn deployment_args_are_accepted_by_the_binary() {
+    use clap::Parser;
+
+    let docs = base();
+    let dep = find(&docs, "Deployment", SERVICE);
+    let pod = &dep["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect();
+    let cli = capi_calico_webhook::cli::Cli::try_parse_from(
+        std::iter::once("capi-calico-webhook".to_string()).chain(args),
+    )
+    .unwrap_or_else(|e| panic!("the Deployment's args are rejected by the binary: {e}"));
+    let capi_calico_webhook::cli::Command::Serve(serve) = cli.command else {
+        panic!("the Deployment must run `serve`");
+    };
+    let config = serve.server_config().expect("server config");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    let pre_stop = container
+        .pointer("/lifecycle/preStop/sleep/seconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let needed = pre_stop + (config.shutdown_delay + config.drain_timeout).as_secs();
+    assert!(
+        needed < grace,
+        "preStop {pre_stop}s + drain {needed}s must fit in {grace}s"
+    );
+    assert!(
+        config.request_timeout.as_secs() < webhook_timeout_seconds(&docs),
+        "the server's request deadline must be below the webhook timeoutSeconds"
+    );
+}
+
+fn webhook_timeout_seconds(docs: &[Value]) -> u64 {
+    [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ]
+    .iter()
+    .flat_map(|kind| {
+        find(docs, kind, SERVICE)["webhooks"]
+            .as_array()
+            .expect("webhooks")
+            .iter()
+            .map(|w| w["timeoutSeconds"].as_u64().expect("timeoutSeconds"))
+            .collect::<Vec<_>>()
+    })
+    .min()
+    .expect("at least one webhook")
+}
