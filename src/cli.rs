@@ -77,8 +77,8 @@ pub enum Command {
 const BUNDLE_HELP: &str = "\
 EXAMPLE
   V=v3.31.7
-  curl -LO https://github.com/projectcalico/calico/releases/download/$V/tigera-operator.yaml   # or your mirror
-  curl -LO https://github.com/projectcalico/calico/releases/download/$V/operator-crds.yaml
+  curl -fsSLO https://raw.githubusercontent.com/projectcalico/calico/$V/manifests/tigera-operator.yaml  # or your mirror
+  curl -fsSLO https://raw.githubusercontent.com/projectcalico/calico/$V/manifests/operator-crds.yaml
   capi-calico-webhook bundle --operator tigera-operator.yaml --crds operator-crds.yaml --version $V \\
     | kubectl apply --server-side -f -
 
