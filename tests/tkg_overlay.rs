@@ -12,22 +12,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 /// Every setting the overlay copies (issue 2's annotation table).
-const KEYS: [&str; 14] = [
-    "CUSTOM_CALICO_DEPLOYMENT",
-    "CALICO_BGP_OPTION",
-    "CALICO_BLOCK_SIZE",
-    "CALICO_POD_CIDR",
-    "CALICO_ENCAPSULATION",
-    "CALICO_NAT_OUTGOING",
-    "INSTALL_CALICOCTL",
-    "CONFIGURE_CALICO_BGP_SETTINGS",
-    "CALICO_BGP_AS_NUMBER",
-    "CALICO_ROUTE_REFLECTORS",
-    "CALICO_VERSION",
-    "CALICOCTL_URL",
-    "CALICOCTL_SHA256_AMD64",
-    "CALICOCTL_SHA256_ARM64",
-];
+/// Every setting the webhook knows: the overlay and its defaults file must cover exactly these.
+const KEYS: [&str; 14] = capi_calico_webhook::settings::keys::KNOWN_KEYS;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -178,19 +178,30 @@ fn spawn_bundle_reflector(client: Client, namespace: &str) -> Store<ConfigMap> {
     let (reader, writer) = reflector::store::<ConfigMap>();
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let config = watcher::Config::default().labels(VERSION_LABEL);
-    let stream = watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
+    drive(
+        watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects(),
+        "configmaps".to_string(),
+    );
+    reader
+}
+
+/// Run a reflector's stream for the life of the process; watch errors are retried with backoff by the stream.
+fn drive<S, K>(stream: S, what: String)
+where
+    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             if let Err(err) = event {
-                tracing::debug!(error = %err, "watching Calico bundles; retrying with backoff");
+                tracing::warn!(resource = %what, error = %err, "watch error; retrying with backoff");
             }
         }
     });
-    reader
 }
 
 fn spawn_reflector(client: Client, resource: ApiResource) -> Store<DynamicObject> {
@@ -201,14 +212,7 @@ fn spawn_reflector(client: Client, resource: ApiResource) -> Store<DynamicObject
         .default_backoff()
         .reflect(writer)
         .applied_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(err) = event {
-                tracing::warn!(resource = %resource.plural, error = %err, "watch error; retrying with backoff");
-            }
-        }
-    });
+    drive(stream, resource.plural);
     reader
 }
 

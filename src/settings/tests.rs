@@ -1052,21 +1052,9 @@ fn hostile_values_are_rejected_and_escaped() {
         "\u{1b}[2J",
         huge.as_str(),
     ];
-    let keys = [
-        "CALICO_BGP_OPTION",
-        "CALICO_BLOCK_SIZE",
-        "CALICO_POD_CIDR",
-        "CALICO_ENCAPSULATION",
-        "CALICO_NAT_OUTGOING",
-        "INSTALL_CALICOCTL",
-        "CONFIGURE_CALICO_BGP_SETTINGS",
-        "CALICO_BGP_AS_NUMBER",
-        "CALICO_ROUTE_REFLECTORS",
-        "CALICO_VERSION",
-        "CALICOCTL_URL",
-        "CALICOCTL_SHA256_AMD64",
-        "CALICOCTL_SHA256_ARM64",
-    ];
+    let keys = keys::KNOWN_KEYS
+        .into_iter()
+        .filter(|k| *k != keys::CUSTOM_CALICO_DEPLOYMENT);
     for key in keys {
         for value in hostile {
             let p = problems(&[(key, value)], None);
