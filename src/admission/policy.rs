@@ -219,9 +219,16 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
             kind.kind()
         )),
         fit_warning(&format!("capi-calico: looked for {looked_for}")),
-        fit_warning(
-            "capi-calico: label it cluster.x-k8s.io/cluster-name=<cluster>, or apply the Cluster before it",
-        ),
+        // A KCT is linked through its MachineDeployment: applying only the Cluster first does not link it.
+        fit_warning(match kind {
+            SubjectKind::ControlPlane => {
+                "capi-calico: label it cluster.x-k8s.io/cluster-name=<cluster>, or apply the Cluster before it"
+            }
+            SubjectKind::ConfigTemplate => {
+                "capi-calico: label it cluster.x-k8s.io/cluster-name=<cluster>, or apply the Cluster and its \
+                 MachineDeployment before it"
+            }
+        }),
     ]
 }
 
@@ -554,6 +561,44 @@ mod tests {
                 other => panic!("expected allow, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_kct_without_its_machinedeployment_is_told_to_apply_the_machinedeployment_first() {
+        let kct = json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
+            "metadata": {"name": "wl-1-md-0", "namespace": "team-a"},
+            "spec": {"template": {"spec": {"preKubeadmCommands": ["echo user"]}}}
+        });
+        let source = FixedSource::new(Lookup::NotFound {
+            looked_for: "a MachineDeployment in namespace team-a whose bootstrap configRef names \
+                         KubeadmConfigTemplate wl-1-md-0"
+                .to_string(),
+        });
+        let Verdict::Allow { patch, warnings } = run(&source, Endpoint::Mutate, &kct).verdict
+        else {
+            panic!("expected allow");
+        };
+        assert!(patch.is_empty());
+        let hint = warnings.last().expect("hint");
+        assert!(
+            hint.ends_with("or apply the Cluster and its MachineDeployment before it"),
+            "{hint}"
+        );
+        assert!(hint.chars().count() <= MAX_WARNING_CHARS, "{hint}");
+        // the KCP keeps its hint
+        let Verdict::Allow { warnings, .. } =
+            run(&source, Endpoint::Mutate, &kcp(json!({}))).verdict
+        else {
+            panic!("expected allow");
+        };
+        assert!(
+            warnings
+                .last()
+                .expect("hint")
+                .ends_with("or apply the Cluster before it"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
