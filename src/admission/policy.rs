@@ -601,6 +601,36 @@ mod tests {
         );
     }
 
+    /// The "looked for" line must not lose its point to the 119-character cut: the object's name is on the first
+    /// line already, so the lookup texts do not repeat it, and the namespace (which the user knows) comes last
+    /// (a 16-character namespace once cut off `... names KubeadmControlPlane...`).
+    #[test]
+    fn lookup_miss_warnings_survive_long_namespaces_and_names() {
+        let ns = "team-platform-engineering-production-eu1";
+        let name = "workload-cluster-with-a-long-name-control-plane";
+        let mut k = kcp(json!({}));
+        k["metadata"]["namespace"] = json!(ns);
+        k["metadata"]["name"] = json!(name);
+        let mut t = json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"template": {"spec": {"preKubeadmCommands": ["echo user"]}}}
+        });
+        t["metadata"]["name"] = json!(format!("{name}-md-0"));
+        let source = crate::cluster::documents::DocumentSource::new(std::iter::empty());
+        for object in [&k, &t] {
+            let Verdict::Allow { warnings, .. } = run(&source, Endpoint::Mutate, object).verdict
+            else {
+                panic!("expected allow");
+            };
+            let looked_for = &warnings[1];
+            assert!(
+                looked_for.contains("names it, in namespace team-"),
+                "{looked_for}"
+            );
+        }
+    }
+
     #[test]
     fn fit_warning_bounds_and_flattens() {
         assert_eq!(fit_warning("a\nb"), "a b");
