@@ -291,7 +291,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<Stri
         .unwrap_or(buf))
 }
 
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     http(port, "GET", path, "")
 }
 
@@ -540,6 +540,17 @@ impl Harness {
     }
 
     fn write_kubeconfig(&self, admin: &crate::certs::Leaf) -> TestResult {
+        self.write_kubeconfig_for(&self.kubeconfig, "e2e-admin", admin)
+    }
+
+    /// Write a kubeconfig for this API server that authenticates with the client certificate
+    /// `leaf` (e.g. a user with only the shipped RBAC, from `self.ca.client(..)`).
+    pub fn write_kubeconfig_for(
+        &self,
+        path: &Path,
+        user: &str,
+        leaf: &crate::certs::Leaf,
+    ) -> TestResult {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let cfg = serde_json::json!({
@@ -549,14 +560,14 @@ impl Harness {
                 "server": self.server,
                 "certificate-authority-data": b64(&self.ca.cert_pem),
             }}],
-            "users": [{"name": "e2e-admin", "user": {
-                "client-certificate-data": b64(&admin.cert_pem),
-                "client-key-data": b64(&admin.key_pem),
+            "users": [{"name": user, "user": {
+                "client-certificate-data": b64(&leaf.cert_pem),
+                "client-key-data": b64(&leaf.key_pem),
             }}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e-admin"}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
             "current-context": "e2e",
         });
-        fs::write(&self.kubeconfig, serde_json::to_string_pretty(&cfg)?)?;
+        fs::write(path, serde_json::to_string_pretty(&cfg)?)?;
         Ok(())
     }
 

@@ -12,7 +12,9 @@
 
 #[macro_use]
 mod harness;
+mod calico;
 mod certs;
+mod delivery;
 mod smoke;
 mod webhook;
 
@@ -28,6 +30,9 @@ pub type Scenario = (&'static str, fn(&mut Harness) -> TestResult);
 fn scenarios() -> Vec<Scenario> {
     let mut all = Vec::new();
     all.extend_from_slice(smoke::SCENARIOS);
+    all.extend_from_slice(calico::SCENARIOS);
+    all.extend_from_slice(delivery::SCENARIOS);
+    all.extend_from_slice(calico::LAST);
     all
 }
 
