@@ -26,6 +26,10 @@ pub const SCENARIOS: &[Scenario] = &[
         "delivery_bundle_missing_reported_on_cluster",
         delivery_bundle_missing_reported_on_cluster,
     ),
+    (
+        "rbac_shipped_roles_sufficient_and_used",
+        rbac_shipped_roles_sufficient_and_used,
+    ),
 ];
 
 const BUNDLE_NS: &str = "capi-calico-system";
@@ -518,6 +522,97 @@ fn delivery_bundle_missing_reported_on_cluster(h: &mut Harness) -> TestResult {
     ensure!(
         list(h, "configmaps", &ns)?.is_empty(),
         "ConfigMaps were written"
+    );
+    Ok(())
+}
+
+/// The webhook ran as a user bound only to deploy/base's roles: from the API server's audit log,
+/// none of its requests was forbidden (sufficient), and every verb it is granted was used, apart
+/// from the ones listed here with the reason they cannot show up in an audit log.
+fn rbac_shipped_roles_sufficient_and_used(h: &mut Harness) -> TestResult {
+    use crate::calico::{WEBHOOK_USER, deploy_base};
+    ensure!(
+        h.proc(crate::webhook::WEBHOOK_PROC).is_some(),
+        "run after the webhook scenarios"
+    );
+    // granted: (group, resource, verb, where) from the shipped roles
+    let mut granted = std::collections::BTreeSet::new();
+    for d in yaml_docs(&deploy_base(h)?)? {
+        let scope = match d["kind"].as_str() {
+            Some("ClusterRole") => "cluster",
+            Some("Role") => "namespaced",
+            _ => continue,
+        };
+        for rule in d["rules"].as_array().into_iter().flatten() {
+            for g in rule["apiGroups"].as_array().into_iter().flatten() {
+                for r in rule["resources"].as_array().into_iter().flatten() {
+                    for v in rule["verbs"].as_array().into_iter().flatten() {
+                        granted.insert(format!(
+                            "{}/{} {} ({scope})",
+                            g.as_str().unwrap_or(""),
+                            r.as_str().unwrap_or(""),
+                            v.as_str().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let text = std::fs::read_to_string(h.audit_log())?;
+    let mut used = std::collections::BTreeSet::new();
+    let mut forbidden = Vec::new();
+    let mut n = 0;
+    for line in text.lines() {
+        let Ok(ev) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if ev["user"]["username"] != WEBHOOK_USER {
+            continue;
+        }
+        n += 1;
+        let o = &ev["objectRef"];
+        let key = format!(
+            "{}/{}{} {}",
+            o["apiGroup"].as_str().unwrap_or(""),
+            o["resource"].as_str().unwrap_or(""),
+            o["subresource"]
+                .as_str()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default(),
+            ev["verb"].as_str().unwrap_or("")
+        );
+        if ev["responseStatus"]["code"] == 403 {
+            forbidden.push(format!("{key} {}", ev["requestURI"]));
+        }
+        used.insert(key);
+    }
+    ensure!(n > 0, "no audit events for {WEBHOOK_USER}");
+    ensure!(
+        forbidden.is_empty(),
+        "forbidden requests of the shipped RBAC: {forbidden:?}"
+    );
+    println!("  {n} audited requests; used: {used:?}");
+    // Not visible in an audit log: `create` on configmaps/clusterresourcesets is authorized by the
+    // API server inside a server-side apply PATCH that creates the object (audited as `patch`).
+    // `get` on machinedeployments: the lookup reads them only through list/watch (cache) and one
+    // LIST on a miss; it is granted together with clusters (issue 3 asks for get/list/watch).
+    // `patch` on events: only for the series of a repeated Event.
+    let invisible = [
+        "/configmaps create",
+        "addons.cluster.x-k8s.io/clusterresourcesets create",
+        "cluster.x-k8s.io/machinedeployments get",
+        "events.k8s.io/events patch",
+    ];
+    let unused: Vec<&String> = granted
+        .iter()
+        .filter(|g| {
+            let gv = g.split(" (").next().unwrap_or("");
+            !used.contains(gv) && !invisible.contains(&gv)
+        })
+        .collect();
+    ensure!(
+        unused.is_empty(),
+        "granted but never used: {unused:?} (granted {granted:?})"
     );
     Ok(())
 }

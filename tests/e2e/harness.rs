@@ -383,6 +383,11 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The API server's audit log (JSON lines; only the webhook's restricted user is audited).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir().join("logs/audit.log")
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("temp dir").path()
     }
@@ -413,6 +418,13 @@ impl Harness {
         let kas_key = write("apiserver.key", &serving.key_pem)?;
         let sa_key = write("sa.key", &sa_key)?;
         let sa_pub = write("sa.pub", &sa_pub)?;
+        // Audit every request of the webhook's restricted user (see calico.rs), so a scenario can
+        // compare what it really used with what deploy/base grants.
+        let audit_policy = write(
+            "audit-policy.yaml",
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+             - level: Metadata\n  users: [capi-calico-e2e-webhook]\n- level: None\n",
+        )?;
 
         let mut h = Harness {
             procs: Vec::new(),
@@ -493,6 +505,9 @@ impl Harness {
                 // no controller-manager, so no default ServiceAccount to admit pods against
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--endpoint-reconciler-type=none".into(),
+                format!("--audit-policy-file={}", audit_policy.display()),
+                format!("--audit-log-path={}", d.join("logs/audit.log").display()),
+                "--audit-log-format=json".into(),
                 format!("--cert-dir={}", d.join("kas-certs").display()),
                 // separate etcd key prefix per attempt, in case a half-started one wrote data
                 format!("--etcd-prefix=/registry-{attempt}"),
