@@ -851,6 +851,25 @@ fn s5_unrelated_update_keeps_injection(h: &mut Harness) -> TestResult {
         ],
         None,
     )?;
+    // removing our label from the Cluster: the webhook puts it back (the CRS selector needs it)
+    let out = h.kubectl_ok(
+        &[
+            "label",
+            "-n",
+            &ns,
+            "cluster",
+            "calico",
+            &format!("{CLUSTER_LABEL}-"),
+        ],
+        None,
+    )?;
+    ensure!(out.contains("unlabeled"), "{out}");
+    let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+    ensure!(
+        c["metadata"]["labels"][CLUSTER_LABEL] == "calico",
+        "label not restored: {}",
+        c["metadata"]
+    );
     let after_kcp = h.get_json(&qualified(kcp), &ns, name_of(kcp))?;
     let after_kct = h.get_json(&qualified(kct), &ns, name_of(kct))?;
     ensure!(
