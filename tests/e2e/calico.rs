@@ -705,11 +705,22 @@ fn s3_reapply_client_and_server_side(h: &mut Harness) -> TestResult {
     let ns = h.create_namespace("calico-3-ssa")?;
     h.apply_server_side(&ns, &yaml, "e2e-user")?;
     let first = check_all(h, &ns)?;
+    let cluster_before = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+    // The label the webhook added belongs to e2e-user, whose configuration lacks it: the
+    // re-apply removes it, the matchCondition sees the label change, and the webhook adds it back
+    // (the stored Cluster does not change).
     h.apply_server_side(&ns, &yaml, "e2e-user")?;
     let second = check_all(h, &ns)?;
     ensure!(
         first == second && first.iter().all(|g| g.0 == 1),
         "server-side re-apply: {first:?} -> {second:?}"
+    );
+    let cluster_after = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+    ensure!(
+        cluster_after["metadata"]["labels"][CLUSTER_LABEL] == "calico"
+            && cluster_after["metadata"]["generation"] == cluster_before["metadata"]["generation"],
+        "Cluster after a server-side re-apply: {}",
+        cluster_after["metadata"]
     );
     Ok(())
 }
@@ -1420,6 +1431,17 @@ fn s9_webhook_stopped_follows_failure_policy(h: &mut Harness) -> TestResult {
     *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = None;
 
     let ns2 = h.create_namespace("calico-9-down")?;
+    // every Cluster, opted in or not (the webhook cannot tell without answering)
+    let plain = crate::smoke::fixture("classic-v1beta2.yaml")?;
+    let plain = plain.split("\n---").next().unwrap_or_default();
+    let out = h.kubectl(&["apply", "-n", &ns2, "-f", "-"], Some(plain))?;
+    ensure!(
+        !out.success
+            && out
+                .stderr
+                .contains("failed calling webhook \"mutate.capi-calico.io\""),
+        "a Cluster not opted in while the webhook is down: {out:?}"
+    );
     for d in &docs {
         let kind = d["kind"].as_str().unwrap_or_default();
         let out = h.kubectl(&["apply", "-n", &ns2, "-f", "-"], Some(&d.to_string()))?;
