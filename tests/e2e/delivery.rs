@@ -724,5 +724,62 @@ fn rbac_shipped_roles_sufficient_and_used(h: &mut Harness) -> TestResult {
         unused.is_empty(),
         "granted but never used: {unused:?} (granted {granted:?})"
     );
+
+    // `create` is needed although only `patch` shows in the audit log: a server-side apply that
+    // creates the object is refused without it
+    let role = |verbs: &str| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "probe"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs.split(',').collect::<Vec<_>>()}]
+        })
+        .to_string()
+    };
+    h.kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&role("patch")))?;
+    h.kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "probe",
+            "-n",
+            &ns,
+            "--role=probe",
+            "--user=rbac-probe",
+        ],
+        None,
+    )?;
+    let cm =
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"probe"},"data":{"a":"b"}}"#;
+    let ssa = [
+        "--as=rbac-probe",
+        "apply",
+        "--server-side",
+        "--field-manager=probe",
+        "-n",
+        &ns,
+        "-f",
+        "-",
+    ];
+    let out = h.kubectl(&ssa, Some(cm))?;
+    ensure!(
+        !out.success && out.stderr.contains("forbidden") && out.stderr.contains("create"),
+        "server-side apply creating a ConfigMap with only `patch`: {out:?}"
+    );
+    h.kubectl_ok(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&role("patch,create")),
+    )?;
+    let t = Instant::now();
+    loop {
+        let out = h.kubectl(&ssa, Some(cm))?;
+        if out.success {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "with create and patch: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
