@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::Scenario;
-use crate::harness::{Harness, Skip, TestResult, free_port, http_get, repo_root, yaml_docs};
+use crate::harness::{
+    Harness, Output, Skip, TestResult, free_port, http_get, repo_root, yaml_docs,
+};
 use crate::smoke::{contains, name_of, qualified};
 use crate::webhook::{WEBHOOK_PROC, webhook_binary};
 
@@ -38,6 +40,10 @@ pub const SCENARIOS: &[Scenario] = &[
     (
         "calico_6_lookup_by_machinedeployment_label_and_order",
         s6_lookup_by_machinedeployment_label_and_order,
+    ),
+    (
+        "calico_6b_kubectl_apply_k_reorders_documents",
+        s6b_kubectl_apply_k_reorders_documents,
     ),
     (
         "calico_7_not_opted_in_stored_as_applied",
@@ -1057,6 +1063,108 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
             .iter()
             .any(|p| p.starts_with("/etc/capi-calico/")),
         "render now follows the document order (update e2e/README.md)"
+    );
+    Ok(())
+}
+
+/// 6b. `kubectl apply -k`: kustomize's default (legacy) order sorts the documents by kind and
+///     puts the KubeadmConfigTemplate first, before its MachineDeployment, so the KCT is admitted
+///     without injection even when the file has the README's order. `sortOptions: {order: fifo}`
+///     keeps the file order; a `cluster.x-k8s.io/cluster-name` label on the KCT works in any order.
+fn s6b_kubectl_apply_k_reorders_documents(h: &mut Harness) -> TestResult {
+    ensure_webhook(h)?;
+    let docs = classic_readme_order()?;
+    let kct = by_kind(&docs, "KubeadmConfigTemplate")?.clone();
+    let injected = |h: &Harness, ns: &str| -> TestResult<bool> {
+        let s = h.get_json(&qualified(&kct), ns, name_of(&kct))?;
+        Ok(file_paths(kubeadm_spec(&s))
+            .iter()
+            .any(|p| p.starts_with("/etc/capi-calico/")))
+    };
+    let run =
+        |h: &Harness, name: &str, docs: &[Value], sort: &str| -> TestResult<(String, Output)> {
+            let dir = h.dir().join(format!("kustomize-{name}"));
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("cluster.yaml"), to_yaml(docs))?;
+            std::fs::write(
+                dir.join("kustomization.yaml"),
+                format!("{sort}resources:\n- cluster.yaml\n"),
+            )?;
+            let ns = h.create_namespace(&format!("calico-6b-{name}"))?;
+            let d = dir.display().to_string();
+            let order = h.kubectl_ok(&["kustomize", &d], None)?;
+            let kinds: Vec<String> = yaml_docs(&order)?
+                .iter()
+                .map(|d| d["kind"].as_str().unwrap_or_default().to_string())
+                .collect();
+            let out = h
+                .kubectl(&["apply", "-k", &d, "-n", &ns], None)?
+                .check("kubectl apply -k")?;
+            Ok((format!("{ns} {kinds:?}"), out))
+        };
+
+    // default order: KCT first
+    let (info, out) = run(h, "legacy", &docs, "")?;
+    let ns = info.split(' ').next().unwrap_or_default().to_string();
+    ensure!(
+        info.ends_with(
+            r#"["KubeadmConfigTemplate", "Cluster", "MachineDeployment", "KubeadmControlPlane"]"#
+        ),
+        "kustomize's order changed: {info}"
+    );
+    ensure!(
+        out.stderr
+            .contains("no Cluster found for KubeadmConfigTemplate calico-md-0"),
+        "{}",
+        out.stderr
+    );
+    ensure!(!injected(h, &ns)?, "KCT injected although applied first");
+
+    // sortOptions fifo: the file's order
+    let (info, out) = run(h, "fifo", &docs, "sortOptions:\n  order: fifo\n")?;
+    let ns = info.split(' ').next().unwrap_or_default().to_string();
+    ensure!(
+        !out.stderr.contains("Warning: capi-calico"),
+        "{}",
+        out.stderr
+    );
+    ensure!(injected(h, &ns)?, "KCT not injected with sortOptions fifo");
+
+    // default order, KCT labelled with its Cluster: still first, before the Cluster
+    let mut labelled = docs.clone();
+    labelled[3]["metadata"]["labels"] = json!({"cluster.x-k8s.io/cluster-name": "calico"});
+    let (info, out) = run(h, "labelled", &labelled, "")?;
+    let ns = info.split(' ').next().unwrap_or_default().to_string();
+    ensure!(
+        out.stderr.contains(&format!(
+            "looked for Cluster {ns}/calico (from the cluster.x-k8s.io/cluster-name label)"
+        )),
+        "{}",
+        out.stderr
+    );
+    ensure!(
+        !injected(h, &ns)?,
+        "labelled KCT injected before its Cluster existed?"
+    );
+    // re-running the same apply -k: nothing changes (the KCT's spec is unchanged, so the
+    // matchCondition skips it even where kubectl sends a request)
+    let d = h.dir().join("kustomize-labelled").display().to_string();
+    h.kubectl(&["apply", "-k", &d, "-n", &ns], None)?
+        .check("kubectl apply -k (again)")?;
+    ensure!(
+        !injected(h, &ns)?,
+        "a second apply -k repaired the KCT (update e2e/README.md)"
+    );
+    // deleting the KCT and applying again does (Cluster and MachineDeployment exist now)
+    h.kubectl_ok(
+        &["delete", "-n", &ns, "kubeadmconfigtemplate", name_of(&kct)],
+        None,
+    )?;
+    h.kubectl(&["apply", "-k", &d, "-n", &ns], None)?
+        .check("kubectl apply -k (after deleting the KCT)")?;
+    ensure!(
+        injected(h, &ns)?,
+        "KCT not injected after delete + apply -k"
     );
     Ok(())
 }
