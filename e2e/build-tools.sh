@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the end-to-end control plane from Go modules and extracts the Cluster API CRDs.
 #
-#   bin/e2e/kube-<k8s version>/{kube-apiserver,kubectl}   from e2e/tools/kube (k8s.io/kubernetes)
+#   bin/e2e/kube-<k8s version>/{kube-apiserver,kubectl,kube-controller-manager}
+#                                                          from e2e/tools/kube (k8s.io/kubernetes);
+#                                                          the controller manager runs only its garbage
+#                                                          collector in the e2e suite
 #   bin/e2e/etcd-<etcd version>/etcd                       from e2e/tools/etcd (go.etcd.io/etcd/server/v3)
 #   bin/e2e/capi-crds-<capi version>/*.yaml                from e2e/tools/capi (sigs.k8s.io/cluster-api)
 #
@@ -36,13 +39,15 @@ EVER=$(modver etcd go.etcd.io/etcd/server/v3)
 CVER=$(modver capi sigs.k8s.io/cluster-api)
 log "versions: kubernetes $KVER, etcd $EVER, cluster-api $CVER; go $(go env GOVERSION); output $OUT"
 
-# ---- kube-apiserver + kubectl -------------------------------------------------------------
+# ---- kube-apiserver + kubectl + kube-controller-manager -------------------------------------
 KDIR="$OUT/kube-$KVER"
-if [ -z "${E2E_FORCE:-}" ] && [ -x "$KDIR/kube-apiserver" ] && [ -x "$KDIR/kubectl" ]; then
-  log "kube-apiserver and kubectl $KVER: cached in $KDIR"
+KBINS="kube-apiserver kubectl kube-controller-manager"
+have_all() { for b in $KBINS; do [ -x "$KDIR/$b" ] || return 1; done; }
+if [ -z "${E2E_FORCE:-}" ] && have_all; then
+  log "$KBINS $KVER: cached in $KDIR"
 else
   t=$(now)
-  log "building kube-apiserver and kubectl $KVER (cold: 10-25 min on 2 cores) ..."
+  log "building $KBINS $KVER (cold: 15-30 min on 2 cores) ..."
   V=${KVER#v}; MAJOR=${V%%.*}; MINOR=${V#*.}; MINOR=${MINOR%%.*}
   LDF="-s -w"
   # Same variables upstream's hack/lib/version.sh sets, for both version packages.
@@ -53,9 +58,10 @@ else
   tmp="$KDIR.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
   (cd "$TOOLS/kube" && nice -n "$NICE" go build -trimpath -buildvcs=false \
       -tags selinux,notest,grpcnotrace -ldflags "$LDF" -o "$tmp/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl)
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kube-controller-manager)
   rm -rf "$KDIR"; mv "$tmp" "$KDIR"
-  log "built kube-apiserver and kubectl $KVER in $(( $(now) - t ))s"
+  log "built $KBINS $KVER in $(( $(now) - t ))s"
 fi
 
 # ---- etcd -----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ echo "added $n staging replaces (v0.${KVER#1.})"
 grep '^godebug' "$KMOD" | while read -r _ kv; do go mod edit -godebug="$kv"; done
 # Keep the go line k8s declares (no newer toolchain needed).
 go mod edit -go="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$KMOD")"
-go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v$KVER" "k8s.io/kubernetes/cmd/kubectl@v$KVER"
+go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v$KVER" "k8s.io/kubernetes/cmd/kubectl@v$KVER" \
+  "k8s.io/kubernetes/cmd/kube-controller-manager@v$KVER"
 go mod tidy
 echo "done: $(pwd)/go.mod"

@@ -219,9 +219,16 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
             kind.kind()
         )),
         fit_warning(&format!("capi-calico: looked for {looked_for}")),
-        fit_warning(
-            "capi-calico: label it cluster.x-k8s.io/cluster-name=<cluster>, or apply the Cluster before it",
-        ),
+        // A KCT is linked through its MachineDeployment: applying only the Cluster first does not link it.
+        fit_warning(match kind {
+            SubjectKind::ControlPlane => {
+                "capi-calico: label it cluster.x-k8s.io/cluster-name=<cluster>, or apply the Cluster before it"
+            }
+            SubjectKind::ConfigTemplate => {
+                "capi-calico: label it cluster.x-k8s.io/cluster-name=<cluster>, or apply the Cluster and its \
+                 MachineDeployment before it"
+            }
+        }),
     ]
 }
 
@@ -595,6 +602,74 @@ mod tests {
                 }
                 other => panic!("expected allow, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_kct_without_its_machinedeployment_is_told_to_apply_the_machinedeployment_first() {
+        let kct = json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
+            "metadata": {"name": "wl-1-md-0", "namespace": "team-a"},
+            "spec": {"template": {"spec": {"preKubeadmCommands": ["echo user"]}}}
+        });
+        let source = FixedSource::new(Lookup::NotFound {
+            looked_for: "a MachineDeployment in namespace team-a whose bootstrap configRef names \
+                         KubeadmConfigTemplate wl-1-md-0"
+                .to_string(),
+        });
+        let Verdict::Allow { patch, warnings } = run(&source, Endpoint::Mutate, &kct).verdict
+        else {
+            panic!("expected allow");
+        };
+        assert!(patch.is_empty());
+        let hint = warnings.last().expect("hint");
+        assert!(
+            hint.ends_with("or apply the Cluster and its MachineDeployment before it"),
+            "{hint}"
+        );
+        assert!(hint.chars().count() <= MAX_WARNING_CHARS, "{hint}");
+        // the KCP keeps its hint
+        let Verdict::Allow { warnings, .. } =
+            run(&source, Endpoint::Mutate, &kcp(json!({}))).verdict
+        else {
+            panic!("expected allow");
+        };
+        assert!(
+            warnings
+                .last()
+                .expect("hint")
+                .ends_with("or apply the Cluster before it"),
+            "{warnings:?}"
+        );
+    }
+
+    /// The "looked for" line must not lose its point to the 119-character cut: the object's name is on the first
+    /// line already, so the lookup texts do not repeat it, and the namespace (which the user knows) comes last
+    /// (a 16-character namespace once cut off `... names KubeadmControlPlane...`).
+    #[test]
+    fn lookup_miss_warnings_survive_long_namespaces_and_names() {
+        let ns = "team-platform-engineering-production-eu1";
+        let name = "workload-cluster-with-a-long-name-control-plane";
+        let mut k = kcp(json!({}));
+        k["metadata"]["namespace"] = json!(ns);
+        k["metadata"]["name"] = json!(name);
+        let mut t = json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"template": {"spec": {"preKubeadmCommands": ["echo user"]}}}
+        });
+        t["metadata"]["name"] = json!(format!("{name}-md-0"));
+        let source = crate::cluster::documents::DocumentSource::new(std::iter::empty());
+        for object in [&k, &t] {
+            let Verdict::Allow { warnings, .. } = run(&source, Endpoint::Mutate, object).verdict
+            else {
+                panic!("expected allow");
+            };
+            let looked_for = &warnings[1];
+            assert!(
+                looked_for.contains("names it, in namespace team-"),
+                "{looked_for}"
+            );
         }
     }
 

@@ -91,8 +91,7 @@ impl DocumentSource {
                     Some(cluster) => Self::found(cluster),
                     None => Lookup::NotFound {
                         looked_for: format!(
-                            "a Cluster in namespace {ns} whose spec.controlPlaneRef names KubeadmControlPlane {}",
-                            subject.name
+                            "a Cluster whose spec.controlPlaneRef names it, in namespace {ns}"
                         ),
                     },
                 }
@@ -110,9 +109,7 @@ impl DocumentSource {
                 let Some(md) = md else {
                     return Lookup::NotFound {
                         looked_for: format!(
-                            "a MachineDeployment in namespace {ns} whose bootstrap configRef names \
-                             KubeadmConfigTemplate {}",
-                            subject.name
+                            "a MachineDeployment whose bootstrap configRef names it, in namespace {ns}"
                         ),
                     };
                 };

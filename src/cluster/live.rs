@@ -249,8 +249,7 @@ impl ClusterSource for LiveSource {
                     },
                     Ok(None) => Lookup::NotFound {
                         looked_for: format!(
-                            "a Cluster in namespace {ns} whose spec.controlPlaneRef names KubeadmControlPlane {}",
-                            subject.name
+                            "a Cluster whose spec.controlPlaneRef names it, in namespace {ns}"
                         ),
                     },
                     Err(reason) => Lookup::Failed { reason },
@@ -279,9 +278,7 @@ impl ClusterSource for LiveSource {
                     Ok(None) => {
                         return Lookup::NotFound {
                             looked_for: format!(
-                                "a MachineDeployment in namespace {ns} whose bootstrap configRef names \
-                                 KubeadmConfigTemplate {}",
-                                subject.name
+                                "a MachineDeployment whose bootstrap configRef names it, in namespace {ns}"
                             ),
                         };
                     }

@@ -291,7 +291,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<Stri
         .unwrap_or(buf))
 }
 
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     http(port, "GET", path, "")
 }
 
@@ -383,6 +383,11 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The API server's audit log (JSON lines; only the webhook's restricted user is audited).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir().join("logs/audit.log")
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("temp dir").path()
     }
@@ -413,6 +418,13 @@ impl Harness {
         let kas_key = write("apiserver.key", &serving.key_pem)?;
         let sa_key = write("sa.key", &sa_key)?;
         let sa_pub = write("sa.pub", &sa_pub)?;
+        // Audit every request of the webhook's restricted user (see calico.rs), so a scenario can
+        // compare what it really used with what deploy/base grants.
+        let audit_policy = write(
+            "audit-policy.yaml",
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+             - level: Metadata\n  users: [capi-calico-e2e-webhook]\n- level: None\n",
+        )?;
 
         let mut h = Harness {
             procs: Vec::new(),
@@ -493,6 +505,9 @@ impl Harness {
                 // no controller-manager, so no default ServiceAccount to admit pods against
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--endpoint-reconciler-type=none".into(),
+                format!("--audit-policy-file={}", audit_policy.display()),
+                format!("--audit-log-path={}", d.join("logs/audit.log").display()),
+                "--audit-log-format=json".into(),
                 format!("--cert-dir={}", d.join("kas-certs").display()),
                 // separate etcd key prefix per attempt, in case a half-started one wrote data
                 format!("--etcd-prefix=/registry-{attempt}"),
@@ -540,6 +555,17 @@ impl Harness {
     }
 
     fn write_kubeconfig(&self, admin: &crate::certs::Leaf) -> TestResult {
+        self.write_kubeconfig_for(&self.kubeconfig, "e2e-admin", admin)
+    }
+
+    /// Write a kubeconfig for this API server that authenticates with the client certificate
+    /// `leaf` (e.g. a user with only the shipped RBAC, from `self.ca.client(..)`).
+    pub fn write_kubeconfig_for(
+        &self,
+        path: &Path,
+        user: &str,
+        leaf: &crate::certs::Leaf,
+    ) -> TestResult {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let cfg = serde_json::json!({
@@ -549,14 +575,14 @@ impl Harness {
                 "server": self.server,
                 "certificate-authority-data": b64(&self.ca.cert_pem),
             }}],
-            "users": [{"name": "e2e-admin", "user": {
-                "client-certificate-data": b64(&admin.cert_pem),
-                "client-key-data": b64(&admin.key_pem),
+            "users": [{"name": user, "user": {
+                "client-certificate-data": b64(&leaf.cert_pem),
+                "client-key-data": b64(&leaf.key_pem),
             }}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e-admin"}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
             "current-context": "e2e",
         });
-        fs::write(&self.kubeconfig, serde_json::to_string_pretty(&cfg)?)?;
+        fs::write(path, serde_json::to_string_pretty(&cfg)?)?;
         Ok(())
     }
 

@@ -7,12 +7,14 @@
 //! `cargo test --test e2e -- v1beta1`.
 //!
 //! Environment: `E2E_SKIP=1` (skip when the tools are missing), `E2E_BIN_DIR`, `E2E_BIN_ROOT`,
-//! `E2E_CRD_DIR`, `E2E_KEEP=1` (keep the temp dir), `E2E_WEBHOOK=1` (run the scenarios that need
-//! `capi-calico-webhook serve`), `E2E_WEBHOOK_BIN`, `E2E_WEBHOOK_CONFIG`.
+//! `E2E_CRD_DIR`, `E2E_KEEP=1` (keep the temp dir), `E2E_WEBHOOK_BIN`, `E2E_WEBHOOK_CONFIG`,
+//! `E2E_UPDATE_GOLDEN=1` (rewrite tests/fixtures/e2e/kubectl-rejection.txt).
 
 #[macro_use]
 mod harness;
+mod calico;
 mod certs;
+mod delivery;
 mod smoke;
 mod webhook;
 
@@ -28,6 +30,9 @@ pub type Scenario = (&'static str, fn(&mut Harness) -> TestResult);
 fn scenarios() -> Vec<Scenario> {
     let mut all = Vec::new();
     all.extend_from_slice(smoke::SCENARIOS);
+    all.extend_from_slice(calico::SCENARIOS);
+    all.extend_from_slice(delivery::SCENARIOS);
+    all.extend_from_slice(calico::LAST);
     all
 }
 

@@ -1,12 +1,12 @@
 //! Smoke scenarios: the control plane, the CAPI CRDs and kubectl behave as the webhook scenarios
-//! will rely on. None of these needs our webhook, except `webhook_serve_smoke` (E2E_WEBHOOK=1).
+//! will rely on. None of these needs our webhook, except `webhook_serve_smoke`.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::Scenario;
-use crate::harness::{Harness, Skip, TestResult, repo_root, yaml_docs};
+use crate::harness::{Harness, TestResult, repo_root, yaml_docs};
 
 pub const SCENARIOS: &[Scenario] = &[
     ("control_plane_and_crds", control_plane_and_crds),
@@ -485,14 +485,8 @@ fn webhook_registration_reaches_127_0_0_1(h: &mut Harness) -> TestResult {
 }
 
 /// Start `capi-calico-webhook serve` and register it (E2E_WEBHOOK_CONFIG or the sample config),
-/// then a server-side dry-run apply of the classic cluster must pass through it. Needs
-/// E2E_WEBHOOK=1 until `serve` exists.
+/// then a server-side dry-run apply of the classic cluster must pass through it.
 fn webhook_serve_smoke(h: &mut Harness) -> TestResult {
-    if std::env::var("E2E_WEBHOOK").as_deref() != Ok("1") {
-        return Err(Box::new(Skip(
-            "needs `capi-calico-webhook serve`; set E2E_WEBHOOK=1".into(),
-        )));
-    }
     let config = match std::env::var("E2E_WEBHOOK_CONFIG") {
         Ok(p) => std::fs::read_to_string(&p).map_err(|e| fail!("{p}: {e}"))?,
         Err(_) => fixture("webhook-configs.sample.yaml")?,

@@ -70,6 +70,17 @@ impl Harness {
     /// Start `capi-calico-webhook serve` on 127.0.0.1:PORT with a serving cert from the harness CA
     /// and the admin kubeconfig; wait until the port accepts connections. Returns the port.
     pub fn start_webhook(&mut self, extra_args: &[&str]) -> TestResult<u16> {
+        let kubeconfig = self.kubeconfig.clone();
+        self.start_webhook_as(&kubeconfig, extra_args)
+    }
+
+    /// [`Harness::start_webhook`] with another kubeconfig (e.g. a user that has only the shipped
+    /// RBAC).
+    pub fn start_webhook_as(
+        &mut self,
+        kubeconfig: &std::path::Path,
+        extra_args: &[&str],
+    ) -> TestResult<u16> {
         let dir = self.dir().join("webhook");
         fs::create_dir_all(&dir)?;
         let leaf = self
@@ -88,7 +99,7 @@ impl Harness {
             "--tls-key-file".into(),
             key.display().to_string(),
             "--kubeconfig".into(),
-            self.kubeconfig.display().to_string(),
+            kubeconfig.display().to_string(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let log = self.dir().join("logs/webhook.log");

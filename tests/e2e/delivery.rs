@@ -1,0 +1,785 @@
+//! Calico delivery (issue 6) through the real API server: the reconciler in `serve` (running as a
+//! user with only the shipped RBAC, see [`crate::calico::ensure_webhook`]) writes the bundle
+//! copies, the Installation ConfigMap and the ClusterResourceSet of opted-in Clusters; deleting
+//! the Cluster removes them through kube-controller-manager's garbage collector (built by
+//! `e2e/build-tools.sh` from the same wrapper module; without it the ownerReferences are asserted
+//! and the deletion part is skipped with a notice).
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::Scenario;
+use crate::calico::{CLUSTER_LABEL, STATUS_ANNOTATION, e2e_fixture, ensure_webhook, to_yaml};
+use crate::harness::{Harness, Proc, TestResult, free_port, repo_root, yaml_docs};
+use crate::smoke::name_of;
+use crate::webhook::webhook_binary;
+
+pub const SCENARIOS: &[Scenario] = &[
+    (
+        "delivery_opted_in_cluster_gets_crs_installation_bundle",
+        delivery_opted_in_cluster_gets_crs_installation_bundle,
+    ),
+    (
+        "delivery_bundle_missing_reported_on_cluster",
+        delivery_bundle_missing_reported_on_cluster,
+    ),
+    (
+        "delivery_real_calico_operator_bundle",
+        delivery_real_calico_operator_bundle,
+    ),
+    (
+        "rbac_shipped_roles_sufficient_and_used",
+        rbac_shipped_roles_sufficient_and_used,
+    ),
+];
+
+const BUNDLE_NS: &str = "capi-calico-system";
+const VERSION: &str = "v3.31.7";
+const KCM: &str = "kube-controller-manager";
+
+/// `capi-calico-webhook bundle` of the synthetic operator manifests, applied server-side into
+/// `capi-calico-system` as the docs say. Returns the bundle ConfigMaps as loaded.
+fn load_synthetic_bundle(h: &Harness, version: &str) -> TestResult<Vec<Value>> {
+    let dir = repo_root().join("tests/fixtures/delivery");
+    load_bundle(
+        h,
+        &dir.join("synthetic-operator.yaml"),
+        &dir.join("synthetic-crds.yaml"),
+        version,
+    )
+}
+
+/// `capi-calico-webhook bundle --operator OPERATOR --crds CRDS --version VERSION | kubectl apply
+/// --server-side -f -`, then the loaded ConfigMaps in index order.
+fn load_bundle(
+    h: &Harness,
+    operator: &std::path::Path,
+    crds: &std::path::Path,
+    version: &str,
+) -> TestResult<Vec<Value>> {
+    let out = Command::new(webhook_binary())
+        .args(["bundle", "--operator"])
+        .arg(operator)
+        .arg("--crds")
+        .arg(crds)
+        .args(["--version", version])
+        .stderr(Stdio::piped())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "bundle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8(out.stdout)?;
+    h.kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=capi-calico-bundle",
+            "-f",
+            "-",
+        ],
+        Some(&list),
+    )?
+    .check("kubectl apply --server-side (bundle)")?;
+    let sel = format!("capi-calico.io/calico-version={version}");
+    let got: Value = serde_json::from_str(&h.kubectl_ok(
+        &["get", "cm", "-n", BUNDLE_NS, "-l", &sel, "-o", "json"],
+        None,
+    )?)?;
+    let mut items = got["items"].as_array().cloned().unwrap_or_default();
+    items.sort_by_key(|c| {
+        c["metadata"]["annotations"]["capi-calico.io/bundle-index"]
+            .as_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    });
+    ensure!(
+        items.len() >= 2,
+        "bundle: {} ConfigMaps loaded",
+        items.len()
+    );
+    Ok(items)
+}
+
+fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> TestResult<Option<T>>) -> TestResult<T> {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn list(h: &Harness, resource: &str, ns: &str) -> TestResult<Vec<Value>> {
+    let v: Value =
+        serde_json::from_str(&h.kubectl_ok(&["get", resource, "-n", ns, "-o", "json"], None)?)?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn status_of(cluster: &Value) -> Option<Value> {
+    cluster["metadata"]["annotations"][STATUS_ANNOTATION]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// resourceVersion of every ConfigMap and ClusterResourceSet in `ns`, plus the Cluster's.
+fn versions(h: &Harness, ns: &str) -> TestResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for r in ["configmaps", "clusterresourcesets", "clusters"] {
+        for o in list(h, r, ns)? {
+            out.insert(
+                format!("{r}/{}", name_of(&o)),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Start kube-controller-manager with only the garbage collector, if it was built. `None` (and a
+/// notice) when the binary is missing.
+fn ensure_gc(h: &mut Harness) -> TestResult<Option<()>> {
+    if h.proc(KCM).is_some() {
+        return Ok(Some(()));
+    }
+    let bin = h
+        .tools
+        .kubectl
+        .parent()
+        .map(|d| d.join(KCM))
+        .unwrap_or_default();
+    if !bin.exists() {
+        println!(
+            "  NOTICE: {} not built (e2e/build-tools.sh builds it); garbage collection not run, ownerReferences asserted only",
+            bin.display()
+        );
+        return Ok(None);
+    }
+    let args: Vec<String> = vec![
+        format!("--kubeconfig={}", h.kubeconfig.display()),
+        "--controllers=garbagecollector".into(),
+        "--use-service-account-credentials=false".into(),
+        "--leader-elect=false".into(),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={}", free_port()?),
+        format!("--cert-dir={}", h.dir().join("kcm-certs").display()),
+        format!("--authentication-kubeconfig={}", h.kubeconfig.display()),
+        format!("--authorization-kubeconfig={}", h.kubeconfig.display()),
+        "--concurrent-gc-syncs=5".into(),
+        "-v=1".into(),
+    ];
+    let log = h.dir().join("logs/kube-controller-manager.log");
+    let mut p = Proc::spawn(KCM, &bin, &args, log)?;
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(st) = p.exited() {
+        return Err(fail!(
+            "kube-controller-manager exited ({st}):\n{}",
+            p.log_tail(30)
+        ));
+    }
+    h.procs.push(p);
+    Ok(Some(()))
+}
+
+/// Apply an opted-in Cluster and check what the reconciler writes, field by field; re-applying
+/// and an unrelated Cluster update change nothing; a Cluster that is not opted in gets nothing;
+/// deleting the Clusters removes what they owned (garbage collector).
+fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> TestResult {
+    ensure_webhook(h)?;
+    let bundle = load_synthetic_bundle(h, VERSION)?;
+    let gc = ensure_gc(h)?;
+    let ns = h.create_namespace("delivery")?;
+    let docs = yaml_docs(&e2e_fixture("classic-calico.yaml")?)?;
+    let cluster = docs[0].clone();
+    let mut second = cluster.clone();
+    second["metadata"]["name"] = json!("calico-b");
+    let cyaml = to_yaml(std::slice::from_ref(&cluster));
+    h.apply(&ns, &cyaml)?;
+    h.apply(&ns, &second.to_string())?;
+    let t = Instant::now();
+    let stored = poll("Delivered on the Cluster", 30, || {
+        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+        Ok(status_of(&c)
+            .filter(|s| s["reason"] == "Delivered")
+            .map(|_| c))
+    })?;
+    println!("  delivered in {:.1}s", t.elapsed().as_secs_f64());
+    let status = status_of(&stored).unwrap_or_default();
+    ensure!(
+        status["type"] == "CalicoDelivered" && status["status"] == "True",
+        "status {status}"
+    );
+    let uid = stored["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let owner = |controller: bool| {
+        let mut o = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "name": "calico", "uid": uid});
+        if controller {
+            o["controller"] = json!(true);
+        }
+        o
+    };
+    ensure!(
+        stored["metadata"]["labels"][CLUSTER_LABEL] == "calico",
+        "Cluster label {}",
+        stored["metadata"]
+    );
+
+    // bundle copies: same data, labels and annotations as the loaded bundle, one owner per Cluster
+    let b_uid = poll("Delivered on the second Cluster", 30, || {
+        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico-b")?;
+        Ok(status_of(&c)
+            .filter(|s| s["reason"] == "Delivered")
+            .and_then(|_| c["metadata"]["uid"].as_str().map(str::to_string)))
+    })?;
+    let cms = list(h, "configmaps", &ns)?;
+    let cm = |name: &str| -> TestResult<&Value> {
+        cms.iter()
+            .find(|c| name_of(c) == name)
+            .ok_or_else(|| fail!("ConfigMap {name} not in {ns}"))
+    };
+    let mut names = Vec::new();
+    for b in &bundle {
+        let name = name_of(b);
+        let copy = cm(name)?;
+        ensure!(
+            copy["data"] == b["data"],
+            "{name}: data differs from the bundle"
+        );
+        for k in [
+            "capi-calico.io/calico-version",
+            "capi-calico.io/bundle-role",
+        ] {
+            ensure!(
+                copy["metadata"]["labels"][k] == b["metadata"]["labels"][k],
+                "{name}: label {k}"
+            );
+        }
+        for k in [
+            "capi-calico.io/bundle-index",
+            "capi-calico.io/bundle-count",
+            "capi-calico.io/bundle-digest",
+        ] {
+            ensure!(
+                copy["metadata"]["annotations"][k] == b["metadata"]["annotations"][k],
+                "{name}: annotation {k}"
+            );
+        }
+        let mut owners: Vec<Value> = copy["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        owners.sort_by_key(|o| o["name"].as_str().unwrap_or_default().to_string());
+        let mut b_owner = owner(false);
+        b_owner["name"] = json!("calico-b");
+        b_owner["uid"] = json!(b_uid);
+        ensure!(
+            owners == vec![owner(false), b_owner],
+            "{name}: ownerReferences {owners:?}"
+        );
+        names.push(name.to_string());
+    }
+    ensure!(
+        names.iter().take_while(|n| n.contains("-crds-")).count()
+            + names.iter().filter(|n| n.contains("-operator-")).count()
+            == names.len()
+            && names.iter().any(|n| n.contains("-operator-")),
+        "bundle chunk order {names:?}"
+    );
+
+    // the Installation ConfigMap
+    let inst = cm("calico-calico-installation")?;
+    ensure!(
+        inst["metadata"]["ownerReferences"] == json!([owner(true)]),
+        "installation ownerReferences {}",
+        inst["metadata"]["ownerReferences"]
+    );
+    let keys: Vec<&String> = inst["data"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    ensure!(
+        keys == ["00-installation.json", "01-apiserver.json"],
+        "installation keys {keys:?}"
+    );
+    let installation: Value = serde_json::from_str(
+        inst["data"]["00-installation.json"]
+            .as_str()
+            .unwrap_or("null"),
+    )?;
+    let apiserver: Value =
+        serde_json::from_str(inst["data"]["01-apiserver.json"].as_str().unwrap_or("null"))?;
+    ensure!(
+        installation["apiVersion"] == "operator.tigera.io/v1"
+            && installation["kind"] == "Installation"
+            && installation["metadata"]["name"] == "default",
+        "installation {installation}"
+    );
+    let net = &installation["spec"]["calicoNetwork"];
+    let want_pool = json!({
+        "name": "default-ipv4-ippool", "cidr": "192.168.0.0/17", "blockSize": 26,
+        "encapsulation": "IPIPCrossSubnet", "natOutgoing": "Enabled", "nodeSelector": "all()"
+    });
+    ensure!(net["bgp"] == "Enabled", "bgp {}", net["bgp"]);
+    ensure!(
+        net["ipPools"] == json!([want_pool]),
+        "ipPools {}",
+        net["ipPools"]
+    );
+    ensure!(
+        net["nodeAddressAutodetectionV4"] == json!({"kubernetes": "NodeInternalIP"})
+            && net.get("nodeAddressAutodetectionV6").is_none(),
+        "autodetection {net}"
+    );
+    ensure!(
+        installation["spec"]["cni"] == json!({"type": "Calico", "ipam": {"type": "Calico"}}),
+        "cni {}",
+        installation["spec"]["cni"]
+    );
+    ensure!(
+        apiserver["kind"] == "APIServer" && apiserver["metadata"]["name"] == "default",
+        "apiserver {apiserver}"
+    );
+
+    // the ClusterResourceSet
+    let crs = h.get_json(
+        "clusterresourcesets.addons.cluster.x-k8s.io",
+        &ns,
+        "calico-calico",
+    )?;
+    ensure!(
+        crs["apiVersion"] == "addons.cluster.x-k8s.io/v1beta2",
+        "CRS apiVersion {}",
+        crs["apiVersion"]
+    );
+    ensure!(
+        crs["metadata"]["ownerReferences"] == json!([owner(true)]),
+        "CRS ownerReferences {}",
+        crs["metadata"]["ownerReferences"]
+    );
+    ensure!(
+        crs["spec"]["clusterSelector"] == json!({"matchLabels": {CLUSTER_LABEL: "calico"}}),
+        "CRS selector {}",
+        crs["spec"]["clusterSelector"]
+    );
+    ensure!(
+        crs["spec"]["strategy"] == "Reconcile",
+        "strategy {}",
+        crs["spec"]["strategy"]
+    );
+    let mut want_res: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"kind": "ConfigMap", "name": n}))
+        .collect();
+    want_res.push(json!({"kind": "ConfigMap", "name": "calico-calico-installation"}));
+    ensure!(
+        crs["spec"]["resources"] == json!(want_res),
+        "CRS resources {} (want {})",
+        crs["spec"]["resources"],
+        json!(want_res)
+    );
+    // the selector selects exactly this Cluster
+    let sel = format!("{CLUSTER_LABEL}=calico");
+    let selected = h.kubectl_ok(
+        &["get", "clusters", "-n", &ns, "-l", &sel, "-o", "name"],
+        None,
+    )?;
+    ensure!(
+        selected.trim() == "cluster.cluster.x-k8s.io/calico",
+        "CRS selector selects {selected:?}"
+    );
+
+    // re-apply (client-side, server-side) and an unrelated Cluster update (which triggers a
+    // reconcile): nothing the reconciler owns is rewritten
+    let before = versions(h, &ns)?;
+    h.apply(&ns, &cyaml)?;
+    h.kubectl_ok(
+        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        Some(&cyaml),
+    )?;
+    h.kubectl_ok(
+        &["label", "-n", &ns, "cluster", "calico", "e2e/touched=yes"],
+        None,
+    )?;
+    std::thread::sleep(Duration::from_secs(3));
+    let after = versions(h, &ns)?;
+    let changed: Vec<&String> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(*v) && !k.starts_with("clusters/"))
+        .map(|(k, _)| k)
+        .collect();
+    ensure!(
+        changed.is_empty(),
+        "rewritten after a no-op re-apply: {changed:?}"
+    );
+    ensure!(
+        after.keys().collect::<Vec<_>>() == before.keys().collect::<Vec<_>>(),
+        "objects appeared/disappeared: {before:?} -> {after:?}"
+    );
+
+    // a Cluster that is not opted in gets nothing
+    let ns_off = h.create_namespace("delivery-off")?;
+    let mut off = cluster.clone();
+    off["metadata"]["annotations"] = json!({});
+    h.apply(&ns_off, &off.to_string())?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        list(h, "configmaps", &ns_off)?.is_empty(),
+        "ConfigMaps for a Cluster not opted in"
+    );
+    ensure!(
+        list(h, "clusterresourcesets", &ns_off)?.is_empty(),
+        "CRS for a Cluster not opted in"
+    );
+    let c = h.get_json("clusters.cluster.x-k8s.io", &ns_off, "calico")?;
+    ensure!(
+        c["metadata"]["labels"].get(CLUSTER_LABEL).is_none() && status_of(&c).is_none(),
+        "Cluster not opted in was changed: {}",
+        c["metadata"]
+    );
+
+    // deletion
+    if gc.is_none() {
+        return Ok(());
+    }
+    h.kubectl_ok(
+        &["delete", "-n", &ns, "cluster", "calico", "--wait=true"],
+        None,
+    )?;
+    let t = Instant::now();
+    poll("garbage collection of calico's objects", 60, || {
+        let cms = list(h, "configmaps", &ns)?;
+        let crs = list(h, "clusterresourcesets", &ns)?;
+        let inst_gone = !cms
+            .iter()
+            .any(|c| name_of(c) == "calico-calico-installation");
+        let crs_gone = !crs.iter().any(|c| name_of(c) == "calico-calico");
+        let copies_trimmed = names.iter().all(|n| {
+            cms.iter().find(|c| name_of(c) == n).is_some_and(|c| {
+                c["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|o| o.len() == 1 && o[0]["name"] == "calico-b")
+            })
+        });
+        Ok((inst_gone && crs_gone && copies_trimmed).then_some(()))
+    })?;
+    println!(
+        "  garbage collector: calico's Installation ConfigMap and CRS deleted, shared copies kept for calico-b ({:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
+    h.kubectl_ok(
+        &["delete", "-n", &ns, "cluster", "calico-b", "--wait=true"],
+        None,
+    )?;
+    poll("garbage collection of everything", 60, || {
+        Ok((list(h, "configmaps", &ns)?.is_empty()
+            && list(h, "clusterresourcesets", &ns)?.is_empty())
+        .then_some(()))
+    })?;
+    println!("  garbage collector: everything gone after the second Cluster");
+    Ok(())
+}
+
+/// A Cluster whose CALICO_VERSION has no bundle loaded: the status annotation says
+/// BundleMissing, a Warning Event is published on the Cluster, and nothing is written.
+fn delivery_bundle_missing_reported_on_cluster(h: &mut Harness) -> TestResult {
+    ensure_webhook(h)?;
+    let ns = h.create_namespace("delivery-missing")?;
+    let mut cluster = yaml_docs(&e2e_fixture("classic-calico.yaml")?)?[0].clone();
+    cluster["metadata"]["annotations"]["capi-calico.io/CALICO_VERSION"] = json!("v3.30.7");
+    let out = h.apply(&ns, &cluster.to_string())?;
+    if out.stderr.contains("Warning") {
+        println!("  admission warnings: {}", out.stderr.trim());
+    } else {
+        println!("  NOTICE: no admission warning for the missing bundle (issue 6 asks for one)");
+    }
+    let status = poll("BundleMissing on the Cluster", 30, || {
+        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+        Ok(status_of(&c).filter(|s| s["reason"] == "BundleMissing"))
+    })?;
+    ensure!(
+        status["status"] == "False"
+            && status["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("v3.30.7")),
+        "status {status}"
+    );
+    let event = poll("the BundleMissing Event", 30, || {
+        let evs = list(h, "events.v1.events.k8s.io", &ns)?;
+        Ok(evs.into_iter().find(|e| {
+            e["reason"] == "BundleMissing"
+                && e["regarding"]["kind"] == "Cluster"
+                && e["regarding"]["name"] == "calico"
+        }))
+    })?;
+    ensure!(
+        event["type"] == "Warning"
+            && event["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("v3.30.7"))
+            && event["reportingController"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty()),
+        "event {event}"
+    );
+    ensure!(
+        list(h, "clusterresourcesets", &ns)?.is_empty(),
+        "a CRS was written"
+    );
+    ensure!(
+        list(h, "configmaps", &ns)?.is_empty(),
+        "ConfigMaps were written"
+    );
+    Ok(())
+}
+
+/// The real upstream operator manifests of Calico v3.31.7 (2.6 MB of CRDs; CI has them beside the
+/// repository), loaded under the label v3.29.7 (the synthetic bundle holds v3.31.7 here): the API
+/// server takes the ~870 KB ConfigMaps through server-side apply, and the reconciler copies them
+/// into the Cluster's namespace unchanged and lists them CRDs first.
+fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
+    let root = repo_root();
+    let Some(dir) = [
+        root.join("../shared/fixtures/calico-v3.31.7"),
+        std::path::PathBuf::from("/work/shared/fixtures/calico-v3.31.7"),
+    ]
+    .into_iter()
+    .find(|d| d.join("operator-crds.yaml").exists()) else {
+        return Err(Box::new(crate::harness::Skip(
+            "the upstream Calico v3.31.7 manifests (../shared/fixtures/calico-v3.31.7) are not here".into(),
+        )));
+    };
+    ensure_webhook(h)?;
+    let version = "v3.29.7";
+    let t = Instant::now();
+    let bundle = load_bundle(
+        h,
+        &dir.join("tigera-operator.yaml"),
+        &dir.join("operator-crds.yaml"),
+        version,
+    )?;
+    let sizes: Vec<usize> = bundle
+        .iter()
+        .map(|c| {
+            c["data"]
+                .as_object()
+                .map(|m| m.values().map(|v| v.as_str().map_or(0, str::len)).sum())
+                .unwrap_or(0)
+        })
+        .collect();
+    println!(
+        "  loaded {} ConfigMaps ({sizes:?} data bytes) in {:.1}s",
+        bundle.len(),
+        t.elapsed().as_secs_f64()
+    );
+    ensure!(
+        sizes.iter().all(|s| *s < 1_000_000),
+        "a chunk is too big: {sizes:?}"
+    );
+    let ns = h.create_namespace("delivery-real")?;
+    let mut cluster = yaml_docs(&e2e_fixture("classic-calico.yaml")?)?[0].clone();
+    cluster["metadata"]["annotations"]["capi-calico.io/CALICO_VERSION"] = json!(version);
+    h.apply(&ns, &cluster.to_string())?;
+    poll("Delivered", 60, || {
+        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+        Ok(status_of(&c).filter(|s| s["reason"] == "Delivered"))
+    })?;
+    for b in &bundle {
+        let copy = h.get_json("configmap", &ns, name_of(b))?;
+        ensure!(copy["data"] == b["data"], "{}: copy differs", name_of(b));
+    }
+    let crs = h.get_json(
+        "clusterresourcesets.addons.cluster.x-k8s.io",
+        &ns,
+        "calico-calico",
+    )?;
+    let listed: Vec<&str> = crs["spec"]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    let mut want: Vec<&str> = bundle.iter().map(name_of).collect();
+    want.push("calico-calico-installation");
+    ensure!(listed == want, "CRS resources {listed:?}, want {want:?}");
+    println!(
+        "  delivered {listed:?} in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The webhook ran as a user bound only to deploy/base's roles: from the API server's audit log,
+/// none of its requests was forbidden (sufficient), and every verb it is granted was used, apart
+/// from the ones listed here with the reason they cannot show up in an audit log.
+fn rbac_shipped_roles_sufficient_and_used(h: &mut Harness) -> TestResult {
+    use crate::calico::{WEBHOOK_USER, deploy_base};
+    ensure_webhook(h)?;
+    // one cache miss of the label lookup: the direct GET of a Cluster
+    let ns = h.create_namespace("rbac")?;
+    let kcp = json!({
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
+        "metadata": {"name": "rbac-cp", "labels": {"cluster.x-k8s.io/cluster-name": "absent"}},
+        "spec": {"version": "v1.34.1", "machineTemplate": {"spec": {"infrastructureRef": {
+            "apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DockerMachineTemplate", "name": "x"}}}}
+    });
+    h.kubectl_ok(
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        Some(&kcp.to_string()),
+    )?;
+    // granted: (group, resource, verb, where) from the shipped roles
+    let mut granted = std::collections::BTreeSet::new();
+    for d in yaml_docs(&deploy_base(h)?)? {
+        let scope = match d["kind"].as_str() {
+            Some("ClusterRole") => "cluster",
+            Some("Role") => "namespaced",
+            _ => continue,
+        };
+        for rule in d["rules"].as_array().into_iter().flatten() {
+            for g in rule["apiGroups"].as_array().into_iter().flatten() {
+                for r in rule["resources"].as_array().into_iter().flatten() {
+                    for v in rule["verbs"].as_array().into_iter().flatten() {
+                        granted.insert(format!(
+                            "{}/{} {} ({scope})",
+                            g.as_str().unwrap_or(""),
+                            r.as_str().unwrap_or(""),
+                            v.as_str().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let text = std::fs::read_to_string(h.audit_log())?;
+    let mut used = std::collections::BTreeSet::new();
+    let mut forbidden = Vec::new();
+    let mut n = 0;
+    for line in text.lines() {
+        let Ok(ev) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if ev["user"]["username"] != WEBHOOK_USER {
+            continue;
+        }
+        n += 1;
+        let o = &ev["objectRef"];
+        let key = format!(
+            "{}/{}{} {}",
+            o["apiGroup"].as_str().unwrap_or(""),
+            o["resource"].as_str().unwrap_or(""),
+            o["subresource"]
+                .as_str()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default(),
+            ev["verb"].as_str().unwrap_or("")
+        );
+        if ev["responseStatus"]["code"] == 403 {
+            forbidden.push(format!("{key} {}", ev["requestURI"]));
+        }
+        used.insert(key);
+    }
+    ensure!(n > 0, "no audit events for {WEBHOOK_USER}");
+    if !used.contains("addons.cluster.x-k8s.io/clusterresourcesets patch") {
+        return Err(Box::new(crate::harness::Skip(
+            "run it together with the delivery scenarios (nothing was delivered)".into(),
+        )));
+    }
+    ensure!(
+        forbidden.is_empty(),
+        "forbidden requests of the shipped RBAC: {forbidden:?}"
+    );
+    println!("  {n} audited requests; used: {used:?}");
+    // Not visible in an audit log: `create` on configmaps/clusterresourcesets is authorized by the
+    // API server inside a server-side apply PATCH that creates the object (audited as `patch`).
+    // `get` on machinedeployments: the lookup reads them only through list/watch (cache) and one
+    // LIST on a miss; it is granted together with clusters (issue 3 asks for get/list/watch).
+    // `patch` on events: only for the series of a repeated Event.
+    let invisible = [
+        "/configmaps create",
+        "addons.cluster.x-k8s.io/clusterresourcesets create",
+        "cluster.x-k8s.io/machinedeployments get",
+        "events.k8s.io/events patch",
+    ];
+    let unused: Vec<&String> = granted
+        .iter()
+        .filter(|g| {
+            let gv = g.split(" (").next().unwrap_or("");
+            !used.contains(gv) && !invisible.contains(&gv)
+        })
+        .collect();
+    ensure!(
+        unused.is_empty(),
+        "granted but never used: {unused:?} (granted {granted:?})"
+    );
+
+    // `create` is needed although only `patch` shows in the audit log: a server-side apply that
+    // creates the object is refused without it
+    let role = |verbs: &str| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "probe"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs.split(',').collect::<Vec<_>>()}]
+        })
+        .to_string()
+    };
+    h.kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&role("patch")))?;
+    h.kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "probe",
+            "-n",
+            &ns,
+            "--role=probe",
+            "--user=rbac-probe",
+        ],
+        None,
+    )?;
+    let cm =
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"probe"},"data":{"a":"b"}}"#;
+    let ssa = [
+        "--as=rbac-probe",
+        "apply",
+        "--server-side",
+        "--field-manager=probe",
+        "-n",
+        &ns,
+        "-f",
+        "-",
+    ];
+    let out = h.kubectl(&ssa, Some(cm))?;
+    ensure!(
+        !out.success && out.stderr.contains("forbidden") && out.stderr.contains("create"),
+        "server-side apply creating a ConfigMap with only `patch`: {out:?}"
+    );
+    h.kubectl_ok(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&role("patch,create")),
+    )?;
+    let t = Instant::now();
+    loop {
+        let out = h.kubectl(&ssa, Some(cm))?;
+        if out.success {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "with create and patch: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
