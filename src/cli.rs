@@ -161,6 +161,11 @@ pub struct ServeArgs {
     /// Do not run the reconciler that delivers Calico through ClusterResourceSets.
     #[arg(long, env = "CAPI_CALICO_NO_RECONCILER")]
     pub no_reconciler: bool,
+    /// Do not label an opted-in Cluster's KubeadmControlPlane and KubeadmConfigTemplates with
+    /// cluster.x-k8s.io/cluster-name (what lets the webhook inject objects applied before their Cluster or
+    /// MachineDeployment).
+    #[arg(long, env = "CAPI_CALICO_NO_TEMPLATE_LINKER")]
+    pub no_template_linker: bool,
     /// Namespace holding the Calico operator bundles (see `bundle`).
     #[arg(long, env = "CAPI_CALICO_BUNDLE_NAMESPACE", default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE)]
     pub bundle_namespace: String,
@@ -530,8 +535,15 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
         }
         _ => None,
     };
+    let linker = match (&client, args.no_template_linker) {
+        (Some(client), false) => Some(tokio::spawn(crate::cluster::linker::run_linker_until(
+            client.clone(),
+            stopped(),
+        ))),
+        _ => None,
+    };
     let result = server::run(config, Arc::new(Webhook::new(source)), stopped()).await;
-    if let Some(task) = reconciler {
+    for task in [reconciler, linker].into_iter().flatten() {
         task.abort();
     }
     result.map_err(|e| e.to_string())

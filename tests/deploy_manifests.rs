@@ -220,6 +220,8 @@ fn base_has_exactly_the_expected_objects() {
         ("ClusterRoleBinding", "capi-calico-webhook-lookup"),
         ("ClusterRole", "capi-calico-webhook-reconciler"),
         ("ClusterRoleBinding", "capi-calico-webhook-reconciler"),
+        ("ClusterRole", "capi-calico-webhook-linker"),
+        ("ClusterRoleBinding", "capi-calico-webhook-linker"),
         ("Role", "capi-calico-webhook-bundles"),
         ("RoleBinding", "capi-calico-webhook-bundles"),
         ("Deployment", SERVICE),
@@ -617,7 +619,7 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": SERVICE, "namespace": NAMESPACE}])
     );
-    assert_eq!(all_of(&docs, "ClusterRole").len(), 2);
+    assert_eq!(all_of(&docs, "ClusterRole").len(), 3);
 
     // Admission lookups (issue 3): read Clusters and MachineDeployments, nothing else.
     let lookup = rules_of(find(&docs, "ClusterRole", "capi-calico-webhook-lookup"));
@@ -649,9 +651,28 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
         ])
     );
 
+    // Template linker (src/cluster/linker.rs): read and label KCPs and KCTs, nothing else.
+    let linker = rules_of(find(&docs, "ClusterRole", "capi-calico-webhook-linker"));
+    assert_eq!(
+        linker,
+        triples(&[
+            (
+                "controlplane.cluster.x-k8s.io",
+                "kubeadmcontrolplanes",
+                &["get", "patch"]
+            ),
+            (
+                "bootstrap.cluster.x-k8s.io",
+                "kubeadmconfigtemplates",
+                &["get", "patch"]
+            ),
+        ])
+    );
+
     for name in [
         "capi-calico-webhook-lookup",
         "capi-calico-webhook-reconciler",
+        "capi-calico-webhook-linker",
     ] {
         let binding = find(&docs, "ClusterRoleBinding", name);
         assert_eq!(

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::settings::ClusterNetwork;
 
 pub mod documents;
+pub mod linker;
 pub mod live;
 
 /// The label Cluster API puts on objects that belong to a Cluster.

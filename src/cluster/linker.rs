@@ -1,0 +1,332 @@
+//! Links a classic cluster's KubeadmControlPlane and KubeadmConfigTemplates to their Cluster with the
+//! `cluster.x-k8s.io/cluster-name` label, so that the mutating webhook can inject them even when they were applied
+//! before the objects that point at them.
+//!
+//! A KCT is found through a MachineDeployment's bootstrap `configRef`. When a manifest lists the KCT before its
+//! MachineDeployment (the order `kubectl apply -k` uses, and the order of many templates), the webhook sees the KCT
+//! first, finds nothing that links it, and admits it unchanged with a warning. Cluster API later adds only an
+//! ownerReference to a classic KCT, never the label, so nothing would ever bring it back to the webhook. This
+//! controller closes that gap: for every opted-in Cluster it labels the KCP named by `spec.controlPlaneRef` and the
+//! KCT of every MachineDeployment whose `spec.clusterName` is the Cluster (see [`label_patch`] for exactly when).
+//! The label change reaches the webhook (its matchConditions send changes of `cluster.x-k8s.io/cluster-name` and
+//! `capi-calico.io/cluster`), which then finds the Cluster and injects. Objects labelled for another Cluster and
+//! Clusters that are not opted in are never touched. It runs beside the delivery reconciler, not on the admission
+//! path, and can be turned off with `serve --no-template-linker`.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{StreamExt, future};
+use kube::{
+    Client,
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use serde_json::{Value, json};
+
+use super::{CLUSTER_NAME_LABEL, string_map};
+use crate::settings::PREFIX;
+
+/// Field manager of the label patches.
+pub const FIELD_MANAGER: &str = "capi-calico-webhook-linker";
+
+/// What can go wrong while linking (retried).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+fn resource(group: &str, kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, "v1beta2", kind))
+}
+
+struct Ctx {
+    client: Client,
+    kcp: ApiResource,
+    kct: ApiResource,
+    md: ApiResource,
+}
+
+/// An object to label: its kind's resource and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkTarget {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// True when `cluster` opted in (`capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: "true"`).
+pub fn opted_in(cluster: &Value) -> bool {
+    string_map(cluster.pointer("/metadata/annotations"))
+        .get(&format!("{PREFIX}CUSTOM_CALICO_DEPLOYMENT"))
+        .is_some_and(|v| v == "true")
+}
+
+/// The objects an opted-in `cluster` links to: its KCP, and the KCT of each of `machine_deployments` that names
+/// the Cluster in `spec.clusterName`. Pure, for tests.
+pub fn targets(cluster: &Value, machine_deployments: &[Value]) -> Vec<LinkTarget> {
+    let Some(name) = cluster.pointer("/metadata/name").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    if !opted_in(cluster) {
+        return Vec::new();
+    }
+    let referenced = |reference: Option<&Value>, kind: &'static str| -> Option<LinkTarget> {
+        let reference = reference?;
+        (reference.get("kind").and_then(Value::as_str) == Some(kind)).then_some(())?;
+        Some(LinkTarget {
+            kind,
+            name: reference.get("name")?.as_str()?.to_string(),
+        })
+    };
+    let mut out: Vec<LinkTarget> = referenced(
+        cluster.pointer("/spec/controlPlaneRef"),
+        "KubeadmControlPlane",
+    )
+    .into_iter()
+    .collect();
+    for md in machine_deployments {
+        if md.pointer("/spec/clusterName").and_then(Value::as_str) != Some(name) {
+            continue;
+        }
+        if let Some(t) = referenced(
+            md.pointer("/spec/template/spec/bootstrap/configRef"),
+            "KubeadmConfigTemplate",
+        ) && !out.contains(&t)
+        {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// The label patch for one of `cluster`'s objects, or `None` when it needs none.
+///
+/// - No `cluster.x-k8s.io/cluster-name` label: add it (Cluster API adds it to a KCP itself, a little later) and
+///   `capi-calico.io/cluster`.
+/// - The label names another Cluster: leave the object alone.
+/// - A KubeadmConfigTemplate labelled for this Cluster but without `capi-calico.io/cluster`: add that label. A KCT
+///   labelled before its Cluster existed was admitted without injection, and nothing else brings it back to the
+///   webhook; editing a KCT never rolls out existing machines. A KubeadmControlPlane is never touched once it has
+///   the Cluster API label, because a late injection into a running control plane would roll it out.
+pub fn label_patch(
+    kind: &str,
+    cluster: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<Value> {
+    match labels.get(CLUSTER_NAME_LABEL).map(String::as_str) {
+        None => Some(json!({ "metadata": { "labels": {
+            CLUSTER_NAME_LABEL: cluster,
+            crate::delivery::CLUSTER_LABEL: cluster,
+        } } })),
+        Some(other) if other != cluster => None,
+        Some(_)
+            if kind == "KubeadmConfigTemplate"
+                && labels
+                    .get(crate::delivery::CLUSTER_LABEL)
+                    .map(String::as_str)
+                    != Some(cluster) =>
+        {
+            Some(json!({ "metadata": { "labels": { crate::delivery::CLUSTER_LABEL: cluster } } }))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Run until `shutdown` completes.
+pub async fn run_linker_until(
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let cluster = resource("cluster.x-k8s.io", "Cluster");
+    let md = resource("cluster.x-k8s.io", "MachineDeployment");
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        kcp: resource("controlplane.cluster.x-k8s.io", "KubeadmControlPlane"),
+        kct: resource("bootstrap.cluster.x-k8s.io", "KubeadmConfigTemplate"),
+        md: md.clone(),
+    });
+    let clusters: Api<DynamicObject> = Api::all_with(client.clone(), &cluster);
+    let mds: Api<DynamicObject> = Api::all_with(client, &md);
+    let cluster_for_map = cluster.clone();
+    tracing::info!("template linker starting");
+    Controller::new_with(clusters, watcher::Config::default(), cluster.clone())
+        // A MachineDeployment created or changed: look at its Cluster again.
+        .watches_with(
+            mds,
+            md,
+            watcher::Config::default(),
+            move |md: DynamicObject| {
+                let ns = md.metadata.namespace.clone();
+                md.data
+                    .pointer("/spec/clusterName")
+                    .and_then(Value::as_str)
+                    .map(|name| {
+                        let r = ObjectRef::new_with(name, cluster_for_map.clone());
+                        match ns {
+                            Some(ns) => r.within(&ns),
+                            None => r,
+                        }
+                    })
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "template link failed");
+            }
+            future::ready(())
+        })
+        .await;
+    tracing::info!("template linker stopped");
+}
+
+fn error_policy(_cluster: Arc<DynamicObject>, error: &LinkError, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(%error, "linking templates to their Cluster failed; retrying");
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, LinkError> {
+    let Some(namespace) = cluster.metadata.namespace.clone() else {
+        return Ok(Action::await_change());
+    };
+    let Some(name) = cluster.metadata.name.clone() else {
+        return Ok(Action::await_change());
+    };
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let object = serde_json::to_value(&*cluster).unwrap_or(Value::Null);
+    if !opted_in(&object) {
+        return Ok(Action::await_change());
+    }
+    let mds: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &ctx.md);
+    let machine_deployments: Vec<Value> = mds
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|md| serde_json::to_value(md).ok())
+        .collect();
+    for target in targets(&object, &machine_deployments) {
+        let resource = match target.kind {
+            "KubeadmControlPlane" => &ctx.kcp,
+            _ => &ctx.kct,
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &namespace, resource);
+        let Some(current) = api.get_metadata_opt(&target.name).await? else {
+            continue;
+        };
+        let labels = current.metadata.labels.clone().unwrap_or_default();
+        let Some(patch) = label_patch(target.kind, &name, &labels) else {
+            continue;
+        };
+        api.patch(
+            &target.name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        tracing::info!(
+            cluster = %name, %namespace, kind = target.kind, object = %target.name,
+            "labelled with its Cluster so the webhook can inject it"
+        );
+    }
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(opted: bool) -> Value {
+        json!({
+            "metadata": {"name": "wl", "namespace": "ns",
+                         "annotations": {"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": if opted {"true"} else {"false"}}},
+            "spec": {"controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io",
+                                         "kind": "KubeadmControlPlane", "name": "wl-cp"}}
+        })
+    }
+
+    fn md(cluster: &str, kct: &str, kind: &str) -> Value {
+        json!({"spec": {"clusterName": cluster, "template": {"spec": {"bootstrap": {"configRef":
+            {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": kind, "name": kct}}}}}})
+    }
+
+    #[test]
+    fn opted_in_clusters_link_their_kcp_and_the_kcts_of_their_machine_deployments() {
+        let mds = [
+            md("wl", "wl-md-0", "KubeadmConfigTemplate"),
+            md("wl", "wl-md-0", "KubeadmConfigTemplate"),
+            md("wl", "wl-md-1", "KubeadmConfigTemplate"),
+            md("other", "other-md-0", "KubeadmConfigTemplate"),
+            md("wl", "wl-pool", "SomeOtherBootstrapTemplate"),
+        ];
+        let got = targets(&cluster(true), &mds);
+        let want = [
+            ("KubeadmControlPlane", "wl-cp"),
+            ("KubeadmConfigTemplate", "wl-md-0"),
+            ("KubeadmConfigTemplate", "wl-md-1"),
+        ]
+        .map(|(kind, name)| LinkTarget {
+            kind,
+            name: name.to_string(),
+        });
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn label_patches() {
+        use std::collections::BTreeMap;
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let both = json!({"metadata": {"labels": {"cluster.x-k8s.io/cluster-name": "wl", "capi-calico.io/cluster": "wl"}}});
+        let ours = json!({"metadata": {"labels": {"capi-calico.io/cluster": "wl"}}});
+        let cases = [
+            ("KubeadmControlPlane", labels(&[]), Some(both.clone())),
+            ("KubeadmConfigTemplate", labels(&[("app", "x")]), Some(both)),
+            (
+                "KubeadmConfigTemplate",
+                labels(&[(CLUSTER_NAME_LABEL, "other")]),
+                None,
+            ),
+            (
+                "KubeadmControlPlane",
+                labels(&[(CLUSTER_NAME_LABEL, "other")]),
+                None,
+            ),
+            (
+                "KubeadmConfigTemplate",
+                labels(&[(CLUSTER_NAME_LABEL, "wl")]),
+                Some(ours),
+            ),
+            (
+                "KubeadmControlPlane",
+                labels(&[(CLUSTER_NAME_LABEL, "wl")]),
+                None,
+            ),
+            (
+                "KubeadmConfigTemplate",
+                labels(&[(CLUSTER_NAME_LABEL, "wl"), ("capi-calico.io/cluster", "wl")]),
+                None,
+            ),
+        ];
+        for (kind, labels, want) in cases {
+            assert_eq!(label_patch(kind, "wl", &labels), want, "{kind} {labels:?}");
+        }
+    }
+
+    #[test]
+    fn clusters_not_opted_in_are_never_touched() {
+        let mds = [md("wl", "wl-md-0", "KubeadmConfigTemplate")];
+        assert!(targets(&cluster(false), &mds).is_empty());
+        let mut no_annotations = cluster(true);
+        no_annotations["metadata"]["annotations"] = json!({});
+        assert!(targets(&no_annotations, &mds).is_empty());
+    }
+}
