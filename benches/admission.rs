@@ -24,15 +24,60 @@ static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
 
 /// (name, fixture file, endpoint, expected outcome).
 const CASES: &[(&str, &str, Endpoint, Outcome)] = &[
-    ("cluster_valid", "cluster-valid.json", Endpoint::Mutate, Outcome::Mutated),
-    ("cluster_invalid", "cluster-invalid.json", Endpoint::Mutate, Outcome::Denied),
-    ("kcp_first_injection", "kcp-inject.json", Endpoint::Mutate, Outcome::Mutated),
-    ("kct_first_injection", "kct-inject.json", Endpoint::Mutate, Outcome::Mutated),
-    ("kcp_already_injected", "kcp-injected.json", Endpoint::Mutate, Outcome::Allowed),
-    ("kct_already_injected", "kct-injected.json", Endpoint::Mutate, Outcome::Allowed),
-    ("kcp_injected_validate", "kcp-injected.json", Endpoint::Validate, Outcome::Allowed),
-    ("kcp_not_opted_in", "kcp-not-opted-in.json", Endpoint::Mutate, Outcome::Allowed),
-    ("cluster_not_opted_in", "cluster-not-opted-in.json", Endpoint::Mutate, Outcome::Allowed),
+    (
+        "cluster_valid",
+        "cluster-valid.json",
+        Endpoint::Mutate,
+        Outcome::Mutated,
+    ),
+    (
+        "cluster_invalid",
+        "cluster-invalid.json",
+        Endpoint::Mutate,
+        Outcome::Denied,
+    ),
+    (
+        "kcp_first_injection",
+        "kcp-inject.json",
+        Endpoint::Mutate,
+        Outcome::Mutated,
+    ),
+    (
+        "kct_first_injection",
+        "kct-inject.json",
+        Endpoint::Mutate,
+        Outcome::Mutated,
+    ),
+    (
+        "kcp_already_injected",
+        "kcp-injected.json",
+        Endpoint::Mutate,
+        Outcome::Allowed,
+    ),
+    (
+        "kct_already_injected",
+        "kct-injected.json",
+        Endpoint::Mutate,
+        Outcome::Allowed,
+    ),
+    (
+        "kcp_injected_validate",
+        "kcp-injected.json",
+        Endpoint::Validate,
+        Outcome::Allowed,
+    ),
+    (
+        "kcp_not_opted_in",
+        "kcp-not-opted-in.json",
+        Endpoint::Mutate,
+        Outcome::Allowed,
+    ),
+    (
+        "cluster_not_opted_in",
+        "cluster-not-opted-in.json",
+        Endpoint::Mutate,
+        Outcome::Allowed,
+    ),
 ];
 
 struct Case {

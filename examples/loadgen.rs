@@ -50,7 +50,9 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let value = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         let secs = |v: &str| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage(v)));
         match flag.as_str() {
             "--url" => a.url = value,
@@ -218,7 +220,8 @@ fn main() {
         .bodies
         .iter()
         .map(|p| {
-            let bytes = std::fs::read(p).unwrap_or_else(|e| usage(&format!("{}: {e}", p.display())));
+            let bytes =
+                std::fs::read(p).unwrap_or_else(|e| usage(&format!("{}: {e}", p.display())));
             &*Box::leak(bytes.into_boxed_slice())
         })
         .collect();

@@ -16,7 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Read until the peer closes (Some(bytes)) or `within` passes (None).
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> Option<Vec<u8>> {
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    within: Duration,
+) -> Option<Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + within;
@@ -50,7 +53,10 @@ async fn raw_request(
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&got);
-    (text.lines().next().unwrap_or_default().to_string(), t.elapsed())
+    (
+        text.lines().next().unwrap_or_default().to_string(),
+        t.elapsed(),
+    )
 }
 
 fn post_head(len: Option<usize>) -> String {
@@ -85,12 +91,18 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
         async move {
             let mut s = tls_connect(addr, &ca).await.unwrap();
             let t0 = Instant::now();
-            let head = format!("POST /mutate HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}", "a".repeat(200));
+            let head = format!(
+                "POST /mutate HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}",
+                "a".repeat(200)
+            );
             for byte in head.bytes() {
                 if s.write_all(&[byte]).await.is_err() || s.flush().await.is_err() {
                     return t0.elapsed();
                 }
-                if closed_within(&mut s, Duration::from_millis(200)).await.is_some() {
+                if closed_within(&mut s, Duration::from_millis(200))
+                    .await
+                    .is_some()
+                {
                     return t0.elapsed();
                 }
             }
@@ -106,7 +118,9 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
             s.write_all(post_head(Some(4000)).as_bytes()).await.unwrap();
             s.write_all(b"{").await.unwrap();
             s.flush().await.unwrap();
-            let got = closed_within(&mut s, Duration::from_secs(10)).await.unwrap_or_default();
+            let got = closed_within(&mut s, Duration::from_secs(10))
+                .await
+                .unwrap_or_default();
             (t0.elapsed(), String::from_utf8_lossy(&got).into_owned())
         }
     });
@@ -121,7 +135,10 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
             let t0 = Instant::now();
             let mut closed = 0;
             for c in &mut conns {
-                if closed_within(c, Duration::from_secs(9).saturating_sub(t0.elapsed())).await.is_some() {
+                if closed_within(c, Duration::from_secs(9).saturating_sub(t0.elapsed()))
+                    .await
+                    .is_some()
+                {
                     closed += 1;
                 }
             }
@@ -136,7 +153,10 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
         let t0 = Instant::now();
         let mut closed = 0;
         for c in &mut conns {
-            if closed_within(c, Duration::from_secs(9).saturating_sub(t0.elapsed())).await.is_some() {
+            if closed_within(c, Duration::from_secs(9).saturating_sub(t0.elapsed()))
+                .await
+                .is_some()
+            {
                 closed += 1;
             }
         }
@@ -146,8 +166,14 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
     // Oversized: declared, then streamed without a length.
     let big = vec![b' '; 2 * 1024 * 1024];
     let (status, took) = raw_request(addr, &ca, post_head(Some(big.len())), &big).await;
-    assert!(status.starts_with("HTTP/1.1 413"), "declared oversized: {status}");
-    assert!(took < Duration::from_secs(1), "declared oversized took {took:?}");
+    assert!(
+        status.starts_with("HTTP/1.1 413"),
+        "declared oversized: {status}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "declared oversized took {took:?}"
+    );
     let mut chunked = Vec::new();
     for piece in big.chunks(32 * 1024) {
         chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
@@ -156,12 +182,19 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     let (status, took) = raw_request(addr, &ca, post_head(None), &chunked).await;
-    assert!(status.starts_with("HTTP/1.1 413"), "streamed oversized: {status}");
-    assert!(took < Duration::from_secs(2), "streamed oversized took {took:?}");
+    assert!(
+        status.starts_with("HTTP/1.1 413"),
+        "streamed oversized: {status}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "streamed oversized took {took:?}"
+    );
 
     // Deeply nested JSON, alone and as the object of an otherwise valid review.
     let nested = "[".repeat(500_000);
-    let (status, took) = raw_request(addr, &ca, post_head(Some(nested.len())), nested.as_bytes()).await;
+    let (status, took) =
+        raw_request(addr, &ca, post_head(Some(nested.len())), nested.as_bytes()).await;
     assert!(status.starts_with("HTTP/1.1 400"), "nested: {status}");
     assert!(took < Duration::from_secs(1), "nested took {took:?}");
     let review = format!(
@@ -169,8 +202,12 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
         "{\"a\":".repeat(100_000),
         "}".repeat(100_000)
     );
-    let (status, took) = raw_request(addr, &ca, post_head(Some(review.len())), review.as_bytes()).await;
-    assert!(status.starts_with("HTTP/1.1 400"), "nested review: {status}");
+    let (status, took) =
+        raw_request(addr, &ca, post_head(Some(review.len())), review.as_bytes()).await;
+    assert!(
+        status.starts_with("HTTP/1.1 400"),
+        "nested review: {status}"
+    );
     assert!(took < Duration::from_secs(1), "nested review took {took:?}");
 
     let cut = slowloris.await.unwrap();
@@ -185,9 +222,15 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
         "no-body answered after {after:?} (body deadline 3 s)"
     );
     let (closed, took) = idle_tls.await.unwrap();
-    assert_eq!(closed, 200, "idle TLS connections still open after {took:?}");
+    assert_eq!(
+        closed, 200,
+        "idle TLS connections still open after {took:?}"
+    );
     let (closed, took) = idle_tcp.await.unwrap();
-    assert_eq!(closed, 200, "idle TCP connections still open after {took:?}");
+    assert_eq!(
+        closed, 200,
+        "idle TCP connections still open after {took:?}"
+    );
 
     running.store(false, Ordering::SeqCst);
     for t in tasks {
@@ -200,7 +243,18 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
         tally.failed()
     );
     assert_eq!(tally.failed(), 0, "{:?}", tally.failures.lock().unwrap());
-    assert!(tally.ok() > 50, "normal client starved: {} answers", tally.ok());
-    assert!(slowest < Duration::from_secs(2), "normal client waited {slowest:?}");
-    assert!(!serve.log_text().contains("panicked"), "{}", serve.log_text());
+    assert!(
+        tally.ok() > 50,
+        "normal client starved: {} answers",
+        tally.ok()
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "normal client waited {slowest:?}"
+    );
+    assert!(
+        !serve.log_text().contains("panicked"),
+        "{}",
+        serve.log_text()
+    );
 }

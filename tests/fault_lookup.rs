@@ -23,7 +23,11 @@ fn kubeconfig(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
 }
 
 /// Post `file` to /mutate; the parsed response and how long the answer took.
-async fn review(client: &reqwest::Client, addr: std::net::SocketAddr, file: &str) -> (serde_json::Value, Duration) {
+async fn review(
+    client: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    file: &str,
+) -> (serde_json::Value, Duration) {
     let t = Instant::now();
     let resp = client
         .post(url(addr, "/mutate"))
@@ -55,8 +59,14 @@ async fn check_unreachable(port: u16, what: &str) {
     let mut tasks = Vec::new();
     for i in 0..10 {
         let client = client.clone();
-        let file = if i % 2 == 0 { "kcp-lookup.json" } else { "kct-lookup.json" };
-        tasks.push(tokio::spawn(async move { review(&client, addr, file).await }));
+        let file = if i % 2 == 0 {
+            "kcp-lookup.json"
+        } else {
+            "kct-lookup.json"
+        };
+        tasks.push(tokio::spawn(
+            async move { review(&client, addr, file).await },
+        ));
     }
     let mut slowest = Duration::ZERO;
     for t in tasks {
@@ -65,8 +75,14 @@ async fn check_unreachable(port: u16, what: &str) {
         assert_eq!(response["allowed"], true, "{what}: {response}");
         assert!(response.get("patch").is_none(), "{what}: {response}");
         let warnings = response["warnings"].to_string();
-        assert!(warnings.contains("could not look up the Cluster"), "{what}: {response}");
-        assert!(warnings.contains("admitted without Calico changes"), "{what}: {response}");
+        assert!(
+            warnings.contains("could not look up the Cluster"),
+            "{what}: {response}"
+        );
+        assert!(
+            warnings.contains("admitted without Calico changes"),
+            "{what}: {response}"
+        );
     }
     eprintln!("{what}: slowest lookup review answered in {slowest:?}");
     assert!(slowest < Duration::from_secs(2), "{what}: {slowest:?}");
@@ -78,7 +94,10 @@ async fn check_unreachable(port: u16, what: &str) {
     assert_eq!(response["patchType"], "JSONPatch", "{what}: {response}");
     assert!(took < Duration::from_millis(500), "{what}: {took:?}");
     let (_, metrics) = http_get(serve.metrics.unwrap(), "/metrics").await;
-    assert!(metrics.contains("capi_calico_cluster_lookups_total"), "{metrics}");
+    assert!(
+        metrics.contains("capi_calico_cluster_lookups_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

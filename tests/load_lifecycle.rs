@@ -58,9 +58,16 @@ async fn wait_for_leaf(addr: std::net::SocketAddr, cas: &[String], want: &[u8], 
 async fn certificate_rotation_under_load_fails_no_request() {
     let (_guard, dir) = tmp();
     let pairs: Vec<_> = (0..3)
-        .map(|_| generate_self_signed(&["localhost", "127.0.0.1"], Duration::from_secs(3600)).unwrap())
+        .map(|_| {
+            generate_self_signed(&["localhost", "127.0.0.1"], Duration::from_secs(3600)).unwrap()
+        })
         .collect();
-    publish(&dir, "2026_01_01_00_00_00.1", &pairs[0].cert_pem, &pairs[0].key_pem);
+    publish(
+        &dir,
+        "2026_01_01_00_00_00.1",
+        &pairs[0].cert_pem,
+        &pairs[0].key_pem,
+    );
     let serve = Serve::start(&[
         "--no-cluster-lookup",
         "--tls-cert-file",
@@ -82,8 +89,19 @@ async fn certificate_rotation_under_load_fails_no_request() {
     for (n, pair) in pairs.iter().enumerate().skip(1) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let before = tally.ok();
-        publish(&dir, &format!("2026_01_0{}_00_00_00.{}", n + 1, n + 1), &pair.cert_pem, &pair.key_pem);
-        wait_for_leaf(addr, &cas, &leaf(&pair.cert_pem), &format!("certificate {n}")).await;
+        publish(
+            &dir,
+            &format!("2026_01_0{}_00_00_00.{}", n + 1, n + 1),
+            &pair.cert_pem,
+            &pair.key_pem,
+        );
+        wait_for_leaf(
+            addr,
+            &cas,
+            &leaf(&pair.cert_pem),
+            &format!("certificate {n}"),
+        )
+        .await;
         assert!(tally.ok() > before || n == 0, "no progress during swap {n}");
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -111,7 +129,10 @@ async fn half_sent(
     addr: std::net::SocketAddr,
     ca: &[String],
     body: &[u8],
-) -> (tokio_rustls::client::TlsStream<tokio::net::TcpStream>, usize) {
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    usize,
+) {
     let mut s = tls_connect(addr, ca).await.unwrap();
     let head = format!(
         "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -131,13 +152,20 @@ async fn read_response(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpSt
         match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("no complete answer within 5 s: {}", String::from_utf8_lossy(&got)),
+            Err(_) => panic!(
+                "no complete answer within 5 s: {}",
+                String::from_utf8_lossy(&got)
+            ),
         }
         let text = String::from_utf8_lossy(&got);
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let len = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
                 .and_then(|v| v.parse::<usize>().ok());
             if len.is_some_and(|len| body.len() >= len) {
                 break;
@@ -202,7 +230,10 @@ async fn sigterm_under_load_completes_accepted_requests_and_exits_in_time() {
         let answer = read_response(s).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.contains(r#""patchType":"JSONPatch""#), "{answer}");
-        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
     }
     let status = serve
         .wait_exit(delay + drain + Duration::from_secs(1) - t0.elapsed().min(delay + drain))

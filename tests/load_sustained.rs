@@ -25,11 +25,7 @@ async fn sustained_load_has_no_failures_and_bounded_memory() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let (_guard, dir) = tmp();
-    let serve = Serve::start(&[
-        "--no-cluster-lookup",
-        "--self-signed-dir",
-        path_str(&dir),
-    ]);
+    let serve = Serve::start(&["--no-cluster-lookup", "--self-signed-dir", path_str(&dir)]);
     let ca = vec![read_ca(&dir)];
     let addr = serve.addr;
     let rss_start = serve.rss_kib();

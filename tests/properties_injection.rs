@@ -18,8 +18,8 @@ use capi_calico_webhook::admission::Webhook;
 use capi_calico_webhook::admission::api::{Endpoint, Outcome};
 use capi_calico_webhook::cluster::NoLookup;
 use capi_calico_webhook::mutation::{
-    self, APPLY_COMMAND, APPLY_SCRIPT, APPLY_SCRIPT_PATH, BGP_CONFIGURATION_PATH, CALICOCTL_CONF_PATH,
-    INSTALL_COMMAND, INSTALL_SCRIPT, INSTALL_SCRIPT_PATH, Target,
+    self, APPLY_COMMAND, APPLY_SCRIPT, APPLY_SCRIPT_PATH, BGP_CONFIGURATION_PATH,
+    CALICOCTL_CONF_PATH, INSTALL_COMMAND, INSTALL_SCRIPT, INSTALL_SCRIPT_PATH, Target,
 };
 use capi_calico_webhook::settings::{self, PREFIX, Resolution, Settings, keys};
 use proptest::prelude::*;
@@ -29,7 +29,11 @@ const UID: &str = "4a7f0c1e-5b2d-4e6f-8a9b-0c1d2e3f4a5b";
 
 fn review(object: &Value, operation: &str) -> Vec<u8> {
     let kind = object["kind"].as_str().unwrap();
-    let (group, version) = object["apiVersion"].as_str().unwrap().split_once('/').unwrap();
+    let (group, version) = object["apiVersion"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
@@ -51,7 +55,12 @@ struct Answer {
 
 fn handle(endpoint: Endpoint, body: &[u8]) -> Answer {
     let reply = futures::executor::block_on(Webhook::new(NoLookup).handle(endpoint, body));
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let v: Value = serde_json::from_slice(&reply.body).unwrap();
     Answer {
         outcome: reply.decision.outcome,
@@ -64,13 +73,18 @@ fn patched(object: &Value, response: &Value) -> Value {
     let Some(patch) = response["patch"].as_str() else {
         return object.clone();
     };
-    let bytes = base64::engine::general_purpose::STANDARD.decode(patch).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .unwrap();
     let ops: Vec<json_patch::PatchOperation> = serde_json::from_slice(&bytes).unwrap();
     mutation::apply(object, &ops).unwrap()
 }
 
 fn spec_of(object: &Value, target: Target) -> Value {
-    object.pointer(target.spec_pointer()).cloned().unwrap_or(Value::Null)
+    object
+        .pointer(target.spec_pointer())
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 fn list(spec: &Value, field: &str) -> Vec<Value> {
@@ -261,10 +275,19 @@ fn conf_lines(content: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn check_data_files(spec: &Value, settings: &Settings, target: Target) -> Result<(), TestCaseError> {
+fn check_data_files(
+    spec: &Value,
+    settings: &Settings,
+    target: Target,
+) -> Result<(), TestCaseError> {
     let files: BTreeMap<String, String> = list(spec, "files")
         .into_iter()
-        .filter_map(|f| Some((f["path"].as_str()?.to_string(), f["content"].as_str()?.to_string())))
+        .filter_map(|f| {
+            Some((
+                f["path"].as_str()?.to_string(),
+                f["content"].as_str()?.to_string(),
+            ))
+        })
         .filter(|(p, _)| mutation::is_ours_path(p))
         .collect();
     if !settings.install_calicoctl {
@@ -274,10 +297,19 @@ fn check_data_files(spec: &Value, settings: &Settings, target: Target) -> Result
     prop_assert_eq!(&files[INSTALL_SCRIPT_PATH], INSTALL_SCRIPT);
     let conf = conf_lines(&files[CALICOCTL_CONF_PATH]);
     let v = settings.calico_version;
-    prop_assert_eq!(&conf["version"], &format!("v{}.{}.{}", v.major, v.minor, v.patch));
+    prop_assert_eq!(
+        &conf["version"],
+        &format!("v{}.{}.{}", v.major, v.minor, v.patch)
+    );
     prop_assert_eq!(&conf["url_template"], &settings.calicoctl.url_template);
-    prop_assert_eq!(conf.get("sha256_amd64"), settings.calicoctl.sha256_amd64.as_ref().map(|s| &s.0));
-    prop_assert_eq!(conf.get("sha256_arm64"), settings.calicoctl.sha256_arm64.as_ref().map(|s| &s.0));
+    prop_assert_eq!(
+        conf.get("sha256_amd64"),
+        settings.calicoctl.sha256_amd64.as_ref().map(|s| &s.0)
+    );
+    prop_assert_eq!(
+        conf.get("sha256_arm64"),
+        settings.calicoctl.sha256_arm64.as_ref().map(|s| &s.0)
+    );
     let bgp = settings.configure_bgp && target == Target::ControlPlane;
     prop_assert_eq!(files.contains_key(APPLY_SCRIPT_PATH), bgp);
     if !bgp {
@@ -287,7 +319,10 @@ fn check_data_files(spec: &Value, settings: &Settings, target: Target) -> Result
     prop_assert_eq!(&files[APPLY_SCRIPT_PATH], APPLY_SCRIPT);
     let config: Vec<Value> = serde_saphyr::from_multiple(&files[BGP_CONFIGURATION_PATH]).unwrap();
     prop_assert_eq!(config.len(), 1);
-    prop_assert_eq!(&config[0]["spec"]["asNumber"], &json!(settings.as_number.unwrap()));
+    prop_assert_eq!(
+        &config[0]["spec"]["asNumber"],
+        &json!(settings.as_number.unwrap())
+    );
     prop_assert_eq!(&config[0]["spec"]["nodeToNodeMeshEnabled"], &json!(false));
     // bgppeers.yaml, bgppeers-2.yaml, ...: in order, together exactly the validated peers.
     let mut peers = Vec::new();
@@ -413,16 +448,53 @@ fn settings_of(object: &Value) -> BTreeMap<String, String> {
 /// Strings built around shell metacharacters, quotes, newlines and NULs, sometimes wrapped around a valid value.
 fn hostile_string() -> impl Strategy<Value = String> {
     let piece = prop::sample::select(vec![
-        "$(id)", "`id`", ";", "&&", "||", "|", "'", "\"", "\\", "\n", "\r\n", "\0", "${IFS}", "#", "*", "?", "~",
-        "<", ">", ">>", "&", "!", "\t", " ", "{version}", "{arch}", "\n---\n", "=", "%0a",
+        "$(id)",
+        "`id`",
+        ";",
+        "&&",
+        "||",
+        "|",
+        "'",
+        "\"",
+        "\\",
+        "\n",
+        "\r\n",
+        "\0",
+        "${IFS}",
+        "#",
+        "*",
+        "?",
+        "~",
+        "<",
+        ">",
+        ">>",
+        "&",
+        "!",
+        "\t",
+        " ",
+        "{version}",
+        "{arch}",
+        "\n---\n",
+        "=",
+        "%0a",
     ]);
     let valid = prop::sample::select(vec![
-        "true", "Enabled", "None", "26", "65100", "v3.31.7", "100.96.0.0/12",
+        "true",
+        "Enabled",
+        "None",
+        "26",
+        "65100",
+        "v3.31.7",
+        "100.96.0.0/12",
         "https://mirror.example/calicoctl-{version}-linux-{arch}",
     ]);
     (valid, prop::collection::vec(piece, 1..5), any::<bool>()).prop_map(|(v, pieces, before)| {
         let junk: String = pieces.concat();
-        if before { format!("{junk}{v}") } else { format!("{v}{junk}") }
+        if before {
+            format!("{junk}{v}")
+        } else {
+            format!("{v}{junk}")
+        }
     })
 }
 
@@ -447,5 +519,8 @@ fn generator_mostly_produces_accepted_settings() {
             Resolution::NotOptedIn { .. } => {}
         }
     }
-    assert!(ok * 3 >= total, "only {ok}/{total} accepted; rules: {rejected:?}");
+    assert!(
+        ok * 3 >= total,
+        "only {ok}/{total} accepted; rules: {rejected:?}"
+    );
 }

@@ -184,7 +184,10 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
 }
 
 /// A raw TLS connection (HTTP/1.1 by ALPN) trusting `ca`.
-pub async fn tls_connect(addr: SocketAddr, cas: &[String]) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cas: &[String],
+) -> std::io::Result<TlsStream<TcpStream>> {
     install_provider();
     let mut roots = RootCertStore::empty();
     for pem in cas {
