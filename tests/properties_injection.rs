@@ -122,7 +122,8 @@ fn calico_annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
     let peer = (
         "[a-z][a-z0-9-]{0,8}[a-z0-9]",
         any::<[u8; 4]>(),
-        prop::option::of(prop::sample::select(vec![64_512u32, 65_100, 65_534, 4_200_000_000])),
+        // Route reflectors peer inside the cluster's AS: asNumber absent or the cluster's (filled in below).
+        any::<bool>(),
         prop::option::of(prop::sample::select(vec![
             "has(node-role.kubernetes.io/control-plane)",
             "rack == 'r1' && zone in {'a', 'b'}",
@@ -137,8 +138,8 @@ fn calico_annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
                 "peerIP".into(),
                 json!(format!("{}.{}.{}.{}", 10, ip[1], ip[2], ip[3].max(1))),
             );
-            if let Some(asn) = asn {
-                spec.insert("asNumber".into(), json!(asn));
+            if asn {
+                spec.insert("asNumber".into(), json!("CLUSTER_AS"));
             }
             if let Some(s) = selector {
                 spec.insert("nodeSelector".into(), json!(s));
@@ -152,9 +153,15 @@ fn calico_annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
         any::<bool>(),
         any::<bool>(),
         prop::sample::select(vec!["Enabled", "Disabled"]),
-        prop::sample::select(vec!["IPIP", "IPIPCrossSubnet", "VXLAN", "VXLANCrossSubnet", "None"]),
+        prop::sample::select(vec![
+            "IPIP",
+            "IPIPCrossSubnet",
+            "VXLAN",
+            "VXLANCrossSubnet",
+            "None",
+        ]),
         prop::option::of(prop::sample::select(vec!["Enabled", "Disabled"])),
-        prop::sample::select(vec![64_512u32, 65_100, 65_534, 4_200_000_000, 1, 23_456_789]),
+        prop::sample::select(vec![64_512u32, 65_100, 65_534, 4_200_000, 1, 23_456_789]),
         prop::collection::vec(peer, 1..4),
         prop::option::of((
             prop::sample::select(vec!["v3.31.7", "v3.30.2", "v3.28.1"]),
@@ -163,46 +170,61 @@ fn calico_annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
         )),
         prop::option::of("[a-z0-9-]{1,12}"),
     )
-        .prop_map(|(install, bgp_cfg, bgp, encap, nat, asn, peers, version, url)| {
-            let mut a = BTreeMap::new();
-            let mut put = |k: &str, v: String| {
-                a.insert(format!("{PREFIX}{k}"), v);
-            };
-            put(keys::CUSTOM_CALICO_DEPLOYMENT, "true".into());
-            put(keys::CALICO_BGP_OPTION, bgp.into());
-            put(keys::CALICO_ENCAPSULATION, encap.into());
-            if let Some(nat) = nat {
-                put(keys::CALICO_NAT_OUTGOING, nat.into());
-            }
-            if install {
-                put(keys::INSTALL_CALICOCTL, "true".into());
-            }
-            if bgp_cfg {
-                put(keys::CONFIGURE_CALICO_BGP_SETTINGS, "true".into());
-                put(keys::CALICO_BGP_AS_NUMBER, asn.to_string());
-                let yaml = peers
-                    .iter()
-                    .map(|p| serde_json::to_string(p).unwrap())
-                    .collect::<Vec<_>>()
-                    .join("\n---\n");
-                put(
-                    keys::CALICO_ROUTE_REFLECTORS,
-                    base64::engine::general_purpose::STANDARD.encode(yaml),
-                );
-            }
-            if let Some((v, amd, arm)) = version {
-                put(keys::CALICO_VERSION, v.into());
-                put(keys::CALICOCTL_SHA256_AMD64, amd);
-                put(keys::CALICOCTL_SHA256_ARM64, arm);
-            }
-            if let Some(seg) = url {
-                put(
-                    keys::CALICOCTL_URL,
-                    format!("https://mirror.example/{seg}/calicoctl-{{version}}-linux-{{arch}}?src=a=b"),
-                );
-            }
-            a
-        })
+        .prop_map(
+            |(install, bgp_cfg, bgp, encap, nat, asn, peers, version, url)| {
+                let mut a = BTreeMap::new();
+                let mut put = |k: &str, v: String| {
+                    a.insert(format!("{PREFIX}{k}"), v);
+                };
+                put(keys::CUSTOM_CALICO_DEPLOYMENT, "true".into());
+                // resolve's combination rules: BGP settings need calicoctl and BGP; IPIP and None need BGP.
+                let bgp_cfg = bgp_cfg && install && bgp == "Enabled";
+                let encap = if bgp == "Disabled" && (encap.starts_with("IPIP") || encap == "None") {
+                    "VXLAN"
+                } else {
+                    encap
+                };
+                put(keys::CALICO_BGP_OPTION, bgp.into());
+                put(keys::CALICO_ENCAPSULATION, encap.into());
+                if let Some(nat) = nat {
+                    put(keys::CALICO_NAT_OUTGOING, nat.into());
+                }
+                if install {
+                    put(keys::INSTALL_CALICOCTL, "true".into());
+                }
+                if bgp_cfg {
+                    put(keys::CONFIGURE_CALICO_BGP_SETTINGS, "true".into());
+                    put(keys::CALICO_BGP_AS_NUMBER, asn.to_string());
+                    let yaml = peers
+                        .iter()
+                        .map(|p| {
+                            serde_json::to_string(p)
+                                .unwrap()
+                                .replace("\"CLUSTER_AS\"", &asn.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n---\n");
+                    put(
+                        keys::CALICO_ROUTE_REFLECTORS,
+                        base64::engine::general_purpose::STANDARD.encode(yaml),
+                    );
+                }
+                if let Some((v, amd, arm)) = version {
+                    put(keys::CALICO_VERSION, v.into());
+                    put(keys::CALICOCTL_SHA256_AMD64, amd);
+                    put(keys::CALICOCTL_SHA256_ARM64, arm);
+                }
+                if let Some(seg) = url {
+                    put(
+                        keys::CALICOCTL_URL,
+                        format!(
+                            "https://mirror.example.com/{seg}/calicoctl-{{version}}-linux-{{arch}}"
+                        ),
+                    );
+                }
+                a
+            },
+        )
 }
 
 fn user_file() -> impl Strategy<Value = Value> {
