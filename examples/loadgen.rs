@@ -3,7 +3,8 @@
 //!
 //! * `--rate N` (requests/s > 0): open loop. Request `i` is due at `start + i/N`; whichever connection is free takes
 //!   the next due request. Latency is measured from the DUE time, not the send time, so a stall that delays
-//!   later requests is counted in full (no coordinated omission).
+//!   later requests is counted in full (no coordinated omission). Due times come from a plain thread sleeping with
+//!   `std::thread::sleep` (tokio's timer is only millisecond-precise).
 //! * `--rate 0`: saturation. Every connection sends back to back; latency is the service time.
 //!
 //! Latencies go into an HDR histogram (1 µs .. 60 s, 3 significant digits). The first `--warmup` seconds are sent
@@ -119,10 +120,37 @@ struct Shared {
     tls: tokio_rustls::TlsConnector,
     bodies: Vec<&'static [u8]>,
     next: AtomicU64,
-    start: Instant,
     record_from: Instant,
     end: Instant,
-    interval: Option<Duration>,
+    /// Due times, produced by [`tickets`] (open loop only).
+    tickets: Option<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>,
+}
+
+/// A plain thread hands out the due times `start + i * step`: `std::thread::sleep` is precise to tens of
+/// microseconds, tokio's timer only to a millisecond (and latency counts from the due time).
+fn tickets(
+    start: Instant,
+    end: Instant,
+    step: Duration,
+) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (start, end) = (start.into_std(), end.into_std());
+    std::thread::spawn(move || {
+        for i in 0u32.. {
+            let due = start + step * i;
+            if due >= end {
+                break;
+            }
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send(Instant::from_std(due)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[derive(Default)]
@@ -138,15 +166,12 @@ async fn worker(s: Arc<Shared>) -> (Histogram<u64>, Tally) {
     let mut sender: Option<Sender> = None;
     loop {
         let i = s.next.fetch_add(1, Ordering::Relaxed);
-        let due = match s.interval {
-            Some(step) => {
-                let due = s.start + step * u32::try_from(i).unwrap_or(u32::MAX);
-                if due >= s.end {
-                    break;
-                }
-                tokio::time::sleep_until(due).await;
-                due
-            }
+        let due = match &s.tickets {
+            // Open loop: the next due time from the ticket thread (in order, whichever worker is free).
+            Some(tickets) => match tickets.lock().await.recv().await {
+                Some(due) => due,
+                None => break,
+            },
             None => {
                 let now = Instant::now();
                 if now >= s.end {
@@ -237,10 +262,12 @@ fn main() {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             bodies,
             next: AtomicU64::new(0),
-            start,
             record_from: start + args.warmup,
             end: start + args.warmup + args.duration,
-            interval: (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64)),
+            tickets: (args.rate > 0).then(|| {
+                let step = Duration::from_secs_f64(1.0 / args.rate as f64);
+                tokio::sync::Mutex::new(tickets(start, start + args.warmup + args.duration, step))
+            }),
         });
         // Open every connection before the clock starts.
         let mut senders = Vec::new();
