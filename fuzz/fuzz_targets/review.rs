@@ -43,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
         if status != 200 {
             continue;
         }
-        let request: Value = serde_json::from_slice(data).expect("a 200 answers a JSON review");
+        // serde_json does not check the UTF-8 of strings it skips (unknown fields), so a body the handler reads
+        // fine may not parse as a whole `Value`; then there is nothing to compare against.
+        let Ok(request) = serde_json::from_slice::<Value>(data) else {
+            continue;
+        };
         assert_eq!(answer["response"]["uid"], request["request"]["uid"]);
         if endpoint != Endpoint::Mutate || outcome != Outcome::Mutated {
             continue;
