@@ -48,7 +48,7 @@ for t in "${selected[@]}"; do
   fi
   end=$(date +%s)
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "target/work/$t.log" | tail -1)
-  echo "== $t: $((end - start)) s, ${runs:-?} executions, work corpus $(ls "target/work/$t" | wc -l) inputs" >&2
+  echo "== $t: $((end - start)) s, ${runs:-?} executions, work corpus $(find "target/work/$t" -type f | wc -l) inputs" >&2
   if [[ -n "${MERGE:-}" ]]; then
     cargo fuzz run --sanitizer "$sanitizer" "$t" "corpus/$t" "target/work/$t" -- -merge=1 >/dev/null 2>&1 || true
   fi
