@@ -3,7 +3,8 @@
 # (examples/baseline_responder.rs, same transport, allow-everything handler), each pinned to CPU 0, loaded over
 # HTTPS keep-alive by examples/loadgen.rs pinned to CPU 1, at fixed rates and at saturation. Prints one markdown
 # table: p50/p99/p99.9/max latency (from the request's due time: no coordinated omission), throughput, failed
-# requests and peak RSS (VmHWM of the server since its start).
+# requests, peak RSS (VmHWM of the server since its start), and how much of the server's CPU other processes took
+# during the row (the machine is shared: a noisy row says so).
 #
 # usage: scripts/bench.sh
 # env:   RATES="500 1000 2000"  DURATION=10 (s per row)  WARMUP=2 (s, not recorded)  CONNECTIONS=16
@@ -53,6 +54,10 @@ wait_port() {
   return 1
 }
 
+# Busy ticks of one CPU (user nice system irq softirq steal) and of one process (utime stime), from /proc.
+cpu_ticks() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
 rows=()
 declare -A saturated
 run_server() { # run_server LABEL PORT COMMAND...
@@ -61,15 +66,21 @@ run_server() { # run_server LABEL PORT COMMAND...
   taskset -c "$SERVER_CPU" "$@" 2>"$work/$label.log" &
   server_pid=$!
   wait_port "$port"
-  local rate out hwm
+  local rate out hwm cpu0 own0 t0 others
   for rate in $RATES 0; do
+    cpu0=$(cpu_ticks "$SERVER_CPU"); own0=$(proc_ticks "$server_pid"); t0=$(date +%s.%N)
     out=$(taskset -c "$CLIENT_CPU" "$LOADGEN" --url "https://127.0.0.1:$port/mutate" --ca "$work/$label-tls/ca.crt" \
       "${body_args[@]}" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS")
     hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$server_pid/status")
-    echo "$label rate=$rate $out VmHWM=${hwm}kB" >&2
+    # Share of the server's CPU busy outside the server process while the row ran: other tenants of the machine, and
+    # kernel work not charged to the process (softirq of the loopback traffic).
+    others=$(awk -v c="$(( $(cpu_ticks "$SERVER_CPU") - cpu0 ))" -v o="$(( $(proc_ticks "$server_pid") - own0 ))" \
+      -v t0="$t0" -v t1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN { v = 100 * (c - o) / hz / (t1 - t0); printf "%.0f", v < 0 ? 0 : v }')
+    echo "$label rate=$rate $out VmHWM=${hwm}kB others-on-cpu${SERVER_CPU}=${others}%" >&2
     local shown_rate=$rate
     [[ $rate == 0 ]] && shown_rate="saturation" && saturated[$label]=$(field throughput "$out")
-    rows+=("| $label | $shown_rate | $(field throughput "$out") | $(us_to_ms "$(field p50_us "$out")") | $(us_to_ms "$(field p99_us "$out")") | $(us_to_ms "$(field p999_us "$out")") | $(us_to_ms "$(field max_us "$out")") | $(field failed "$out") | $(kib_to_mib "$hwm") |")
+    rows+=("| $label | $shown_rate | $(field throughput "$out") | $(us_to_ms "$(field p50_us "$out")") | $(us_to_ms "$(field p99_us "$out")") | $(us_to_ms "$(field p999_us "$out")") | $(us_to_ms "$(field max_us "$out")") | $(field failed "$out") | $(kib_to_mib "$hwm") | $others |")
   done
   kill -TERM "$server_pid"
   wait "$server_pid" || true
@@ -84,8 +95,8 @@ echo
 echo "$(date -u +%Y-%m-%d) · $(nproc) CPUs · $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) · server on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU"
 echo "bodies (round-robin): $BODIES · $CONNECTIONS keep-alive HTTP/1.1 connections · ${DURATION}s per row after ${WARMUP}s warm-up"
 echo
-echo "| server | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | failed | peak RSS MiB |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | failed | peak RSS MiB | CPU $SERVER_CPU busy outside the server % |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"
 echo
 awk -v w="${saturated[webhook]}" -v b="${saturated[baseline]}" \
