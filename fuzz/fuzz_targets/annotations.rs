@@ -36,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
     let mut lines = text.split('\n').peekable();
     let network = match lines.peek().and_then(|l| l.strip_prefix("#net ")) {
         Some(blocks) => {
-            let pod_cidrs = blocks.split(',').filter_map(|b| b.trim().parse().ok()).collect();
+            let pod_cidrs = blocks
+                .split(',')
+                .filter_map(|b| b.trim().parse().ok())
+                .collect();
             lines.next();
             Some(ClusterNetwork { pod_cidrs })
         }
@@ -66,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
             for target in [Target::ControlPlane, Target::Workers] {
                 match mutation::desired(&settings, target) {
                     Ok(injection) => {
-                        for c in injection.pre_kubeadm_commands.iter().chain(&injection.post_kubeadm_commands) {
+                        for c in injection
+                            .pre_kubeadm_commands
+                            .iter()
+                            .chain(&injection.post_kubeadm_commands)
+                        {
                             assert!(*c == INSTALL_COMMAND || *c == APPLY_COMMAND, "{c}");
                         }
                         for f in &injection.files {

@@ -42,10 +42,12 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!p.to_string().contains('\n'), "{p}");
             }
         }
-        Resolution::OptedIn { settings, .. } => match mutation::desired(&settings, Target::ControlPlane) {
-            Ok(_) | Err(MutationError::TooLarge(_)) => {}
-            Err(e) => panic!("accepted peers give no injection: {e}"),
-        },
+        Resolution::OptedIn { settings, .. } => {
+            match mutation::desired(&settings, Target::ControlPlane) {
+                Ok(_) | Err(MutationError::TooLarge(_)) => {}
+                Err(e) => panic!("accepted peers give no injection: {e}"),
+            }
+        }
         Resolution::NotOptedIn { .. } => panic!("opted in"),
     }
 });
