@@ -1,0 +1,212 @@
+//! Micro benchmarks of the in-process decision: one AdmissionReview body through `Webhook::handle` (parse, lookup,
+//! policy, patch, response encoding) and `policy::decide` alone, for each kind and outcome, on the bodies in
+//! `tests/fixtures/reviews/`.
+//!
+//! ```text
+//! cargo bench --bench admission                 # divan: median/mean/fastest/slowest + allocations, then p50/p99
+//! cargo bench --bench admission -- --sample-count 200   # divan options
+//! BENCH_PERCENTILE_ITERS=50000 cargo bench --bench admission
+//! ```
+//! Divan gives no tail percentiles, so after its table a second pass times each case one call at a time
+//! (`BENCH_PERCENTILE_ITERS`, default 20000, after 2000 warm-up calls) and prints p50 / p99 / p99.9 / max.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use capi_calico_webhook::admission::Webhook;
+use capi_calico_webhook::admission::api::{Endpoint, Outcome};
+use capi_calico_webhook::admission::policy::{self, Kind};
+use capi_calico_webhook::cluster::documents::DocumentSource;
+use serde_json::Value;
+
+#[global_allocator]
+static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
+
+/// (name, fixture file, endpoint, expected outcome).
+const CASES: &[(&str, &str, Endpoint, Outcome)] = &[
+    (
+        "cluster_valid",
+        "cluster-valid.json",
+        Endpoint::Mutate,
+        Outcome::Mutated,
+    ),
+    (
+        "cluster_invalid",
+        "cluster-invalid.json",
+        Endpoint::Mutate,
+        Outcome::Denied,
+    ),
+    (
+        "kcp_first_injection",
+        "kcp-inject.json",
+        Endpoint::Mutate,
+        Outcome::Mutated,
+    ),
+    (
+        "kct_first_injection",
+        "kct-inject.json",
+        Endpoint::Mutate,
+        Outcome::Mutated,
+    ),
+    (
+        "kcp_already_injected",
+        "kcp-injected.json",
+        Endpoint::Mutate,
+        Outcome::Allowed,
+    ),
+    (
+        "kct_already_injected",
+        "kct-injected.json",
+        Endpoint::Mutate,
+        Outcome::Allowed,
+    ),
+    (
+        "kcp_injected_validate",
+        "kcp-injected.json",
+        Endpoint::Validate,
+        Outcome::Allowed,
+    ),
+    (
+        "kcp_not_opted_in",
+        "kcp-not-opted-in.json",
+        Endpoint::Mutate,
+        Outcome::Allowed,
+    ),
+    (
+        "cluster_not_opted_in",
+        "cluster-not-opted-in.json",
+        Endpoint::Mutate,
+        Outcome::Allowed,
+    ),
+];
+
+struct Case {
+    name: &'static str,
+    endpoint: Endpoint,
+    body: Vec<u8>,
+    kind: Kind,
+    object: Value,
+}
+
+static FIXTURES: LazyLock<Vec<Case>> = LazyLock::new(|| {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reviews");
+    CASES
+        .iter()
+        .map(|&(name, file, endpoint, want)| {
+            let body = std::fs::read(format!("{dir}/{file}")).expect("fixture");
+            let review: Value = serde_json::from_slice(&body).expect("json");
+            let object = review["request"]["object"].clone();
+            let kind = Kind::of_object(&object).expect("known kind");
+            let got = block_on(WEBHOOK.handle(endpoint, &body)).decision.outcome;
+            assert_eq!(got, want, "{name}: fixture no longer gives {want:?}");
+            Case {
+                name,
+                endpoint,
+                body,
+                kind,
+                object,
+            }
+        })
+        .collect()
+});
+
+/// The CLI's lookup over documents; empty, since the benchmarked objects carry their own annotations or are
+/// Clusters (the not-opted-in KCP has its own `CUSTOM_CALICO_DEPLOYMENT: "false"`).
+static WEBHOOK: LazyLock<Webhook<DocumentSource>> =
+    LazyLock::new(|| Webhook::new(DocumentSource::default()));
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
+}
+
+fn case(name: &str) -> &'static Case {
+    FIXTURES.iter().find(|c| c.name == name).expect("case")
+}
+
+const NAMES: &[&str] = &[
+    "cluster_valid",
+    "cluster_invalid",
+    "kcp_first_injection",
+    "kct_first_injection",
+    "kcp_already_injected",
+    "kct_already_injected",
+    "kcp_injected_validate",
+    "kcp_not_opted_in",
+    "cluster_not_opted_in",
+];
+
+/// The whole review: body bytes in, response bytes out.
+#[divan::bench(args = NAMES)]
+fn handle(bencher: divan::Bencher, name: &str) {
+    let c = case(name);
+    bencher.bench(|| block_on(WEBHOOK.handle(c.endpoint, divan::black_box(&c.body))));
+}
+
+/// The policy alone, on the already-parsed object.
+#[divan::bench(args = NAMES)]
+fn decide(bencher: divan::Bencher, name: &str) {
+    let c = case(name);
+    bencher.bench(|| {
+        block_on(policy::decide(
+            &*WEBHOOK_SOURCE,
+            c.endpoint,
+            c.kind,
+            divan::black_box(&c.object),
+        ))
+    });
+}
+
+static WEBHOOK_SOURCE: LazyLock<DocumentSource> = LazyLock::new(DocumentSource::default);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+/// One call at a time, each timed: the tail that divan's sample means hide.
+fn percentiles() {
+    let iters: usize = std::env::var("BENCH_PERCENTILE_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    println!("\nWebhook::handle, one call at a time ({iters} calls per case, µs):\n");
+    println!("| case | body bytes | p50 | p99 | p99.9 | max |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for c in FIXTURES.iter() {
+        for _ in 0..2_000 {
+            divan::black_box(block_on(WEBHOOK.handle(c.endpoint, &c.body)));
+        }
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            divan::black_box(block_on(
+                WEBHOOK.handle(c.endpoint, divan::black_box(&c.body)),
+            ));
+            times.push(t.elapsed());
+        }
+        times.sort_unstable();
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            c.name,
+            c.body.len(),
+            micros(percentile(&times, 0.50)),
+            micros(percentile(&times, 0.99)),
+            micros(percentile(&times, 0.999)),
+            micros(times[times.len() - 1]),
+        );
+    }
+}
+
+fn main() {
+    LazyLock::force(&FIXTURES);
+    divan::main();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and divan then runs
+    // every benchmark once as a test: skip the timing pass too.
+    if std::env::args().any(|a| a == "--bench") {
+        percentiles();
+    }
+}

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Macro benchmark: the release webhook (`serve --no-cluster-lookup`) and the baseline responder
+# (examples/baseline_responder.rs, same transport, allow-everything handler), each pinned to CPU 0, loaded over
+# HTTPS keep-alive by examples/loadgen.rs pinned to CPU 1, at fixed rates and at saturation. Prints one markdown
+# table: p50/p99/p99.9/max latency (from the request's due time: no coordinated omission), throughput, failed
+# requests, peak RSS (VmHWM of the server since its start), and how much of the server's CPU other processes took
+# during the row (the machine is shared: a noisy row says so).
+#
+# usage: scripts/bench.sh
+# env:   RATES="500 1000 2000"  DURATION=10 (s per row)  WARMUP=2 (s, not recorded)  CONNECTIONS=16
+#        BODIES="kcp-inject.json kct-inject.json ..." (tests/fixtures/reviews/, sent round-robin)
+#        SKIP_BUILD=1 (use the binaries already in target/release)  SERVER_CPU=0  CLIENT_CPU=1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATES=${RATES:-"500 1000 2000"}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-16}
+BODIES=${BODIES:-"kcp-inject.json kct-inject.json cluster-valid.json kcp-injected.json kct-injected.json"}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+  nice cargo build --release --bin capi-calico-webhook --example baseline_responder --example loadgen >&2
+fi
+BIN=target/release/capi-calico-webhook
+BASELINE=target/release/examples/baseline_responder
+LOADGEN=target/release/examples/loadgen
+
+work=$(mktemp -d)
+server_pid=""
+cleanup() {
+  if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+body_args=()
+for b in $BODIES; do body_args+=(--body "tests/fixtures/reviews/$b"); done
+
+field() { # field NAME JSON
+  sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"
+}
+us_to_ms() { awk -v v="$1" 'BEGIN { printf "%.2f", v / 1000 }'; }
+kib_to_mib() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1024 }'; }
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2
+  return 1
+}
+
+# Busy ticks of one CPU (user nice system irq softirq steal) and of one process (utime stime), from /proc.
+cpu_ticks() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+rows=()
+declare -A saturated
+run_server() { # run_server LABEL PORT COMMAND...
+  local label=$1 port=$2
+  shift 2
+  taskset -c "$SERVER_CPU" "$@" 2>"$work/$label.log" &
+  server_pid=$!
+  wait_port "$port"
+  local rate out hwm cpu0 own0 t0 others
+  for rate in $RATES 0; do
+    cpu0=$(cpu_ticks "$SERVER_CPU"); own0=$(proc_ticks "$server_pid"); t0=$(date +%s.%N)
+    out=$(taskset -c "$CLIENT_CPU" "$LOADGEN" --url "https://127.0.0.1:$port/mutate" --ca "$work/$label-tls/ca.crt" \
+      "${body_args[@]}" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS")
+    hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$server_pid/status")
+    # Share of the server's CPU busy outside the server process while the row ran: other tenants of the machine, and
+    # kernel work not charged to the process (softirq of the loopback traffic).
+    others=$(awk -v c="$(( $(cpu_ticks "$SERVER_CPU") - cpu0 ))" -v o="$(( $(proc_ticks "$server_pid") - own0 ))" \
+      -v t0="$t0" -v t1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN { v = 100 * (c - o) / hz / (t1 - t0); printf "%.0f", v < 0 ? 0 : v }')
+    echo "$label rate=$rate $out VmHWM=${hwm}kB others-on-cpu${SERVER_CPU}=${others}%" >&2
+    local shown_rate=$rate
+    [[ $rate == 0 ]] && shown_rate="saturation" && saturated[$label]=$(field throughput "$out")
+    rows+=("| $label | $shown_rate | $(field throughput "$out") | $(us_to_ms "$(field p50_us "$out")") | $(us_to_ms "$(field p99_us "$out")") | $(us_to_ms "$(field p999_us "$out")") | $(us_to_ms "$(field max_us "$out")") | $(field failed "$out") | $(kib_to_mib "$hwm") | $others |")
+  done
+  kill -TERM "$server_pid"
+  wait "$server_pid" || true
+  server_pid=""
+}
+
+run_server webhook 18443 "$BIN" serve --listen 127.0.0.1:18443 --self-signed-dir "$work/webhook-tls" \
+  --metrics-listen off --no-cluster-lookup --log-format json
+run_server baseline 18444 "$BASELINE" --listen 127.0.0.1:18444 --self-signed-dir "$work/baseline-tls"
+
+echo
+echo "$(date -u +%Y-%m-%d) · $(nproc) CPUs · $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) · server on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU"
+echo "bodies (round-robin): $BODIES · $CONNECTIONS keep-alive HTTP/1.1 connections · ${DURATION}s per row after ${WARMUP}s warm-up"
+echo
+echo "| server | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | failed | peak RSS MiB | CPU $SERVER_CPU busy outside the server % |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+printf '%s\n' "${rows[@]}"
+echo
+awk -v w="${saturated[webhook]}" -v b="${saturated[baseline]}" \
+  'BEGIN { printf "saturated throughput: webhook %.0f req/s = %.1f%% of baseline %.0f req/s\n", w, 100 * w / b, b }'

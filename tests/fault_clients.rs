@@ -1,0 +1,260 @@
+//! Slow and abusive clients against the real binary while a normal client keeps being served: request head sent
+//! byte by byte (cut by the 5 s header deadline), body promised and never sent (408 after the 3 s body deadline),
+//! hundreds of idle connections with and without a TLS handshake (closed by the header / handshake deadlines), an
+//! oversized body, declared or streamed (413 at once), and deeply nested JSON (400 at once: serde_json's recursion
+//! limit). `tests/server_tls.rs` covers the same bounds in-process with tight timeouts; this runs the shipped
+//! defaults of `serve`.
+
+mod load_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use load_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Read until the peer closes (Some(bytes)) or `within` passes (None).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    within: Duration,
+) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Send `head` + `body` on a fresh TLS connection; the status line of the answer and how long it took.
+async fn raw_request(
+    addr: std::net::SocketAddr,
+    ca: &[String],
+    head: String,
+    body: &[u8],
+) -> (String, Duration) {
+    let mut s = tls_connect(addr, ca).await.unwrap();
+    let t = Instant::now();
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) and close before the whole body is written: ignore write errors.
+    for chunk in body.chunks(64 * 1024) {
+        if s.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.flush().await;
+    let got = closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&got);
+    (
+        text.lines().next().unwrap_or_default().to_string(),
+        t.elapsed(),
+    )
+}
+
+fn post_head(len: Option<usize>) -> String {
+    match len {
+        Some(n) => format!(
+            "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {n}\r\n\r\n"
+        ),
+        None => "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
+    let (_guard, dir) = tmp();
+    let serve = Serve::start(&[
+        "--no-cluster-lookup",
+        "--self-signed-dir",
+        path_str(&dir),
+        "--max-body-bytes",
+        "1048576",
+    ]);
+    let ca = vec![read_ca(&dir)];
+    let addr = serve.addr;
+
+    let running = Arc::new(AtomicBool::new(true));
+    let clients = vec![https_client(&ca, true), https_client(&ca, false)];
+    let (tally, tasks) = spawn_load(clients, addr, running.clone(), Duration::from_millis(5));
+
+    // Slowloris: one header byte every 200 ms, never finished.
+    let slowloris = tokio::spawn({
+        let ca = ca.clone();
+        async move {
+            let mut s = tls_connect(addr, &ca).await.unwrap();
+            let t0 = Instant::now();
+            let head = format!(
+                "POST /mutate HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}",
+                "a".repeat(200)
+            );
+            for byte in head.bytes() {
+                if s.write_all(&[byte]).await.is_err() || s.flush().await.is_err() {
+                    return t0.elapsed();
+                }
+                if closed_within(&mut s, Duration::from_millis(200))
+                    .await
+                    .is_some()
+                {
+                    return t0.elapsed();
+                }
+            }
+            panic!("slowloris connection never cut off");
+        }
+    });
+    // Headers complete, body promised and never sent.
+    let no_body = tokio::spawn({
+        let ca = ca.clone();
+        async move {
+            let mut s = tls_connect(addr, &ca).await.unwrap();
+            let t0 = Instant::now();
+            s.write_all(post_head(Some(4000)).as_bytes()).await.unwrap();
+            s.write_all(b"{").await.unwrap();
+            s.flush().await.unwrap();
+            let got = closed_within(&mut s, Duration::from_secs(10))
+                .await
+                .unwrap_or_default();
+            (t0.elapsed(), String::from_utf8_lossy(&got).into_owned())
+        }
+    });
+    // Many idle connections: 200 with TLS done and no request, 200 with no TLS handshake.
+    let idle_tls = tokio::spawn({
+        let ca = ca.clone();
+        async move {
+            let mut conns = Vec::new();
+            for _ in 0..200 {
+                conns.push(tls_connect(addr, &ca).await.unwrap());
+            }
+            let t0 = Instant::now();
+            let mut closed = 0;
+            for c in &mut conns {
+                if closed_within(c, Duration::from_secs(9).saturating_sub(t0.elapsed()))
+                    .await
+                    .is_some()
+                {
+                    closed += 1;
+                }
+            }
+            (closed, t0.elapsed())
+        }
+    });
+    let idle_tcp = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        for _ in 0..200 {
+            conns.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let t0 = Instant::now();
+        let mut closed = 0;
+        for c in &mut conns {
+            if closed_within(c, Duration::from_secs(9).saturating_sub(t0.elapsed()))
+                .await
+                .is_some()
+            {
+                closed += 1;
+            }
+        }
+        (closed, t0.elapsed())
+    });
+
+    // Oversized: declared, then streamed without a length.
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let (status, took) = raw_request(addr, &ca, post_head(Some(big.len())), &big).await;
+    assert!(
+        status.starts_with("HTTP/1.1 413"),
+        "declared oversized: {status}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "declared oversized took {took:?}"
+    );
+    let mut chunked = Vec::new();
+    for piece in big.chunks(32 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (status, took) = raw_request(addr, &ca, post_head(None), &chunked).await;
+    assert!(
+        status.starts_with("HTTP/1.1 413"),
+        "streamed oversized: {status}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "streamed oversized took {took:?}"
+    );
+
+    // Deeply nested JSON, alone and as the object of an otherwise valid review.
+    let nested = "[".repeat(500_000);
+    let (status, took) =
+        raw_request(addr, &ca, post_head(Some(nested.len())), nested.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "nested: {status}");
+    assert!(took < Duration::from_secs(1), "nested took {took:?}");
+    let review = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"controlplane.cluster.x-k8s.io","version":"v1beta2","kind":"KubeadmControlPlane"}},"resource":{{"group":"","version":"","resource":""}},"operation":"CREATE","userInfo":{{}},"object":{{"metadata":{{"annotations":{}{}}}}}}}}}"#,
+        "{\"a\":".repeat(100_000),
+        "}".repeat(100_000)
+    );
+    let (status, took) =
+        raw_request(addr, &ca, post_head(Some(review.len())), review.as_bytes()).await;
+    assert!(
+        status.starts_with("HTTP/1.1 400"),
+        "nested review: {status}"
+    );
+    assert!(took < Duration::from_secs(1), "nested review took {took:?}");
+
+    let cut = slowloris.await.unwrap();
+    assert!(
+        cut >= Duration::from_millis(4500) && cut < Duration::from_secs(8),
+        "slowloris cut after {cut:?} (header deadline 5 s)"
+    );
+    let (after, answer) = no_body.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_secs(5),
+        "no-body answered after {after:?} (body deadline 3 s)"
+    );
+    let (closed, took) = idle_tls.await.unwrap();
+    assert_eq!(
+        closed, 200,
+        "idle TLS connections still open after {took:?}"
+    );
+    let (closed, took) = idle_tcp.await.unwrap();
+    assert_eq!(
+        closed, 200,
+        "idle TCP connections still open after {took:?}"
+    );
+
+    running.store(false, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let slowest = Duration::from_micros(tally.slowest_us.load(Ordering::SeqCst));
+    eprintln!(
+        "abusive clients: normal client {} ok, {} failed, slowest {slowest:?}",
+        tally.ok(),
+        tally.failed()
+    );
+    assert_eq!(tally.failed(), 0, "{:?}", tally.failures.lock().unwrap());
+    assert!(
+        tally.ok() > 50,
+        "normal client starved: {} answers",
+        tally.ok()
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "normal client waited {slowest:?}"
+    );
+    assert!(
+        !serve.log_text().contains("panicked"),
+        "{}",
+        serve.log_text()
+    );
+}
