@@ -5,6 +5,7 @@ use json_patch::PatchOperation;
 use kube::core::admission::Operation;
 
 pub mod api;
+pub mod cache;
 pub mod policy;
 pub mod review;
 
@@ -51,12 +52,16 @@ impl Verdict {
 /// The admission webhook: a [`ReviewHandler`] over a [`ClusterSource`].
 pub struct Webhook<S> {
     source: S,
+    settings: cache::SettingsCache,
 }
 
 impl<S: ClusterSource> Webhook<S> {
     /// A webhook that finds Clusters through `source`.
     pub fn new(source: S) -> Self {
-        Webhook { source }
+        Webhook {
+            source,
+            settings: cache::SettingsCache::new(),
+        }
     }
 
     /// Answer one AdmissionReview body.
@@ -82,14 +87,15 @@ impl<S: ClusterSource> Webhook<S> {
         let acts = matches!(request.operation, Operation::Create | Operation::Update)
             && request.sub_resource.is_none();
         let verdict = match (kind, &request.object, acts) {
-            (Some(kind), Some(object), true) => match serde_json::to_value(object) {
-                Ok(object) => {
-                    let decided = policy::decide(&self.source, endpoint, kind, &object).await;
-                    decision.lookup = decided.lookup.to_string();
-                    decided.verdict
-                }
-                Err(err) => return error_reply(review::ReviewError::Encode(err), decision),
-            },
+            (Some(kind), Some(object), true) if object.is_object() => {
+                let resolve = |annotations: &_, network: Option<&_>| {
+                    self.settings.resolve(annotations, network)
+                };
+                let decided =
+                    policy::decide_with(&self.source, &resolve, endpoint, kind, object).await;
+                decision.lookup = decided.lookup.to_string();
+                decided.verdict
+            }
             _ => Verdict::allow(Vec::new()),
         };
         decision.outcome = verdict.outcome();

@@ -100,18 +100,39 @@ pub async fn decide<S: ClusterSource>(
     kind: Kind,
     object: &Value,
 ) -> Decided {
+    decide_with(source, &settings::resolve, endpoint, kind, object).await
+}
+
+/// [`decide`] with a chosen settings resolver (the webhook passes a memo of [`settings::resolve`]).
+pub async fn decide_with<S, R>(
+    source: &S,
+    resolve: &R,
+    endpoint: Endpoint,
+    kind: Kind,
+    object: &Value,
+) -> Decided
+where
+    S: ClusterSource,
+    R: Fn(
+            &std::collections::BTreeMap<String, String>,
+            Option<&settings::ClusterNetwork>,
+        ) -> Resolution
+        + Sync,
+{
     let annotations = string_map(object.pointer("/metadata/annotations"));
     let (Some(target), Some(subject_kind)) = (kind.target(), kind.subject_kind()) else {
-        return Decided::new(cluster_verdict(source, endpoint, object, &annotations));
+        return Decided::new(cluster_verdict(
+            source,
+            resolve,
+            endpoint,
+            object,
+            &annotations,
+        ));
     };
 
     let own = settings::has_settings(&annotations);
     let (resolution, origin, lookup) = if own {
-        (
-            settings::resolve(&annotations, None),
-            Origin::Own(subject_kind),
-            "",
-        )
+        (resolve(&annotations, None), Origin::Own(subject_kind), "")
     } else {
         let subject = Subject {
             kind: subject_kind,
@@ -131,7 +152,7 @@ pub async fn decide<S: ClusterSource>(
         let label = lookup.label();
         match lookup {
             Lookup::Found { cluster, .. } => {
-                let resolution = settings::resolve(&cluster.annotations, Some(&cluster.network));
+                let resolution = resolve(&cluster.annotations, Some(&cluster.network));
                 (resolution, Origin::Cluster(cluster), label)
             }
             Lookup::NotFound { looked_for } => {
@@ -232,14 +253,21 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
     ]
 }
 
-fn cluster_verdict<S: ClusterSource>(
+fn cluster_verdict<S: ClusterSource, R>(
     source: &S,
+    resolve: &R,
     endpoint: Endpoint,
     object: &Value,
     annotations: &std::collections::BTreeMap<String, String>,
-) -> Verdict {
+) -> Verdict
+where
+    R: Fn(
+        &std::collections::BTreeMap<String, String>,
+        Option<&settings::ClusterNetwork>,
+    ) -> Resolution,
+{
     let (network, _) = cluster_network(object);
-    match settings::resolve(annotations, Some(&network)) {
+    match resolve(annotations, Some(&network)) {
         Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
         Resolution::OptedIn {
             settings,
