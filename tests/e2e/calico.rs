@@ -663,9 +663,22 @@ fn s3_reapply_client_and_server_side(h: &mut Harness) -> TestResult {
         Ok(out)
     };
 
+    // The template linker labels the KCP and KCT a moment after they are stored (a metadata-only
+    // write); wait for it so that the comparisons below see only what the re-applies do.
+    let settled = |h: &Harness, ns: &str| -> TestResult {
+        for d in &injected {
+            eventually("the template linker's label", || {
+                let stored = h.get_json(&qualified(d), ns, name_of(d))?;
+                Ok(stored["metadata"]["labels"][CLUSTER_LABEL] == "calico")
+            })?;
+        }
+        Ok(())
+    };
+
     // client-side, twice, then server-side twice
     let ns = h.create_namespace("calico-3-csa")?;
     h.apply(&ns, &yaml)?;
+    settled(h, &ns)?;
     let first = check_all(h, &ns)?;
     // Client-side apply of CRs is a JSON merge patch computed from last-applied, the manifest
     // and the live object: lists are replaced whole, so for the KCP and KCT kubectl sends the
@@ -736,6 +749,7 @@ fn s3_reapply_client_and_server_side(h: &mut Harness) -> TestResult {
     // server-side from the start, twice
     let ns = h.create_namespace("calico-3-ssa")?;
     h.apply_server_side(&ns, &yaml, "e2e-user")?;
+    settled(h, &ns)?;
     let first = check_all(h, &ns)?;
     let cluster_before = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
     // The label the webhook added belongs to e2e-user, whose configuration lacks it: the
