@@ -20,7 +20,8 @@ use capi_calico_webhook::cluster::documents::DocumentSource;
 use serde_json::Value;
 
 #[global_allocator]
-static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
+static ALLOC: divan::AllocProfiler<mimalloc::MiMalloc> =
+    divan::AllocProfiler::new(mimalloc::MiMalloc);
 
 /// (name, fixture file, endpoint, expected outcome).
 const CASES: &[(&str, &str, Endpoint, Outcome)] = &[

@@ -18,6 +18,10 @@ use capi_calico_webhook::admission::api::{
 };
 use capi_calico_webhook::server::{self, ServerConfig, TlsSource};
 
+/// The same allocator as the webhook binary, so that the baseline differs only in the handler.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Reads `request.uid` (serde skips everything else, but still scans the whole body) and allows.
 struct AllowAll;
 

@@ -1,6 +1,10 @@
 //! capi-calico-webhook binary: parse the command line and run.
 use clap::Parser;
 
+/// The binary's allocator (the same one the benchmarks measure).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use capi_calico_webhook::cli::{Cli, Command, run_bundle, run_check, run_render, run_serve};
 
 fn main() {
