@@ -23,8 +23,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use super::{CLUSTER_NAME_LABEL, string_map};
-use crate::settings::PREFIX;
+use super::{CLUSTER_NAME_LABEL, ClusterInfo};
+use crate::settings::{self, Resolution};
 
 /// Field manager of the label patches.
 pub const FIELD_MANAGER: &str = "capi-calico-webhook-linker";
@@ -54,11 +54,15 @@ pub struct LinkTarget {
     pub name: String,
 }
 
-/// True when `cluster` opted in (`capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: "true"`).
+/// True when `cluster` opted in with valid settings. A Cluster whose settings are invalid is left alone: the webhook
+/// would refuse the label change anyway, because it refuses the KCP/KCT of such a Cluster.
 pub fn opted_in(cluster: &Value) -> bool {
-    string_map(cluster.pointer("/metadata/annotations"))
-        .get(&format!("{PREFIX}CUSTOM_CALICO_DEPLOYMENT"))
-        .is_some_and(|v| v == "true")
+    ClusterInfo::from_object(cluster).is_some_and(|info| {
+        matches!(
+            settings::resolve(&info.annotations, Some(&info.network)),
+            Resolution::OptedIn { .. }
+        )
+    })
 }
 
 /// The objects an opted-in `cluster` links to: its KCP, and the KCT of each of `machine_deployments` that names
@@ -322,11 +326,14 @@ mod tests {
     }
 
     #[test]
-    fn clusters_not_opted_in_are_never_touched() {
+    fn clusters_not_opted_in_or_invalid_are_never_touched() {
         let mds = [md("wl", "wl-md-0", "KubeadmConfigTemplate")];
         assert!(targets(&cluster(false), &mds).is_empty());
         let mut no_annotations = cluster(true);
         no_annotations["metadata"]["annotations"] = json!({});
         assert!(targets(&no_annotations, &mds).is_empty());
+        let mut invalid = cluster(true);
+        invalid["metadata"]["annotations"]["capi-calico.io/CALICO_BGP_OPTION"] = json!("enabled");
+        assert!(targets(&invalid, &mds).is_empty());
     }
 }
