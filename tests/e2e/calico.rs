@@ -675,11 +675,30 @@ fn s3_reapply_client_and_server_side(h: &mut Harness) -> TestResult {
         Ok(())
     };
 
+    // Quiet: two reads 1.5 s apart see the same generations and resourceVersions (nothing else
+    // is still writing these objects: the linker, the webhook's reaction to its label).
+    let quiet = |h: &Harness, ns: &str| -> TestResult<Vec<(i64, String)>> {
+        settled(h, ns)?;
+        let t = Instant::now();
+        let mut last = check_all(h, ns)?;
+        loop {
+            std::thread::sleep(Duration::from_millis(1500));
+            let now = check_all(h, ns)?;
+            if now == last {
+                return Ok(now);
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "objects never settled: {now:?}"
+            );
+            last = now;
+        }
+    };
+
     // client-side, twice, then server-side twice
     let ns = h.create_namespace("calico-3-csa")?;
     h.apply(&ns, &yaml)?;
-    settled(h, &ns)?;
-    let first = check_all(h, &ns)?;
+    let first = quiet(h, &ns)?;
     // Client-side apply of CRs is a JSON merge patch computed from last-applied, the manifest
     // and the live object: lists are replaced whole, so for the KCP and KCT kubectl sends the
     // user's lists without our entries and prints "configured"; the webhook appends them again
@@ -696,7 +715,11 @@ fn s3_reapply_client_and_server_side(h: &mut Harness) -> TestResult {
             ],
         "second client-side apply: {out:?}"
     );
-    ensure!(check_all(h, &ns)? == first, "client-side re-apply wrote");
+    let after = check_all(h, &ns)?;
+    ensure!(
+        after == first,
+        "client-side re-apply wrote: {first:?} -> {after:?}"
+    );
     // Switching to server-side apply: the client-side manager owns the atomic lists with our
     // entries in them (the webhook's changes belong to the request's manager), the manifest's
     // lists lack them, so kubectl reports conflicts on exactly those lists; with
@@ -749,8 +772,7 @@ fn s3_reapply_client_and_server_side(h: &mut Harness) -> TestResult {
     // server-side from the start, twice
     let ns = h.create_namespace("calico-3-ssa")?;
     h.apply_server_side(&ns, &yaml, "e2e-user")?;
-    settled(h, &ns)?;
-    let first = check_all(h, &ns)?;
+    let first = quiet(h, &ns)?;
     let cluster_before = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
     // The label the webhook added belongs to e2e-user, whose configuration lacks it: the
     // re-apply removes it, the matchCondition sees the label change, and the webhook adds it back
