@@ -4,9 +4,8 @@
 //! `--shutdown-delay` + `--drain-timeout`; a request that would outlast the drain deadline does not hold the exit).
 
 mod load_support;
+mod secret_volume;
 
-use std::fs;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,25 +14,8 @@ use capi_calico_webhook::server::tls::generate_self_signed;
 use load_support::*;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use secret_volume::publish;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Publish files the way the kubelet updates a Secret volume: a new `..<version>` directory, a temporary `..data`
-/// symlink renamed over `..data` (atomic), and `tls.crt -> ..data/tls.crt` links.
-fn publish(dir: &Path, version: &str, cert: &str, key: &str) {
-    let data = dir.join(format!("..{version}"));
-    fs::create_dir(&data).unwrap();
-    fs::write(data.join("tls.crt"), cert).unwrap();
-    fs::write(data.join("tls.key"), key).unwrap();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-    fs::rename(&tmp, dir.join("..data")).unwrap();
-    for name in ["tls.crt", "tls.key"] {
-        let link = dir.join(name);
-        if fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-        }
-    }
-}
 
 async fn served_leaf(addr: std::net::SocketAddr, cas: &[String]) -> Vec<u8> {
     let s = tls_connect(addr, cas).await.unwrap();

@@ -1,11 +1,11 @@
 //! The real server over loopback: HTTPS end to end, certificate rotation through a Kubernetes-style `..data`
 //! symlink swap (and refusal of bad pairs), graceful shutdown, and abusive clients.
 
+mod secret_volume;
 mod server_support;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use tokio_rustls::client::TlsStream;
 
 use capi_calico_webhook::server::tls::{GeneratedPair, generate_self_signed};
 use capi_calico_webhook::server::{RunningServer, ServerConfig, TlsSource, start};
+use secret_volume::publish;
 
 fn install_provider() {
     // Another test may have installed it already.
@@ -115,24 +116,6 @@ fn leaf_der(pair: &GeneratedPair) -> Vec<u8> {
 
 fn pair() -> GeneratedPair {
     generate_self_signed(&["localhost", "127.0.0.1"], Duration::from_secs(3600)).unwrap()
-}
-
-/// Publish files the way the kubelet updates a Secret volume: write a new timestamped directory, point a temporary
-/// `..data` symlink at it and rename it over `..data` (atomic), with `tls.crt -> ..data/tls.crt` links.
-fn publish(dir: &Path, version: &str, cert: &str, key: &str) {
-    let data = dir.join(format!("..{version}"));
-    fs::create_dir(&data).unwrap();
-    fs::write(data.join("tls.crt"), cert).unwrap();
-    fs::write(data.join("tls.key"), key).unwrap();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-    fs::rename(&tmp, dir.join("..data")).unwrap();
-    for name in ["tls.crt", "tls.key"] {
-        let link = dir.join(name);
-        if fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-        }
-    }
 }
 
 async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
