@@ -9,13 +9,16 @@
 //! * for accepted settings, the injected commands are exactly the constant set, and every injected data file parses
 //!   back to the validated value (calicoctl.conf, bgppeers*.yaml, bgpconfiguration.yaml; scripts are the constants);
 //! * a value with shell metacharacters, quotes, newlines or NULs in any annotation is rejected, or injected only
-//!   inside a data file, never in a command.
+//!   inside a data file, never in a command;
+//! * the server's pruned reading of the object (`admission::prune`) decides exactly as the full object does.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use capi_calico_webhook::admission::Webhook;
 use capi_calico_webhook::admission::api::{Endpoint, Outcome};
+use capi_calico_webhook::admission::policy::{self, Kind};
+use capi_calico_webhook::admission::prune::{OBJECT, prune};
 use capi_calico_webhook::cluster::NoLookup;
 use capi_calico_webhook::mutation::{
     self, APPLY_COMMAND, APPLY_SCRIPT, APPLY_SCRIPT_PATH, BGP_CONFIGURATION_PATH,
@@ -454,6 +457,62 @@ proptest! {
                 }
             }
             Outcome::Error => prop_assert!(false, "error answer: {}", answer.response),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The server decides on the pruned object; the CLI on the full one. Both must give the same verdict, on a
+    /// fresh object, on its own mutated output, and with the spec's other keys present or not (the patch removes a
+    /// kubeadm spec only when nothing else is in it).
+    #[test]
+    fn pruned_object_decides_like_the_full_object(
+        (object, _target) in calico_annotations().prop_flat_map(object),
+        drop_users in any::<bool>(),
+        spec_null in any::<bool>(),
+        template_metadata in any::<bool>(),
+    ) {
+        let mut object = object;
+        let kind = Kind::of_object(&object).unwrap();
+        if template_metadata && kind == Kind::ConfigTemplate {
+            object["spec"]["template"]["metadata"] = json!({"labels": {"tier": "workers"}});
+        }
+        let spec = match kind {
+            Kind::ControlPlane => &mut object["spec"]["kubeadmConfigSpec"],
+            _ => &mut object["spec"]["template"]["spec"],
+        };
+        if drop_users {
+            spec.as_object_mut().unwrap().remove("users");
+        }
+        if spec_null && spec.as_object().is_some_and(|m| m.is_empty()) {
+            *spec = Value::Null;
+        }
+        let decide = |endpoint, o: &Value| {
+            futures::executor::block_on(policy::decide(&NoLookup, endpoint, kind, o)).verdict
+        };
+        let mut seen = vec![object.clone()];
+        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+            let full = decide(endpoint, &object);
+            prop_assert_eq!(&full, &decide(endpoint, &prune(&object, OBJECT)));
+            if let (Endpoint::Mutate, capi_calico_webhook::admission::Verdict::Allow { patch, .. }) = (endpoint, &full) {
+                let mut after = object.clone();
+                json_patch::patch(&mut after, patch).unwrap();
+                seen.push(after);
+            }
+        }
+        // The injected object again, and under settings that inject nothing (every entry of ours is removed, and
+        // with it a kubeadm spec, template or spec left empty).
+        let mut nothing = seen.last().unwrap().clone();
+        let annotations = &mut nothing["metadata"]["annotations"];
+        annotations[format!("{PREFIX}INSTALL_CALICOCTL")] = json!("false");
+        annotations[format!("{PREFIX}CONFIGURE_CALICO_BGP_SETTINGS")] = json!("false");
+        seen.push(nothing);
+        for o in &seen[1..] {
+            for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+                prop_assert_eq!(decide(endpoint, o), decide(endpoint, &prune(o, OBJECT)));
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use kube::core::admission::Operation;
 pub mod api;
 pub mod cache;
 pub mod policy;
+pub mod prune;
 pub mod review;
 
 use api::{Decision, Endpoint, Outcome, ReviewHandler, ReviewReply};

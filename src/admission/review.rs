@@ -52,8 +52,8 @@ pub struct Request {
     #[serde(default)]
     pub namespace: Option<String>,
     pub operation: Operation,
-    /// The object being admitted (absent on DELETE).
-    #[serde(default)]
+    /// The object being admitted (absent on DELETE), pruned to what the policy reads (see [`super::prune`]).
+    #[serde(default, deserialize_with = "super::prune::object")]
     pub object: Option<Value>,
     #[serde(default)]
     pub dry_run: Option<bool>,

@@ -1,0 +1,314 @@
+//! Reading only the parts of an admitted object that the policy looks at.
+//!
+//! An AdmissionReview carries the whole object: `managedFields`, the kubeadm configuration, the machine template,
+//! status. Building all of it as a `serde_json::Value` cost more than every other step of a decision together, so
+//! the server reads the object through [`object`], which keeps the paths listed in [`OBJECT`] and skips the rest
+//! with `serde::de::IgnoredAny` (which allocates nothing). Two kinds of skipping keep the policy's answers exactly
+//! those it gives on the full object (`tests` check this on every fixture and on generated objects):
+//!
+//! - [`Others::Drop`]: the key disappears (metadata fields, status: nothing reads them);
+//! - [`Others::Null`]: the key stays with a `null` value, because the patch looks at which keys a kubeadm spec has
+//!   (it removes a spec left empty, and never a spec the user wrote other fields into).
+//!
+//! A value that is not an object where the tree expects one is kept whole, so type errors read the same.
+//! Anything new the policy reads from the admitted object must be added to [`OBJECT`].
+
+use std::fmt;
+
+use serde::Deserializer;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// What to keep of one JSON value.
+#[derive(Debug, Clone, Copy)]
+pub enum Node {
+    /// The whole value.
+    Keep,
+    /// For an object: the listed keys, pruned further; `others` says what happens to the rest.
+    Object {
+        fields: &'static [(&'static str, Node)],
+        others: Others,
+    },
+}
+
+/// What happens to the keys of an object that [`Node::Object`] does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Others {
+    /// Skip the key and its value.
+    Drop,
+    /// Keep the key, with a `null` value.
+    Null,
+}
+
+/// A kubeadm config spec (KCP `spec.kubeadmConfigSpec`, KCT `spec.template.spec`): the three lists the webhook
+/// owns entries in, and the names of the other keys.
+const KUBEADM_SPEC: Node = Node::Object {
+    fields: &[
+        ("files", Node::Keep),
+        ("preKubeadmCommands", Node::Keep),
+        ("postKubeadmCommands", Node::Keep),
+    ],
+    others: Others::Null,
+};
+
+/// What the policy reads of a Cluster, KubeadmControlPlane or KubeadmConfigTemplate (one tree for the three kinds:
+/// the object is read before the request's `kind` is known, and no path of one kind exists in another).
+pub const OBJECT: Node = Node::Object {
+    fields: &[
+        ("apiVersion", Node::Keep),
+        ("kind", Node::Keep),
+        (
+            "metadata",
+            Node::Object {
+                fields: &[
+                    ("name", Node::Keep),
+                    ("namespace", Node::Keep),
+                    ("labels", Node::Keep),
+                    ("annotations", Node::Keep),
+                ],
+                others: Others::Drop,
+            },
+        ),
+        (
+            "spec",
+            Node::Object {
+                fields: &[
+                    // Cluster: the pod CIDRs the Calico pool must fit in.
+                    ("clusterNetwork", Node::Keep),
+                    // KubeadmControlPlane.
+                    ("kubeadmConfigSpec", KUBEADM_SPEC),
+                    // KubeadmConfigTemplate.
+                    (
+                        "template",
+                        Node::Object {
+                            fields: &[("spec", KUBEADM_SPEC)],
+                            others: Others::Null,
+                        },
+                    ),
+                ],
+                others: Others::Null,
+            },
+        ),
+    ],
+    others: Others::Drop,
+};
+
+/// `deserialize_with` for an optional admitted object, pruned by [`OBJECT`].
+pub fn object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    struct OptionVisitor;
+    impl<'de> Visitor<'de> for OptionVisitor {
+        type Value = Option<Value>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            OBJECT.deserialize(d).map(Some)
+        }
+    }
+    deserializer.deserialize_option(OptionVisitor)
+}
+
+/// Prune an already parsed value by `node` (what [`object`] would have read from its JSON text).
+pub fn prune(value: &Value, node: Node) -> Value {
+    match (node, value) {
+        (Node::Object { fields, others }, Value::Object(map)) => {
+            let mut out = Map::new();
+            for (key, v) in map {
+                match fields.iter().find(|(name, _)| *name == key) {
+                    Some((_, child)) => {
+                        out.insert(key.clone(), prune(v, *child));
+                    }
+                    None if others == Others::Null => {
+                        out.insert(key.clone(), Value::Null);
+                    }
+                    None => {}
+                }
+            }
+            Value::Object(out)
+        }
+        _ => value.clone(),
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Node {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        match self {
+            Node::Keep => serde::Deserialize::deserialize(deserializer),
+            Node::Object { fields, others } => {
+                deserializer.deserialize_any(PruneVisitor { fields, others })
+            }
+        }
+    }
+}
+
+/// Visits an object key by key; any other value is built whole, as `Value`'s own visitor would.
+struct PruneVisitor {
+    fields: &'static [(&'static str, Node)],
+    others: Others,
+}
+
+impl<'de> Visitor<'de> for PruneVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            match self.fields.iter().find(|(name, _)| *name == key) {
+                Some((_, child)) => {
+                    let value = access.next_value_seed(*child)?;
+                    out.insert(key, value);
+                }
+                None => {
+                    access.next_value::<IgnoredAny>()?;
+                    if self.others == Others::Null {
+                        out.insert(key, Value::Null);
+                    }
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, access: A) -> Result<Value, A::Error> {
+        serde::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(access))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn read(text: &str) -> Value {
+        #[derive(serde::Deserialize)]
+        struct Holder {
+            #[serde(deserialize_with = "object")]
+            object: Option<Value>,
+        }
+        let holder: Holder =
+            serde_json::from_str(&format!(r#"{{"object":{text}}}"#)).expect("pruned read");
+        holder.object.expect("object")
+    }
+
+    #[test]
+    fn keeps_listed_paths_nulls_spec_siblings_drops_the_rest() {
+        let full = json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2",
+            "kind": "KubeadmControlPlane",
+            "metadata": {
+                "name": "c", "namespace": "ns", "labels": {"a": "b"}, "annotations": {"x": "y"},
+                "managedFields": [{"manager": "kubectl"}], "uid": "u", "generation": 3
+            },
+            "spec": {
+                "replicas": 3,
+                "version": "v1.33.0",
+                "kubeadmConfigSpec": {
+                    "clusterConfiguration": {"apiServer": {"extraArgs": [{"name": "a", "value": "b"}]}},
+                    "files": [{"path": "/etc/x", "content": "a\nb", "owner": "root:root"}],
+                    "preKubeadmCommands": ["echo one"],
+                    "postKubeadmCommands": null
+                }
+            },
+            "status": {"ready": true}
+        });
+        let want = json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2",
+            "kind": "KubeadmControlPlane",
+            "metadata": {"name": "c", "namespace": "ns", "labels": {"a": "b"}, "annotations": {"x": "y"}},
+            "spec": {
+                "replicas": null,
+                "version": null,
+                "kubeadmConfigSpec": {
+                    "clusterConfiguration": null,
+                    "files": [{"path": "/etc/x", "content": "a\nb", "owner": "root:root"}],
+                    "preKubeadmCommands": ["echo one"],
+                    "postKubeadmCommands": null
+                }
+            }
+        });
+        assert_eq!(read(&full.to_string()), want);
+        assert_eq!(prune(&full, OBJECT), want);
+    }
+
+    #[test]
+    fn values_of_an_unexpected_type_are_kept_whole() {
+        let cases = [
+            json!({"spec": "a string"}),
+            json!({"spec": {"kubeadmConfigSpec": [1, 2, {"files": 3}]}}),
+            json!({"spec": {"template": {"spec": 7.5}}}),
+            json!({"spec": {"kubeadmConfigSpec": {"files": {"not": "a list"}}}}),
+            json!({"metadata": {"labels": [true, null, -1]}}),
+            json!({"spec": null}),
+        ];
+        for case in cases {
+            assert_eq!(read(&case.to_string()), case, "{case}");
+            assert_eq!(prune(&case, OBJECT), case, "{case}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value_like_serde_json() {
+        let text = r#"{"metadata":{"name":"a","name":"b"},"kind":"K","kind":"L"}"#;
+        let full: Value = serde_json::from_str(text).expect("json");
+        assert_eq!(read(text), prune(&full, OBJECT));
+        assert_eq!(read(text)["metadata"]["name"], "b");
+    }
+
+    #[test]
+    fn null_and_missing_objects_are_none() {
+        #[derive(serde::Deserialize)]
+        struct Holder {
+            #[serde(default, deserialize_with = "object")]
+            object: Option<Value>,
+        }
+        for text in [r#"{"object":null}"#, "{}"] {
+            let holder: Holder = serde_json::from_str(text).expect("json");
+            assert_eq!(holder.object, None, "{text}");
+        }
+    }
+}
