@@ -1,21 +1,27 @@
-//! A bounded memo of [`settings::resolve`]: the same Cluster annotations arrive with every review of the
-//! Cluster's KCP and KCTs, and decoding CALICO_ROUTE_REFLECTORS (base64, YAML, every peer rule) is the costliest
-//! part of a decision. Results depend only on the `capi-calico.io/` annotations and the Cluster's pod CIDRs, which
-//! together are the key.
+//! Bounded memos of [`settings::resolve`] and [`mutation::desired`]: the same Cluster annotations arrive with every
+//! review of the Cluster's KCP and KCTs. Decoding CALICO_ROUTE_REFLECTORS (base64, YAML, every peer rule) was the
+//! costliest part of a decision, and rendering the injected files the next one. Resolutions depend only on the
+//! `capi-calico.io/` annotations and the Cluster's pod CIDRs, which together are their key; an injection depends
+//! only on the settings and the target.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
 };
 
 use ipnet::IpNet;
 
-use crate::settings::{self, ClusterNetwork, PREFIX, Resolution};
+use super::policy::Prepare;
+use crate::mutation::{self, Injection, MutationError, Target};
+use crate::settings::{self, ClusterNetwork, PREFIX, Resolution, Settings};
 
 /// Entries kept before the memo is emptied and starts again.
 const MAX_ENTRIES: usize = 1024;
 /// Bytes of keys kept before the memo is emptied (annotation values can be up to ~96 KiB each).
 const MAX_KEY_BYTES: usize = 8 * 1024 * 1024;
+/// Injections kept (most recently used first). A lookup compares settings one by one, so this stays small: a
+/// management cluster sees few distinct Calico configurations at a time, and a miss only costs the rendering.
+const MAX_INJECTIONS: usize = 32;
 
 type Key = (Vec<(String, String)>, Option<Vec<IpNet>>);
 
@@ -23,6 +29,7 @@ type Key = (Vec<(String, String)>, Option<Vec<IpNet>>);
 #[derive(Default)]
 pub struct SettingsCache {
     inner: Mutex<Inner>,
+    injections: Mutex<VecDeque<(Settings, Target, Arc<Injection>)>>,
 }
 
 #[derive(Default)]
@@ -68,6 +75,47 @@ impl SettingsCache {
             inner.map.insert(key, resolution.clone());
         }
         resolution
+    }
+
+    /// [`mutation::desired`], remembered (errors are not: they end in a denial and are rare).
+    pub fn injection(
+        &self,
+        settings: &Settings,
+        target: Target,
+    ) -> Result<Arc<Injection>, MutationError> {
+        if let Ok(mut recent) = self.injections.lock()
+            && let Some(i) = recent
+                .iter()
+                .position(|(s, t, _)| *t == target && s == settings)
+            && let Some(hit) = recent.remove(i)
+        {
+            let injection = Arc::clone(&hit.2);
+            recent.push_front(hit);
+            return Ok(injection);
+        }
+        let injection = Arc::new(mutation::desired(settings, target)?);
+        if let Ok(mut recent) = self.injections.lock() {
+            recent.truncate(MAX_INJECTIONS - 1);
+            recent.push_front((settings.clone(), target, Arc::clone(&injection)));
+        }
+        Ok(injection)
+    }
+}
+
+impl Prepare for SettingsCache {
+    fn resolve(
+        &self,
+        annotations: &BTreeMap<String, String>,
+        network: Option<&ClusterNetwork>,
+    ) -> Resolution {
+        SettingsCache::resolve(self, annotations, network)
+    }
+    fn injection(
+        &self,
+        settings: &Settings,
+        target: Target,
+    ) -> Result<Arc<Injection>, MutationError> {
+        SettingsCache::injection(self, settings, target)
     }
 }
 
@@ -131,6 +179,50 @@ mod tests {
             cache.resolve(&a, Some(&outside)),
             Resolution::Invalid { .. }
         ));
+    }
+
+    fn opted_in(pairs: &[(&str, &str)]) -> Settings {
+        match settings::resolve(&annotations(pairs), None) {
+            Resolution::OptedIn { settings, .. } => *settings,
+            other => panic!("not opted in: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn remembers_exactly_what_desired_builds() {
+        let cache = SettingsCache::new();
+        let on = ("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT", "true");
+        let cases = [
+            opted_in(&[on]),
+            opted_in(&[on, ("capi-calico.io/INSTALL_CALICOCTL", "false")]),
+            opted_in(&[on, ("capi-calico.io/CALICO_POD_CIDR", "10.0.0.0/16")]),
+        ];
+        for settings in &cases {
+            for target in [Target::ControlPlane, Target::Workers] {
+                let first = cache.injection(settings, target).expect("injection");
+                let again = cache.injection(settings, target).expect("injection");
+                assert!(Arc::ptr_eq(&first, &again), "{settings:?} {target:?}");
+                assert_eq!(
+                    *first,
+                    mutation::desired(settings, target).expect("desired")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn remembered_injections_stay_bounded() {
+        let cache = SettingsCache::new();
+        for i in 0..(MAX_INJECTIONS * 3) {
+            let settings = opted_in(&[
+                ("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT", "true"),
+                ("capi-calico.io/CALICO_BGP_AS_NUMBER", &(i + 1).to_string()),
+            ]);
+            cache
+                .injection(&settings, Target::Workers)
+                .expect("injection");
+        }
+        assert_eq!(cache.injections.lock().expect("lock").len(), MAX_INJECTIONS);
     }
 
     #[test]

@@ -89,11 +89,8 @@ impl<S: ClusterSource> Webhook<S> {
             && request.sub_resource.is_none();
         let verdict = match (kind, &request.object, acts) {
             (Some(kind), Some(object), true) if object.is_object() => {
-                let resolve = |annotations: &_, network: Option<&_>| {
-                    self.settings.resolve(annotations, network)
-                };
                 let decided =
-                    policy::decide_with(&self.source, &resolve, endpoint, kind, object).await;
+                    policy::decide_with(&self.source, &self.settings, endpoint, kind, object).await;
                 decision.lookup = decided.lookup.to_string();
                 decided.verdict
             }

@@ -1,5 +1,8 @@
 //! The decision for one object: which settings apply, and what to do with them. Shared by `serve` and the CLI.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use json_patch::PatchOperation;
 use serde_json::Value;
 
@@ -9,7 +12,7 @@ use crate::{
         ClusterInfo, ClusterSource, Lookup, Subject, SubjectKind, cluster_network, string_map,
     },
     delivery::CLUSTER_LABEL,
-    mutation::{self, Target},
+    mutation::{self, Injection, Target},
     settings::{self, Resolution},
 };
 
@@ -93,6 +96,43 @@ fn fit_all(warnings: Vec<String>) -> Vec<String> {
     warnings.iter().map(|w| fit_warning(w)).collect()
 }
 
+/// Where the policy gets its settings and injections from: [`Compute`] builds them for every object (the CLI),
+/// [`super::cache::SettingsCache`] remembers them (the webhook).
+pub trait Prepare: Sync {
+    /// [`settings::resolve`].
+    fn resolve(
+        &self,
+        annotations: &BTreeMap<String, String>,
+        network: Option<&settings::ClusterNetwork>,
+    ) -> Resolution;
+    /// [`mutation::desired`].
+    fn injection(
+        &self,
+        settings: &settings::Settings,
+        target: Target,
+    ) -> Result<Arc<Injection>, mutation::MutationError>;
+}
+
+/// [`Prepare`] without memory.
+pub struct Compute;
+
+impl Prepare for Compute {
+    fn resolve(
+        &self,
+        annotations: &BTreeMap<String, String>,
+        network: Option<&settings::ClusterNetwork>,
+    ) -> Resolution {
+        settings::resolve(annotations, network)
+    }
+    fn injection(
+        &self,
+        settings: &settings::Settings,
+        target: Target,
+    ) -> Result<Arc<Injection>, mutation::MutationError> {
+        mutation::desired(settings, target).map(Arc::new)
+    }
+}
+
 /// Decide what to do with `object` (a Cluster, KCP or KCT) arriving at `endpoint`.
 pub async fn decide<S: ClusterSource>(
     source: &S,
@@ -100,30 +140,22 @@ pub async fn decide<S: ClusterSource>(
     kind: Kind,
     object: &Value,
 ) -> Decided {
-    decide_with(source, &settings::resolve, endpoint, kind, object).await
+    decide_with(source, &Compute, endpoint, kind, object).await
 }
 
-/// [`decide`] with a chosen settings resolver (the webhook passes a memo of [`settings::resolve`]).
-pub async fn decide_with<S, R>(
+/// [`decide`] with a chosen [`Prepare`] (the webhook passes its memo).
+pub async fn decide_with<S: ClusterSource, P: Prepare>(
     source: &S,
-    resolve: &R,
+    prepare: &P,
     endpoint: Endpoint,
     kind: Kind,
     object: &Value,
-) -> Decided
-where
-    S: ClusterSource,
-    R: Fn(
-            &std::collections::BTreeMap<String, String>,
-            Option<&settings::ClusterNetwork>,
-        ) -> Resolution
-        + Sync,
-{
+) -> Decided {
     let annotations = string_map(object.pointer("/metadata/annotations"));
     let (Some(target), Some(subject_kind)) = (kind.target(), kind.subject_kind()) else {
         return Decided::new(cluster_verdict(
             source,
-            resolve,
+            prepare,
             endpoint,
             object,
             &annotations,
@@ -132,7 +164,11 @@ where
 
     let own = settings::has_settings(&annotations);
     let (resolution, origin, lookup) = if own {
-        (resolve(&annotations, None), Origin::Own(subject_kind), "")
+        (
+            prepare.resolve(&annotations, None),
+            Origin::Own(subject_kind),
+            "",
+        )
     } else {
         let subject = Subject {
             kind: subject_kind,
@@ -152,7 +188,7 @@ where
         let label = lookup.label();
         match lookup {
             Lookup::Found { cluster, .. } => {
-                let resolution = resolve(&cluster.annotations, Some(&cluster.network));
+                let resolution = prepare.resolve(&cluster.annotations, Some(&cluster.network));
                 (resolution, Origin::Cluster(cluster), label)
             }
             Lookup::NotFound { looked_for } => {
@@ -204,9 +240,14 @@ where
                 warnings: Vec::new(),
             }
         }
-        Resolution::OptedIn { settings, warnings } => {
-            apply_settings(endpoint, target, object, &settings, fit_all(warnings))
-        }
+        Resolution::OptedIn { settings, warnings } => apply_settings(
+            prepare,
+            endpoint,
+            target,
+            object,
+            &settings,
+            fit_all(warnings),
+        ),
     };
     Decided { verdict, lookup }
 }
@@ -253,21 +294,15 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
     ]
 }
 
-fn cluster_verdict<S: ClusterSource, R>(
+fn cluster_verdict<S: ClusterSource, P: Prepare>(
     source: &S,
-    resolve: &R,
+    prepare: &P,
     endpoint: Endpoint,
     object: &Value,
-    annotations: &std::collections::BTreeMap<String, String>,
-) -> Verdict
-where
-    R: Fn(
-        &std::collections::BTreeMap<String, String>,
-        Option<&settings::ClusterNetwork>,
-    ) -> Resolution,
-{
+    annotations: &BTreeMap<String, String>,
+) -> Verdict {
     let (network, _) = cluster_network(object);
-    match resolve(annotations, Some(&network)) {
+    match prepare.resolve(annotations, Some(&network)) {
         Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
         Resolution::OptedIn {
             settings,
@@ -296,14 +331,15 @@ where
     }
 }
 
-fn apply_settings(
+fn apply_settings<P: Prepare>(
+    prepare: &P,
     endpoint: Endpoint,
     target: Target,
     object: &Value,
     settings: &settings::Settings,
     warnings: Vec<String>,
 ) -> Verdict {
-    let injection = match mutation::desired(settings, target) {
+    let injection = match prepare.injection(settings, target) {
         Ok(injection) => injection,
         Err(err) => return mutation_denial(err, warnings),
     };
