@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Macro benchmark: the release webhook (`serve --no-cluster-lookup`) and the baseline responder
-# (examples/baseline_responder.rs, same transport, allow-everything handler), each pinned to CPU 0, loaded over
+# Macro benchmark: the release webhook (`serve --no-cluster-lookup`), the baseline responder
+# (examples/baseline_responder.rs, same transport, allow-everything handler) and the replay responder
+# (examples/replay_responder.rs: the baseline's handler answering with the webhook's own responses, precomputed,
+# so it pays for the transport of the ~20 KB patches but does no policy work), each pinned to CPU 0, loaded over
 # HTTPS keep-alive by examples/loadgen.rs pinned to CPU 1, at fixed rates and at saturation. Prints one markdown
 # table: p50/p99/p99.9/max latency (from the request's due time: no coordinated omission), throughput, failed
 # requests, peak RSS (VmHWM of the server since its start), and how much of the server's CPU other processes took
@@ -22,10 +24,12 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-  nice cargo build --release --bin capi-calico-webhook --example baseline_responder --example loadgen >&2
+  nice cargo build --release --bin capi-calico-webhook --example baseline_responder --example replay_responder \
+    --example loadgen >&2
 fi
 BIN=target/release/capi-calico-webhook
 BASELINE=target/release/examples/baseline_responder
+REPLAY=target/release/examples/replay_responder
 LOADGEN=target/release/examples/loadgen
 
 work=$(mktemp -d)
@@ -90,6 +94,7 @@ run_server() { # run_server LABEL PORT COMMAND...
 run_server webhook 18443 "$BIN" serve --listen 127.0.0.1:18443 --self-signed-dir "$work/webhook-tls" \
   --metrics-listen off --no-cluster-lookup --log-format json
 run_server baseline 18444 "$BASELINE" --listen 127.0.0.1:18444 --self-signed-dir "$work/baseline-tls"
+run_server replay 18445 "$REPLAY" --listen 127.0.0.1:18445 --self-signed-dir "$work/replay-tls" "${body_args[@]}"
 
 echo
 echo "$(date -u +%Y-%m-%d) · $(nproc) CPUs · $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) · server on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU"
@@ -99,5 +104,5 @@ echo "| server | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | m
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"
 echo
-awk -v w="${saturated[webhook]}" -v b="${saturated[baseline]}" \
-  'BEGIN { printf "saturated throughput: webhook %.0f req/s = %.1f%% of baseline %.0f req/s\n", w, 100 * w / b, b }'
+awk -v w="${saturated[webhook]}" -v b="${saturated[baseline]}" -v r="${saturated[replay]}" \
+  'BEGIN { printf "saturated throughput: webhook %.0f req/s = %.1f%% of baseline %.0f req/s (replay of the webhook'"'"'s responses: %.0f req/s = %.1f%%)\n", w, 100 * w / b, b, r, 100 * r / b }'

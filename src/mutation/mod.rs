@@ -115,6 +115,19 @@ impl InjectedFile {
         m.insert("content".into(), Value::String(self.content.clone()));
         Value::Object(m)
     }
+
+    /// `entry == self.to_json()`, without building the JSON.
+    pub fn matches(&self, entry: &Value) -> bool {
+        let Value::Object(m) = entry else {
+            return false;
+        };
+        let field = |key: &str| m.get(key).and_then(Value::as_str);
+        m.len() == 4
+            && field("path") == Some(self.path.as_str())
+            && field("owner") == Some(self.owner)
+            && field("permissions") == Some(self.permissions)
+            && field("content") == Some(self.content.as_str())
+    }
 }
 
 /// Everything the webhook owns in one object. Commands are `&'static str`: compile-time constants by type.

@@ -97,8 +97,7 @@ impl ListPlan {
 }
 
 fn plan_files(existing: &[Value], injection: &Injection) -> Result<ListPlan, MutationError> {
-    let desired: Vec<Value> = injection.files.iter().map(|f| f.to_json()).collect();
-    let mut placed = vec![false; desired.len()];
+    let mut placed = vec![false; injection.files.len()];
     let mut plan = ListPlan::default();
     for (i, entry) in existing.iter().enumerate() {
         let Some(path) = entry.get("path").and_then(Value::as_str) else {
@@ -113,16 +112,16 @@ fn plan_files(existing: &[Value], injection: &Injection) -> Result<ListPlan, Mut
         match injection.files.iter().position(|f| f.path == path) {
             Some(j) if !placed[j] => {
                 placed[j] = true;
-                if *entry != desired[j] {
-                    plan.replace.push((i, desired[j].clone()));
+                if !injection.files[j].matches(entry) {
+                    plan.replace.push((i, injection.files[j].to_json()));
                 }
             }
             _ => plan.remove.push(i),
         }
     }
-    for (j, d) in desired.into_iter().enumerate() {
+    for (j, f) in injection.files.iter().enumerate() {
         if !placed[j] {
-            plan.append.push(d);
+            plan.append.push(f.to_json());
         }
     }
     plan.final_len = existing.len() - plan.remove.len() + plan.append.len();
@@ -471,12 +470,11 @@ pub fn verify(object: &Value, target: Target, injection: &Injection) -> Vec<Stri
         match found.as_slice() {
             [] => problems.push(format!("{where_files}: {} is missing", f.path)),
             [first, rest @ ..] => {
-                let want = f.to_json();
-                if **first != want {
+                if !f.matches(first) {
                     problems.push(format!(
                         "{where_files}: {} was altered ({} differ from what capi-calico-webhook injects)",
                         f.path,
-                        differing_fields(first, &want)
+                        differing_fields(first, &f.to_json())
                     ));
                 }
                 if !rest.is_empty() {

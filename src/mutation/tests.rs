@@ -1272,3 +1272,42 @@ mod props {
         }
     }
 }
+
+#[test]
+fn matches_agrees_with_comparing_the_json() {
+    let file = InjectedFile {
+        path: "/etc/capi-calico/calicoctl.conf".into(),
+        owner: "root:root",
+        permissions: "0644",
+        content: "a\nb".into(),
+    };
+    let exact = file.to_json();
+    let mut cases = vec![
+        exact.clone(),
+        json!(null),
+        json!("text"),
+        json!([exact.clone()]),
+    ];
+    for key in ["path", "owner", "permissions", "content"] {
+        let mut changed = exact.clone();
+        changed[key] = json!("other");
+        cases.push(changed);
+        let mut not_text = exact.clone();
+        not_text[key] = json!(7);
+        cases.push(not_text);
+        let mut missing = exact.clone();
+        missing.as_object_mut().expect("object").remove(key);
+        cases.push(missing);
+    }
+    let mut extra = exact.clone();
+    extra["encoding"] = json!("base64");
+    cases.push(extra);
+    let mut reordered = serde_json::Map::new();
+    for key in ["content", "permissions", "owner", "path"] {
+        reordered.insert(key.into(), exact[key].clone());
+    }
+    cases.push(Value::Object(reordered));
+    for case in &cases {
+        assert_eq!(file.matches(case), *case == exact, "{case}");
+    }
+}
