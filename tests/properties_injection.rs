@@ -476,6 +476,10 @@ proptest! {
     ) {
         let mut object = object;
         let kind = Kind::of_object(&object).unwrap();
+        // Annotations outside capi-calico.io/ are not read (kubectl's copy of the manifest, someone else's).
+        let manifest = object.to_string();
+        object["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json!(manifest);
+        object["metadata"]["annotations"]["example.com/CALICO_BLOCK_SIZE"] = json!("19");
         if template_metadata && kind == Kind::ConfigTemplate {
             object["spec"]["template"]["metadata"] = json!({"labels": {"tier": "workers"}});
         }

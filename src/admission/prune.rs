@@ -8,7 +8,8 @@
 //!
 //! - [`Others::Drop`]: the key disappears (metadata fields, status: nothing reads them);
 //! - [`Others::Null`]: the key stays with a `null` value, because the patch looks at which keys a kubeadm spec has
-//!   (it removes a spec left empty, and never a spec the user wrote other fields into).
+//!   (it removes a spec left empty, and never a spec the user wrote other fields into);
+//! - [`Others::Prefixed`]: only keys with the prefix stay (annotations: the policy reads `capi-calico.io/` keys only).
 //!
 //! A value that is not an object where the tree expects one is kept whole, so type errors read the same.
 //! Anything new the policy reads from the admitted object must be added to [`OBJECT`].
@@ -38,6 +39,10 @@ pub enum Others {
     Drop,
     /// Keep the key, with a `null` value.
     Null,
+    /// Keep the key and its whole value when the key starts with the prefix; skip it otherwise. For annotations:
+    /// the settings live under `capi-calico.io/`, and `kubectl.kubernetes.io/last-applied-configuration` alone can
+    /// be a copy of the whole manifest, escaped.
+    Prefixed(&'static str),
 }
 
 /// A kubeadm config spec (KCP `spec.kubeadmConfigSpec`, KCT `spec.template.spec`): the three lists the webhook
@@ -64,7 +69,13 @@ pub const OBJECT: Node = Node::Object {
                     ("name", Node::Keep),
                     ("namespace", Node::Keep),
                     ("labels", Node::Keep),
-                    ("annotations", Node::Keep),
+                    (
+                        "annotations",
+                        Node::Object {
+                            fields: &[],
+                            others: Others::Prefixed(crate::settings::PREFIX),
+                        },
+                    ),
                 ],
                 others: Others::Drop,
             },
@@ -124,10 +135,15 @@ pub fn prune(value: &Value, node: Node) -> Value {
                     Some((_, child)) => {
                         out.insert(key.clone(), prune(v, *child));
                     }
-                    None if others == Others::Null => {
-                        out.insert(key.clone(), Value::Null);
-                    }
-                    None => {}
+                    None => match others {
+                        Others::Null => {
+                            out.insert(key.clone(), Value::Null);
+                        }
+                        Others::Prefixed(prefix) if key.starts_with(prefix) => {
+                            out.insert(key.clone(), v.clone());
+                        }
+                        Others::Prefixed(_) | Others::Drop => {}
+                    },
                 }
             }
             Value::Object(out)
@@ -155,6 +171,13 @@ struct PruneVisitor {
     others: Others,
 }
 
+impl PruneVisitor {
+    /// Whether an unlisted key stays, with its value whole.
+    fn keeps_whole(&self, key: &str) -> bool {
+        matches!(self.others, Others::Prefixed(prefix) if key.starts_with(prefix))
+    }
+}
+
 impl<'de> Visitor<'de> for PruneVisitor {
     type Value = Value;
 
@@ -168,6 +191,10 @@ impl<'de> Visitor<'de> for PruneVisitor {
             match self.fields.iter().find(|(name, _)| *name == key) {
                 Some((_, child)) => {
                     let value = access.next_value_seed(*child)?;
+                    out.insert(key, value);
+                }
+                None if self.keeps_whole(&key) => {
+                    let value = access.next_value()?;
                     out.insert(key, value);
                 }
                 None => {
@@ -241,7 +268,12 @@ mod tests {
             "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2",
             "kind": "KubeadmControlPlane",
             "metadata": {
-                "name": "c", "namespace": "ns", "labels": {"a": "b"}, "annotations": {"x": "y"},
+                "name": "c", "namespace": "ns", "labels": {"a": "b"},
+                "annotations": {
+                    "capi-calico.io/CALICO_BLOCK_SIZE": "26",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\"}",
+                    "capi-calico.io": "no slash, not a setting"
+                },
                 "managedFields": [{"manager": "kubectl"}], "uid": "u", "generation": 3
             },
             "spec": {
@@ -259,7 +291,10 @@ mod tests {
         let want = json!({
             "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2",
             "kind": "KubeadmControlPlane",
-            "metadata": {"name": "c", "namespace": "ns", "labels": {"a": "b"}, "annotations": {"x": "y"}},
+            "metadata": {
+                "name": "c", "namespace": "ns", "labels": {"a": "b"},
+                "annotations": {"capi-calico.io/CALICO_BLOCK_SIZE": "26"}
+            },
             "spec": {
                 "replicas": null,
                 "version": null,
