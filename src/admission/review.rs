@@ -1,10 +1,10 @@
 //! The AdmissionReview wire format: request parsing and response building.
 //!
 //! Requests are read into a lean view that keeps only what the policy uses (kube-core's `GroupVersionKind` and
-//! `Operation`, the object as JSON) and skips the rest, `oldObject` included, without building it: reading the
-//! whole review into kube-core's `AdmissionReview<DynamicObject>` cost about a third of a decision. Responses are
-//! built here, because kube-core serialises a patch as a number array and sets no status code on denials
-//! (see docs/architecture.md).
+//! `Operation`, the object as JSON, pruned by [`super::prune`]) and skips the rest, `oldObject` included, without
+//! building it: reading the whole review into kube-core's `AdmissionReview<DynamicObject>` cost about a third of a
+//! decision. Responses are built here, because kube-core serialises a patch as a number array and sets no status
+//! code on denials (see docs/architecture.md).
 
 use json_patch::PatchOperation;
 use kube::core::{GroupVersionKind, admission::Operation};
