@@ -55,6 +55,8 @@ else nohup setsid /bin/bash /etc/capi-calico/apply-bgp.sh </dev/null >/dev/null 
 pub const INSTALL_SCRIPT: &str = include_str!("scripts/install-calicoctl.sh");
 /// The BGP apply script (bash, `set -eu`).
 pub const APPLY_SCRIPT: &str = include_str!("scripts/apply-bgp.sh");
+/// Every node script, the constant bulk of an injection.
+pub const SCRIPTS: [&str; 2] = [INSTALL_SCRIPT, APPLY_SCRIPT];
 
 /// CAPI limit: characters per command and per file `content`.
 pub const MAX_CONTENT_CHARS: usize = 10240;
