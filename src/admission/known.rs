@@ -113,7 +113,7 @@ mod tests {
     fn patches_are_byte_identical_to_serde_json() {
         let at = |p: &str| PointerBuf::parse(p).expect("pointer");
         let file = |content: &str| json!({"path": "/etc/capi-calico/x.sh", "owner": "root:root", "permissions": "0755", "content": content});
-        let patch = vec![
+        let patch = [
             PatchOperation::Add(AddOperation {
                 path: at("/spec/kubeadmConfigSpec/files"),
                 value: json!([
