@@ -17,10 +17,16 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# shellcheck lints the node scripts; python3 and curl serve and fetch in the script tests.
+# The node scripts are linted by shellcheck; the script tests run them with curl, and with wget for the fallback case
+# (setsid and nohup too, for the detached BGP apply); openssl checks deploy/certs/make-certs.sh's output; a C++
+# compiler builds libFuzzer for the fuzz step.
 command -v shellcheck >/dev/null || apt_install shellcheck
 command -v curl >/dev/null || apt_install curl
+command -v wget >/dev/null || apt_install wget
+command -v setsid >/dev/null || apt_install util-linux
+command -v nohup >/dev/null || apt_install coreutils
 command -v openssl >/dev/null || apt_install openssl
+command -v c++ >/dev/null || apt_install g++
 echo "shellcheck: $(shellcheck --version | sed -n 's/^version: //p')"
 
 # kubectl renders the kustomizations in tests/deploy_manifests.rs (the e2e suite builds its own, version-matched).
