@@ -12,25 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use load_support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// Read until the peer closes (Some(bytes)) or `within` passes (None).
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
-    s: &mut S,
-    within: Duration,
-) -> Option<Vec<u8>> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
 
 /// Send `head` + `body` on a fresh TLS connection; the status line of the answer and how long it took.
 async fn raw_request(
@@ -39,7 +22,7 @@ async fn raw_request(
     head: String,
     body: &[u8],
 ) -> (String, Duration) {
-    let mut s = tls_connect(addr, ca).await.unwrap();
+    let mut s = tls_connect(addr, ca, HTTP1).await.unwrap();
     let t = Instant::now();
     s.write_all(head.as_bytes()).await.unwrap();
     // The server may answer (413) and close before the whole body is written: ignore write errors.
@@ -89,22 +72,14 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
     let slowloris = tokio::spawn({
         let ca = ca.clone();
         async move {
-            let mut s = tls_connect(addr, &ca).await.unwrap();
+            let mut s = tls_connect(addr, &ca, HTTP1).await.unwrap();
             let t0 = Instant::now();
             let head = format!(
                 "POST /mutate HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}",
                 "a".repeat(200)
             );
-            for byte in head.bytes() {
-                if s.write_all(&[byte]).await.is_err() || s.flush().await.is_err() {
-                    return t0.elapsed();
-                }
-                if closed_within(&mut s, Duration::from_millis(200))
-                    .await
-                    .is_some()
-                {
-                    return t0.elapsed();
-                }
+            if cut_off_while_trickling(&mut s, head.as_bytes(), Duration::from_millis(200)).await {
+                return t0.elapsed();
             }
             panic!("slowloris connection never cut off");
         }
@@ -113,7 +88,7 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
     let no_body = tokio::spawn({
         let ca = ca.clone();
         async move {
-            let mut s = tls_connect(addr, &ca).await.unwrap();
+            let mut s = tls_connect(addr, &ca, HTTP1).await.unwrap();
             let t0 = Instant::now();
             s.write_all(post_head(Some(4000)).as_bytes()).await.unwrap();
             s.write_all(b"{").await.unwrap();
@@ -130,7 +105,7 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
         async move {
             let mut conns = Vec::new();
             for _ in 0..200 {
-                conns.push(tls_connect(addr, &ca).await.unwrap());
+                conns.push(tls_connect(addr, &ca, HTTP1).await.unwrap());
             }
             let t0 = Instant::now();
             let mut closed = 0;

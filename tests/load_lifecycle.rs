@@ -18,7 +18,7 @@ use secret_volume::publish;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn served_leaf(addr: std::net::SocketAddr, cas: &[String]) -> Vec<u8> {
-    let s = tls_connect(addr, cas).await.unwrap();
+    let s = tls_connect(addr, cas, HTTP1).await.unwrap();
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -115,7 +115,7 @@ async fn half_sent(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     usize,
 ) {
-    let mut s = tls_connect(addr, ca).await.unwrap();
+    let mut s = tls_connect(addr, ca, HTTP1).await.unwrap();
     let head = format!(
         "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()

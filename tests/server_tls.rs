@@ -3,6 +3,7 @@
 
 mod secret_volume;
 mod server_support;
+mod tls_client;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -10,24 +11,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
 use server_support::{FakeHandler, fast_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use capi_calico_webhook::server::tls::{GeneratedPair, generate_self_signed};
 use capi_calico_webhook::server::{RunningServer, ServerConfig, TlsSource, start};
 use secret_volume::publish;
-
-fn install_provider() {
-    // Another test may have installed it already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+use tls_client::{
+    HTTP1, closed_within, cut_off_while_trickling, https_client, install_provider, tls_connect, url,
+};
 
 async fn start_server(
     config: ServerConfig,
@@ -41,21 +37,6 @@ async fn start_server(
     .await
     .expect("server starts");
     (server, tx)
-}
-
-fn https_client(cas: &[&str]) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_certs_only(
-            cas.iter()
-                .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()),
-        )
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
-fn url(addr: SocketAddr, path: &str) -> String {
-    format!("https://localhost:{}{path}", addr.port())
 }
 
 async fn post_json(
@@ -77,34 +58,9 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
-async fn tls_connect(
-    addr: SocketAddr,
-    cas: &[&str],
-    alpn: &[&[u8]],
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let mut roots = RootCertStore::empty();
-    for pem in cas {
-        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-}
-
 /// DER of the leaf certificate a fresh TLS connection is served.
 async fn served_leaf(addr: SocketAddr, cas: &[&str]) -> Vec<u8> {
-    let stream = tls_connect(addr, cas, &[b"http/1.1"]).await.unwrap();
+    let stream = tls_connect(addr, cas, HTTP1).await.unwrap();
     stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -138,7 +94,7 @@ async fn https_end_to_end_with_self_signed_certificate() {
     });
     let (server, stop) = start_server(config, FakeHandler::new()).await;
     let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
-    let client = https_client(&[&ca]);
+    let client = https_client(&[&ca], true);
 
     let resp = post_json(&client, server.local_addr, "/mutate", "{}")
         .await
@@ -212,9 +168,7 @@ async fn https_end_to_end_with_self_signed_certificate() {
         .unwrap()
         .to_bytes();
     assert_eq!(&body[..], br#"{"endpoint":"validate","len":2}"#);
-    let h1 = tls_connect(server.local_addr, &[&ca], &[b"http/1.1"])
-        .await
-        .unwrap();
+    let h1 = tls_connect(server.local_addr, &[&ca], HTTP1).await.unwrap();
     assert_eq!(h1.get_ref().1.alpn_protocol(), Some(b"http/1.1".as_slice()));
     // Also reachable over 127.0.0.1 (the IP SAN).
     let by_ip = reqwest::Client::builder()
@@ -269,7 +223,7 @@ async fn certificate_rotation_through_data_symlink_swap() {
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = tokio::spawn({
         let (running, ok, failed) = (running.clone(), ok.clone(), failed.clone());
-        let client = https_client(&cas);
+        let client = https_client(&cas, true);
         async move {
             while running.load(Ordering::SeqCst) {
                 match post_json(&client, addr, "/validate", "{}").await {
@@ -380,7 +334,7 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new_connections() {
     let handler = FakeHandler::new();
     let (server, stop) = start_server(config, handler.clone()).await;
     let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
-    let client = https_client(&[&ca]);
+    let client = https_client(&[&ca], true);
     let (addr, metrics) = (server.local_addr, server.metrics_addr.unwrap());
 
     let started = handler.started.notified();
@@ -435,7 +389,7 @@ async fn drain_deadline_bounds_shutdown() {
     let handler = FakeHandler::new();
     let (server, stop) = start_server(config, handler.clone()).await;
     let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
-    let client = https_client(&[&ca]);
+    let client = https_client(&[&ca], true);
     let addr = server.local_addr;
     let started = handler.started.notified();
     let stuck = tokio::spawn(async move { post_json(&client, addr, "/mutate", "hang").await });
@@ -457,20 +411,6 @@ async fn drain_deadline_bounds_shutdown() {
     );
 }
 
-/// Read until the peer closes; returns what was read, or None if still open after `within`.
-async fn closed_within(stream: &mut TlsStream<TcpStream>, within: Duration) -> Option<Vec<u8>> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 #[tokio::test]
 async fn abusive_clients_are_cut_off_while_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,19 +425,11 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
     let slowloris = tokio::spawn({
         let ca = ca.clone();
         async move {
-            let mut s = tls_connect(addr, &[&ca], &[b"http/1.1"]).await.unwrap();
+            let mut s = tls_connect(addr, &[&ca], HTTP1).await.unwrap();
             let t0 = Instant::now();
             let head = b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-            for byte in head {
-                if s.write_all(&[*byte]).await.is_err() || s.flush().await.is_err() {
-                    return t0.elapsed();
-                }
-                if closed_within(&mut s, Duration::from_millis(100))
-                    .await
-                    .is_some()
-                {
-                    return t0.elapsed();
-                }
+            if cut_off_while_trickling(&mut s, head, Duration::from_millis(100)).await {
+                return t0.elapsed();
             }
             panic!("slowloris connection never cut off");
         }
@@ -506,7 +438,7 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
     let no_body = tokio::spawn({
         let ca = ca.clone();
         async move {
-            let mut s = tls_connect(addr, &[&ca], &[b"http/1.1"]).await.unwrap();
+            let mut s = tls_connect(addr, &[&ca], HTTP1).await.unwrap();
             s.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
                 .await
                 .unwrap();
@@ -529,7 +461,7 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
     let idle = tokio::spawn({
         let ca = ca.clone();
         async move {
-            let mut s = tls_connect(addr, &[&ca], &[b"http/1.1"]).await.unwrap();
+            let mut s = tls_connect(addr, &[&ca], HTTP1).await.unwrap();
             closed_within(&mut s, Duration::from_secs(3))
                 .await
                 .is_some()
@@ -546,7 +478,7 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
     });
 
     // Meanwhile a well-behaved client is served, each request quickly.
-    let client = https_client(&[&ca]);
+    let client = https_client(&[&ca], true);
     for _ in 0..10 {
         let t = Instant::now();
         let resp = post_json(&client, addr, "/validate", "{}").await.unwrap();

@@ -3,6 +3,11 @@
 //! from /proc, and a closed-loop load runner that counts every failure.
 #![allow(dead_code)]
 
+// The HTTPS and raw-TLS clients, shared with the in-process server tests.
+#[path = "../tls_client/mod.rs"]
+mod tls_client;
+pub use tls_client::*;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,17 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-
-pub fn install_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// A running `serve` child. Killed (SIGKILL) on drop if still running.
 pub struct Serve {
@@ -162,47 +156,6 @@ pub fn fixture(name: &str) -> Vec<u8> {
             .join(name),
     )
     .expect("fixture")
-}
-
-/// An HTTPS client trusting `cas` (PEM). `keep_alive: false` opens a new connection (and TLS handshake) per request.
-pub fn https_client(cas: &[String], keep_alive: bool) -> reqwest::Client {
-    install_provider();
-    let mut builder = reqwest::Client::builder()
-        .tls_certs_only(
-            cas.iter()
-                .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()),
-        )
-        .timeout(Duration::from_secs(10));
-    if !keep_alive {
-        builder = builder.pool_max_idle_per_host(0);
-    }
-    builder.build().unwrap()
-}
-
-pub fn url(addr: SocketAddr, path: &str) -> String {
-    format!("https://localhost:{}{path}", addr.port())
-}
-
-/// A raw TLS connection (HTTP/1.1 by ALPN) trusting `ca`.
-pub async fn tls_connect(
-    addr: SocketAddr,
-    cas: &[String],
-) -> std::io::Result<TlsStream<TcpStream>> {
-    install_provider();
-    let mut roots = RootCertStore::empty();
-    for pem in cas {
-        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
 }
 
 /// The body (and what to expect) of the load mix.
