@@ -42,6 +42,24 @@ async fn raw_request(
     )
 }
 
+/// How many of `conns` the server closes within `within` (all waited on together), and how long that took.
+async fn count_closed<S: tokio::io::AsyncRead + Unpin>(
+    conns: &mut [S],
+    within: Duration,
+) -> (usize, Duration) {
+    let t0 = Instant::now();
+    let mut closed = 0;
+    for c in conns {
+        if closed_within(c, within.saturating_sub(t0.elapsed()))
+            .await
+            .is_some()
+        {
+            closed += 1;
+        }
+    }
+    (closed, t0.elapsed())
+}
+
 fn post_head(len: Option<usize>) -> String {
     match len {
         Some(n) => format!(
@@ -107,17 +125,7 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
             for _ in 0..200 {
                 conns.push(tls_connect(addr, &ca, HTTP1).await.unwrap());
             }
-            let t0 = Instant::now();
-            let mut closed = 0;
-            for c in &mut conns {
-                if closed_within(c, Duration::from_secs(9).saturating_sub(t0.elapsed()))
-                    .await
-                    .is_some()
-                {
-                    closed += 1;
-                }
-            }
-            (closed, t0.elapsed())
+            count_closed(&mut conns, Duration::from_secs(9)).await
         }
     });
     let idle_tcp = tokio::spawn(async move {
@@ -125,17 +133,7 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
         for _ in 0..200 {
             conns.push(TcpStream::connect(addr).await.unwrap());
         }
-        let t0 = Instant::now();
-        let mut closed = 0;
-        for c in &mut conns {
-            if closed_within(c, Duration::from_secs(9).saturating_sub(t0.elapsed()))
-                .await
-                .is_some()
-            {
-                closed += 1;
-            }
-        }
-        (closed, t0.elapsed())
+        count_closed(&mut conns, Duration::from_secs(9)).await
     });
 
     // Oversized: declared, then streamed without a length.

@@ -39,6 +39,15 @@ async fn start_server(
     (server, tx)
 }
 
+/// Ask the server to stop and wait for it (5 s at most); it must stop cleanly.
+async fn stop_server(server: RunningServer, stop: oneshot::Sender<()>) {
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 async fn post_json(
     client: &reqwest::Client,
     addr: SocketAddr,
@@ -195,11 +204,7 @@ async fn https_end_to_end_with_self_signed_certificate() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_server(server, stop).await;
 }
 
 #[tokio::test]
@@ -290,11 +295,7 @@ async fn certificate_rotation_through_data_symlink_swap() {
         text.contains(r#"capi_calico_tls_reloads_total{result="success"} 3"#),
         "{text}"
     );
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_server(server, stop).await;
 }
 
 #[tokio::test]
@@ -318,11 +319,7 @@ async fn plain_file_overwrite_is_picked_up() {
         served_leaf(server.local_addr, &cas).await == leaf_der(&b)
     })
     .await;
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_server(server, stop).await;
 }
 
 #[tokio::test]
@@ -504,9 +501,5 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
         "connection without handshake not closed"
     );
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_server(server, stop).await;
 }
