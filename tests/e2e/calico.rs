@@ -16,7 +16,7 @@ use crate::Scenario;
 use crate::harness::{
     Harness, Output, Skip, TestResult, free_port, http_get, repo_root, yaml_docs,
 };
-use crate::smoke::{contains, name_of, qualified};
+use crate::smoke::{contains, generation_and_rv, name_of, qualified};
 use crate::webhook::{WEBHOOK_PROC, webhook_binary};
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -380,17 +380,6 @@ pub const KCT_FILES: &[&str] = &[
     "/etc/capi-calico/calicoctl.conf",
 ];
 
-fn gen_rv(h: &Harness, obj: &Value, ns: &str) -> TestResult<(i64, String)> {
-    let got = h.get_json(&qualified(obj), ns, name_of(obj))?;
-    Ok((
-        got["metadata"]["generation"].as_i64().unwrap_or(-1),
-        got["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-    ))
-}
-
 fn by_kind<'a>(docs: &'a [Value], kind: &str) -> TestResult<&'a Value> {
     docs.iter()
         .find(|d| d["kind"] == kind)
@@ -658,7 +647,7 @@ fn s3_reapply_client_and_server_side(h: &mut Harness) -> TestResult {
                 (KCT_FILES, false)
             };
             check_injection(kubeadm_spec(&stored), kubeadm_spec(d), files, bgp)?;
-            out.push(gen_rv(h, d, ns)?);
+            out.push(generation_and_rv(h, d, ns)?);
         }
         Ok(out)
     };
