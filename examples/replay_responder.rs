@@ -55,10 +55,10 @@ fn main() {
     for path in &args.bodies {
         let body = match std::fs::read(path) {
             Ok(body) => body,
-            Err(e) => exit(&format!("{}: {e}", path.display())),
+            Err(e) => support::fail(&format!("{}: {e}", path.display())),
         };
         if support::uid_of(&body).is_none() {
-            exit(&format!(
+            support::fail(&format!(
                 "{}: not an AdmissionReview with a request.uid",
                 path.display()
             ));
@@ -68,7 +68,7 @@ fn main() {
             .insert(body.len(), (reply.status, reply.body))
             .is_some()
         {
-            exit(&format!(
+            support::fail(&format!(
                 "{}: two bodies of {} bytes; the replay tells them apart by length",
                 path.display(),
                 body.len()
@@ -76,12 +76,7 @@ fn main() {
         }
     }
     if replies.is_empty() {
-        exit("give at least one --body FILE to replay");
+        support::fail("give at least one --body FILE to replay");
     }
     support::serve(&args, Replay(replies));
-}
-
-fn exit(message: &str) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2);
 }

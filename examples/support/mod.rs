@@ -74,7 +74,12 @@ pub fn args(default_port: u16, name: &str, usage: &str, bodies_allowed: bool) ->
 }
 
 fn exit_usage(usage: &str, problem: &str) -> ! {
-    eprintln!("error: {problem}\nusage: {usage}");
+    fail(&format!("{problem}\nusage: {usage}"))
+}
+
+/// Print `error: message` and exit with 2 (bad invocation or input).
+pub fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
     std::process::exit(2);
 }
 
