@@ -43,9 +43,11 @@ impl SettingsCache {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
+impl Prepare for SettingsCache {
     /// [`settings::resolve`], remembered.
-    pub fn resolve(
+    fn resolve(
         &self,
         annotations: &BTreeMap<String, String>,
         network: Option<&ClusterNetwork>,
@@ -78,7 +80,7 @@ impl SettingsCache {
     }
 
     /// [`mutation::desired`], remembered (errors are not: they end in a denial and are rare).
-    pub fn injection(
+    fn injection(
         &self,
         settings: &Settings,
         target: Target,
@@ -99,23 +101,6 @@ impl SettingsCache {
             recent.push_front((settings.clone(), target, Arc::clone(&injection)));
         }
         Ok(injection)
-    }
-}
-
-impl Prepare for SettingsCache {
-    fn resolve(
-        &self,
-        annotations: &BTreeMap<String, String>,
-        network: Option<&ClusterNetwork>,
-    ) -> Resolution {
-        SettingsCache::resolve(self, annotations, network)
-    }
-    fn injection(
-        &self,
-        settings: &Settings,
-        target: Target,
-    ) -> Result<Arc<Injection>, MutationError> {
-        SettingsCache::injection(self, settings, target)
     }
 }
 
