@@ -11,7 +11,8 @@
 # usage: scripts/bench.sh
 # env:   RATES="500 1000 2000"  DURATION=10 (s per row)  WARMUP=2 (s, not recorded)  CONNECTIONS=16
 #        BODIES="kcp-inject.json kct-inject.json ..." (tests/fixtures/reviews/, sent round-robin)
-#        SKIP_BUILD=1 (use the binaries already in target/release)  SERVER_CPU=0  CLIENT_CPU=1
+#        SKIP_BUILD=1 (use the binaries already built)  SERVER_CPU=0  CLIENT_CPU=1
+#        PROFILE=debug (debug binaries: only to check that the script works, as tests/bench_smoke.rs does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,14 +24,17 @@ BODIES=${BODIES:-"kcp-inject.json kct-inject.json cluster-valid.json kcp-injecte
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
+PROFILE=${PROFILE:-release}
+profile_flag=()
+[[ $PROFILE == release ]] && profile_flag=(--release)
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-  nice cargo build --release --bin capi-calico-webhook --example baseline_responder --example replay_responder \
+  nice cargo build "${profile_flag[@]}" --bin capi-calico-webhook --example baseline_responder --example replay_responder \
     --example loadgen >&2
 fi
-BIN=target/release/capi-calico-webhook
-BASELINE=target/release/examples/baseline_responder
-REPLAY=target/release/examples/replay_responder
-LOADGEN=target/release/examples/loadgen
+BIN=target/$PROFILE/capi-calico-webhook
+BASELINE=target/$PROFILE/examples/baseline_responder
+REPLAY=target/$PROFILE/examples/replay_responder
+LOADGEN=target/$PROFILE/examples/loadgen
 
 work=$(mktemp -d)
 server_pid=""
