@@ -23,7 +23,7 @@ static ENCODED: LazyLock<Vec<(&'static str, Box<RawValue>)>> = LazyLock::new(|| 
 pub fn encoded(text: &str) -> Option<&'static RawValue> {
     ENCODED
         .iter()
-        .find(|(script, _)| script.len() == text.len() && *script == text)
+        .find(|(script, _)| *script == text)
         .map(|(_, raw)| &**raw)
 }
 
