@@ -115,6 +115,13 @@ pub fn respond(uid: &str, verdict: &Verdict) -> Result<Vec<u8>, ReviewError> {
     }
 }
 
+/// Encodes response patches: the base64 crate's engine that picks AVX2 or NEON at start-up when the CPU has them
+/// (the scalar engine otherwise), several times faster than the scalar engine on the ~15 KB patches of a first
+/// injection. Same alphabet and padding as `general_purpose::STANDARD` (the tests decode with that).
+static PATCH_ENGINE: std::sync::LazyLock<base64::engine::Simd> = std::sync::LazyLock::new(|| {
+    base64::engine::Simd::standard(base64::engine::general_purpose::PAD)
+});
+
 /// The hot path: an allowed review, usually with a patch of ~15 KB (the node scripts). The patch's JSON is
 /// base64-encoded straight into the response buffer, without building a `Value` around it or rescanning the
 /// base64 text as a JSON string (base64 needs no escaping).
@@ -130,7 +137,7 @@ fn respond_allow(
     } else {
         serde_json::to_vec(&super::known::Patch(patch)).map_err(ReviewError::Encode)?
     };
-    let engine = &base64::engine::general_purpose::STANDARD;
+    let engine = &*PATCH_ENGINE;
     let encoded_len = base64::encoded_len(patch_json.len(), true).unwrap_or(0);
     let mut out: Vec<u8> = Vec::with_capacity(256 + uid.len() + encoded_len);
     out.extend_from_slice(
@@ -279,6 +286,32 @@ mod tests {
                 .expect("base64");
             let ops: Value = serde_json::from_slice(&patch).expect("patch json");
             assert_eq!(ops[0]["value"], "x\"y");
+        }
+    }
+
+    /// The SIMD engine works in blocks: patches of every length around its block sizes, and the ~15 KB ones of
+    /// real injections, must decode with the scalar engine to exactly the patch's JSON.
+    #[test]
+    fn large_and_odd_sized_patches_decode_with_the_scalar_engine() {
+        let scripts: Vec<Value> = crate::mutation::SCRIPTS.iter().map(|s| json!(s)).collect();
+        let values = (0..100)
+            .map(|n| json!("x".repeat(n)))
+            .chain([json!(scripts)]);
+        for value in values {
+            let patch = vec![PatchOperation::Add(AddOperation {
+                path: PointerBuf::from_tokens(["spec", "files"]),
+                value,
+            })];
+            let verdict = Verdict::Allow {
+                patch: patch.clone(),
+                warnings: Vec::new(),
+            };
+            let out: Value =
+                serde_json::from_slice(&respond("u", &verdict).expect("encodes")).expect("json");
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(out["response"]["patch"].as_str().expect("patch"))
+                .expect("base64");
+            assert_eq!(decoded, serde_json::to_vec(&patch).expect("json"));
         }
     }
 
