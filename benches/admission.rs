@@ -211,3 +211,55 @@ fn main() {
         percentiles();
     }
 }
+
+/// The baseline responder's whole policy: `request.uid`, everything else skipped (but scanned).
+#[derive(serde::Deserialize)]
+struct UidReview {
+    request: Option<UidRequest>,
+}
+
+#[derive(serde::Deserialize)]
+struct UidRequest {
+    uid: String,
+}
+
+fn baseline_uid(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<UidReview>(body)
+        .ok()
+        .and_then(|r| r.request)
+        .map(|r| r.uid)
+}
+
+/// The bodies `scripts/bench.sh` sends round-robin, in its order.
+const BENCH_MIX: &[&str] = &[
+    "kcp_first_injection",
+    "kct_first_injection",
+    "cluster_valid",
+    "kcp_already_injected",
+    "kct_already_injected",
+];
+
+/// One pass over the macro benchmark's body mix through `Webhook::handle`: its time / 5 is the webhook's
+/// in-process cost per request in `scripts/bench.sh`, without the transport.
+#[divan::bench]
+fn bench_mix_webhook(bencher: divan::Bencher) {
+    let cases: Vec<&Case> = BENCH_MIX.iter().map(|n| case(n)).collect();
+    bencher.bench(|| {
+        for c in &cases {
+            divan::black_box(block_on(
+                WEBHOOK.handle(c.endpoint, divan::black_box(&c.body)),
+            ));
+        }
+    });
+}
+
+/// The same pass through the baseline responder's policy (the uid read), for the in-process ratio.
+#[divan::bench]
+fn bench_mix_baseline(bencher: divan::Bencher) {
+    let cases: Vec<&Case> = BENCH_MIX.iter().map(|n| case(n)).collect();
+    bencher.bench(|| {
+        for c in &cases {
+            divan::black_box(baseline_uid(divan::black_box(&c.body)));
+        }
+    });
+}
