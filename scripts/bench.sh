@@ -74,9 +74,9 @@ run_server() { # run_server LABEL PORT COMMAND...
   taskset -c "$SERVER_CPU" "$@" 2>"$work/$label.log" &
   server_pid=$!
   wait_port "$port"
-  local rate out hwm cpu0 own0 t0 others
+  local rate out hwm cpu0 client0 own0 t0 others own client
   for rate in $RATES 0; do
-    cpu0=$(cpu_ticks "$SERVER_CPU"); own0=$(proc_ticks "$server_pid"); t0=$(date +%s.%N)
+    cpu0=$(cpu_ticks "$SERVER_CPU"); client0=$(cpu_ticks "$CLIENT_CPU"); own0=$(proc_ticks "$server_pid"); t0=$(date +%s.%N)
     out=$(taskset -c "$CLIENT_CPU" "$LOADGEN" --url "https://127.0.0.1:$port/mutate" --ca "$work/$label-tls/ca.crt" \
       "${body_args[@]}" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS")
     hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$server_pid/status")
@@ -85,10 +85,17 @@ run_server() { # run_server LABEL PORT COMMAND...
     others=$(awk -v c="$(( $(cpu_ticks "$SERVER_CPU") - cpu0 ))" -v o="$(( $(proc_ticks "$server_pid") - own0 ))" \
       -v t0="$t0" -v t1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
       'BEGIN { v = 100 * (c - o) / hz / (t1 - t0); printf "%.0f", v < 0 ? 0 : v }')
-    echo "$label rate=$rate $out VmHWM=${hwm}kB others-on-cpu${SERVER_CPU}=${others}%" >&2
+    # The server's own CPU time over the row, warm-up included: near 100 % at saturation means the server, not the
+    # load generator, was the limit.
+    own=$(awk -v o="$(( $(proc_ticks "$server_pid") - own0 ))" -v t0="$t0" -v t1="$(date +%s.%N)" \
+      -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", 100 * o / hz / (t1 - t0) }')
+    # How busy the load generator's CPU was: near 100 % means the load generator may have been the limit.
+    client=$(awk -v c="$(( $(cpu_ticks "$CLIENT_CPU") - client0 ))" -v t0="$t0" -v t1="$(date +%s.%N)" \
+      -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", 100 * c / hz / (t1 - t0) }')
+    echo "$label rate=$rate $out VmHWM=${hwm}kB server-cpu=${own}% client-cpu${CLIENT_CPU}=${client}% others-on-cpu${SERVER_CPU}=${others}%" >&2
     local shown_rate=$rate
     [[ $rate == 0 ]] && shown_rate="saturation" && saturated[$label]=$(field throughput "$out")
-    rows+=("| $label | $shown_rate | $(field throughput "$out") | $(us_to_ms "$(field p50_us "$out")") | $(us_to_ms "$(field p99_us "$out")") | $(us_to_ms "$(field p999_us "$out")") | $(us_to_ms "$(field max_us "$out")") | $(field failed "$out") | $(kib_to_mib "$hwm") | $others |")
+    rows+=("| $label | $shown_rate | $(field throughput "$out") | $(us_to_ms "$(field p50_us "$out")") | $(us_to_ms "$(field p99_us "$out")") | $(us_to_ms "$(field p999_us "$out")") | $(us_to_ms "$(field max_us "$out")") | $(field failed "$out") | $(kib_to_mib "$hwm") | $own | $client | $others |")
   done
   kill -TERM "$server_pid"
   wait "$server_pid" || true
@@ -104,8 +111,8 @@ echo
 echo "$(date -u +%Y-%m-%d) · $(nproc) CPUs · $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) · server on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU"
 echo "bodies (round-robin): $BODIES · $CONNECTIONS keep-alive HTTP/1.1 connections · ${DURATION}s per row after ${WARMUP}s warm-up"
 echo
-echo "| server | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | failed | peak RSS MiB | CPU $SERVER_CPU busy outside the server % |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | failed | peak RSS MiB | server CPU % | CPU $CLIENT_CPU (load generator) busy % | CPU $SERVER_CPU busy outside the server % |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"
 echo
 awk -v w="${saturated[webhook]}" -v b="${saturated[baseline]}" -v r="${saturated[replay]}" \
