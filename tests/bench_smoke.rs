@@ -50,10 +50,12 @@ fn bench_script_runs_all_three_servers_without_failed_requests() {
                 .find(|l| l.starts_with(&format!("| {server} | {rate} |")))
                 .unwrap_or_else(|| panic!("no {server} row at {rate}:\n{stdout}"));
             let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-            // | server | offered | achieved | p50 | p99 | p99.9 | max | failed | RSS | others |
+            // | server | offered | achieved | p50 | p99 | p99.9 | max | failed | RSS | server CPU | client CPU | others |
             let achieved: f64 = cells[3].parse().expect("achieved req/s");
             assert!(achieved > 0.0, "{row}");
             assert_eq!(cells[8], "0", "failed requests: {row}");
+            let server_cpu: f64 = cells[10].parse().expect("server CPU %");
+            assert!(server_cpu > 0.0, "the server used no CPU: {row}");
         }
     }
     assert!(
