@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
+    hash::{BuildHasher, Hash, Hasher, RandomState},
     sync::{Arc, Mutex},
 };
 
@@ -23,19 +24,28 @@ const MAX_KEY_BYTES: usize = 8 * 1024 * 1024;
 /// management cluster sees few distinct Calico configurations at a time, and a miss only costs the rendering.
 const MAX_INJECTIONS: usize = 32;
 
-type Key = (Vec<(String, String)>, Option<Vec<IpNet>>);
-
-/// Thread-safe memo of settings resolutions.
+/// Thread-safe memo of settings resolutions and injections.
 #[derive(Default)]
 pub struct SettingsCache {
     inner: Mutex<Inner>,
     injections: Mutex<VecDeque<(Settings, Target, Arc<Injection>)>>,
 }
 
+/// Resolutions by a hash of their key; entries with the same hash are told apart by the key itself. A lookup
+/// hashes and compares the object's annotations where they are, without copying them.
 #[derive(Default)]
 struct Inner {
-    map: HashMap<Key, Resolution>,
+    hasher: RandomState,
+    map: HashMap<u64, Vec<Entry>>,
+    entries: usize,
     key_bytes: usize,
+}
+
+/// One remembered resolution and its key: the `capi-calico.io/` annotations (in key order) and the pod CIDRs.
+struct Entry {
+    annotations: Vec<(String, String)>,
+    pod_cidrs: Option<Vec<IpNet>>,
+    resolution: Arc<Resolution>,
 }
 
 impl SettingsCache {
@@ -45,36 +55,91 @@ impl SettingsCache {
     }
 }
 
+/// The part of `annotations` a resolution depends on.
+fn ours(annotations: &BTreeMap<String, String>) -> impl Iterator<Item = (&str, &str)> + Clone {
+    annotations
+        .iter()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+impl Inner {
+    fn fingerprint<'a>(
+        &self,
+        ours: impl Iterator<Item = (&'a str, &'a str)>,
+        pod_cidrs: Option<&[IpNet]>,
+    ) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for pair in ours {
+            pair.hash(&mut h);
+        }
+        pod_cidrs.hash(&mut h);
+        h.finish()
+    }
+
+    fn get<'a>(
+        &self,
+        hash: u64,
+        ours: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        pod_cidrs: Option<&[IpNet]>,
+    ) -> Option<Arc<Resolution>> {
+        self.map.get(&hash)?.iter().find_map(|e| {
+            let mut theirs = e.annotations.iter();
+            let mut mine = ours.clone();
+            let same_annotations = loop {
+                match (theirs.next(), mine.next()) {
+                    (None, None) => break true,
+                    (Some((k, v)), Some((k2, v2))) if k == k2 && v == v2 => {}
+                    _ => break false,
+                }
+            };
+            (same_annotations && e.pod_cidrs.as_deref() == pod_cidrs)
+                .then(|| Arc::clone(&e.resolution))
+        })
+    }
+}
+
 impl Prepare for SettingsCache {
     /// [`settings::resolve`], remembered.
     fn resolve(
         &self,
         annotations: &BTreeMap<String, String>,
         network: Option<&ClusterNetwork>,
-    ) -> Resolution {
-        let ours: Vec<(String, String)> = annotations
-            .iter()
-            .filter(|(k, _)| k.starts_with(PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if ours.is_empty() {
-            return settings::resolve(annotations, network);
+    ) -> Arc<Resolution> {
+        let ours = ours(annotations);
+        if ours.clone().next().is_none() {
+            return Arc::new(settings::resolve(annotations, network));
         }
-        let key: Key = (ours, network.map(|n| n.pod_cidrs.clone()));
-        if let Ok(inner) = self.inner.lock()
-            && let Some(hit) = inner.map.get(&key)
-        {
-            return hit.clone();
+        let pod_cidrs = network.map(|n| n.pod_cidrs.as_slice());
+        let mut hash = None;
+        if let Ok(inner) = self.inner.lock() {
+            let h = inner.fingerprint(ours.clone(), pod_cidrs);
+            if let Some(hit) = inner.get(h, ours.clone(), pod_cidrs) {
+                return hit;
+            }
+            hash = Some(h);
         }
-        let resolution = settings::resolve(annotations, network);
-        if let Ok(mut inner) = self.inner.lock() {
-            let bytes: usize = key.0.iter().map(|(k, v)| k.len() + v.len()).sum();
-            if inner.map.len() >= MAX_ENTRIES || inner.key_bytes + bytes > MAX_KEY_BYTES {
+        let resolution = Arc::new(settings::resolve(annotations, network));
+        if let (Some(hash), Ok(mut inner)) = (hash, self.inner.lock()) {
+            let annotations: Vec<(String, String)> =
+                ours.map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let bytes: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if inner.entries >= MAX_ENTRIES || inner.key_bytes + bytes > MAX_KEY_BYTES {
                 inner.map.clear();
+                inner.entries = 0;
                 inner.key_bytes = 0;
             }
-            inner.key_bytes += bytes;
-            inner.map.insert(key, resolution.clone());
+            let key = annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            // Another thread may have resolved the same key meanwhile.
+            if inner.get(hash, key, pod_cidrs).is_none() {
+                inner.entries += 1;
+                inner.key_bytes += bytes;
+                inner.map.entry(hash).or_default().push(Entry {
+                    annotations,
+                    pod_cidrs: pod_cidrs.map(<[IpNet]>::to_vec),
+                    resolution: Arc::clone(&resolution),
+                });
+            }
         }
         resolution
     }
@@ -134,7 +199,7 @@ mod tests {
             for network in [None, Some(&net)] {
                 for _ in 0..2 {
                     assert_eq!(
-                        cache.resolve(a, network),
+                        *cache.resolve(a, network),
                         settings::resolve(a, network),
                         "{a:?} {network:?}"
                     );
@@ -157,11 +222,11 @@ mod tests {
             pod_cidrs: vec!["192.168.0.0/16".parse().expect("cidr")],
         };
         assert!(matches!(
-            cache.resolve(&a, Some(&inside)),
+            *cache.resolve(&a, Some(&inside)),
             Resolution::OptedIn { .. }
         ));
         assert!(matches!(
-            cache.resolve(&a, Some(&outside)),
+            *cache.resolve(&a, Some(&outside)),
             Resolution::Invalid { .. }
         ));
     }
@@ -210,6 +275,38 @@ mod tests {
         assert_eq!(cache.injections.lock().expect("lock").len(), MAX_INJECTIONS);
     }
 
+    /// Entries that share a hash (forced here) are told apart by their whole key, a shorter list of the same
+    /// annotations included.
+    #[test]
+    fn entries_with_the_same_hash_are_compared_in_full() {
+        let on = ("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT", "true");
+        let cidr = ("capi-calico.io/CALICO_POD_CIDR", "10.0.0.0/16");
+        let keys = [vec![on], vec![on, cidr], vec![cidr]];
+        let cidrs: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let mut inner = Inner::default();
+        let mut stored = Vec::new();
+        for key in &keys {
+            for network in [None, Some(cidrs.as_slice())] {
+                let resolution = Arc::new(settings::resolve(&annotations(key), None));
+                stored.push((key, network, Arc::clone(&resolution)));
+                inner.map.entry(7).or_default().push(Entry {
+                    annotations: key
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    pod_cidrs: network.map(<[IpNet]>::to_vec),
+                    resolution,
+                });
+            }
+        }
+        for (key, network, resolution) in &stored {
+            let got = inner.get(7, key.iter().copied(), *network).expect("hit");
+            assert!(Arc::ptr_eq(&got, resolution), "{key:?} {network:?}");
+        }
+        assert!(inner.get(7, [cidr, on].into_iter(), None).is_none());
+        assert!(inner.get(8, [on].into_iter(), None).is_none());
+    }
+
     #[test]
     fn stays_bounded() {
         let cache = SettingsCache::new();
@@ -220,6 +317,11 @@ mod tests {
             ]);
             cache.resolve(&a, None);
         }
-        assert!(cache.inner.lock().expect("lock").map.len() <= MAX_ENTRIES);
+        let inner = cache.inner.lock().expect("lock");
+        assert!(inner.entries <= MAX_ENTRIES);
+        assert_eq!(
+            inner.entries,
+            inner.map.values().map(Vec::len).sum::<usize>()
+        );
     }
 }

@@ -92,19 +92,19 @@ pub fn fit_warning(text: &str) -> String {
     short
 }
 
-fn fit_all(warnings: Vec<String>) -> Vec<String> {
+fn fit_all(warnings: &[String]) -> Vec<String> {
     warnings.iter().map(|w| fit_warning(w)).collect()
 }
 
 /// Where the policy gets its settings and injections from: [`Compute`] builds them for every object (the CLI),
 /// [`super::cache::SettingsCache`] remembers them (the webhook).
 pub trait Prepare: Sync {
-    /// [`settings::resolve`].
+    /// [`settings::resolve`] (shared: a memo hands out the same resolution to every review of a Cluster's objects).
     fn resolve(
         &self,
         annotations: &BTreeMap<String, String>,
         network: Option<&settings::ClusterNetwork>,
-    ) -> Resolution;
+    ) -> Arc<Resolution>;
     /// [`mutation::desired`].
     fn injection(
         &self,
@@ -121,8 +121,8 @@ impl Prepare for Compute {
         &self,
         annotations: &BTreeMap<String, String>,
         network: Option<&settings::ClusterNetwork>,
-    ) -> Resolution {
-        settings::resolve(annotations, network)
+    ) -> Arc<Resolution> {
+        Arc::new(settings::resolve(annotations, network))
     }
     fn injection(
         &self,
@@ -225,14 +225,14 @@ pub async fn decide_with<S: ClusterSource, P: Prepare>(
         }
     };
 
-    let verdict = match resolution {
+    let verdict = match &*resolution {
         Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
         Resolution::Invalid { problems } => {
             let rules = problems.iter().map(|p| p.rule.to_string()).collect();
             let message = format!(
                 "{}{}",
                 origin.preamble(),
-                settings::render_problems(&problems)
+                settings::render_problems(problems)
             );
             Verdict::Deny {
                 message,
@@ -245,7 +245,7 @@ pub async fn decide_with<S: ClusterSource, P: Prepare>(
             endpoint,
             target,
             object,
-            &settings,
+            settings,
             fit_all(warnings),
         ),
     };
@@ -302,12 +302,10 @@ fn cluster_verdict<S: ClusterSource, P: Prepare>(
     annotations: &BTreeMap<String, String>,
 ) -> Verdict {
     let (network, _) = cluster_network(object);
-    match prepare.resolve(annotations, Some(&network)) {
+    match &*prepare.resolve(annotations, Some(&network)) {
         Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
-        Resolution::OptedIn {
-            settings,
-            mut warnings,
-        } => {
+        Resolution::OptedIn { settings, warnings } => {
+            let mut warnings = warnings.clone();
             if let Some(loaded) = source.calico_bundles() {
                 warnings.extend(crate::delivery::bundle_missing_warning(
                     &settings.calico_version,
@@ -320,11 +318,11 @@ fn cluster_verdict<S: ClusterSource, P: Prepare>(
             };
             Verdict::Allow {
                 patch,
-                warnings: fit_all(warnings),
+                warnings: fit_all(&warnings),
             }
         }
         Resolution::Invalid { problems } => Verdict::Deny {
-            message: settings::render_problems(&problems),
+            message: settings::render_problems(problems),
             rules: problems.iter().map(|p| p.rule.to_string()).collect(),
             warnings: Vec::new(),
         },

@@ -107,7 +107,7 @@ pub struct InjectedFile {
 impl InjectedFile {
     /// The `files[]` entry exactly as injected: `path`, `owner`, `permissions`, `content` and nothing else.
     pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
+        let mut m = Map::with_capacity(4);
         m.insert("path".into(), Value::String(self.path.clone()));
         m.insert("owner".into(), Value::String(self.owner.to_string()));
         m.insert(
