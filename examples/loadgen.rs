@@ -7,13 +7,19 @@
 //!   `std::thread::sleep` (tokio's timer is only millisecond-precise).
 //! * `--rate 0`: saturation. Every connection sends back to back; latency is the service time.
 //!
+//! * `--idle spin`: the load generator's thread never sleeps while the run lasts (a task that only yields keeps the
+//!   runtime polling its sockets). By default (`--idle sleep`) it waits in `epoll_wait` like any client, and then
+//!   each response the server writes must wake it, which on a small VM costs the *server* an inter-processor
+//!   interrupt per write. Spinning takes that cost off the server's CPU: rows measured so tell the server's own
+//!   cost per request.
+//!
 //! Latencies go into an HDR histogram (1 µs .. 60 s, 3 significant digits). The first `--warmup` seconds are sent
 //! but not recorded. Prints one JSON line: `{"sent","ok","failed","seconds","throughput","p50_us","p99_us",
 //! "p999_us","max_us"}`; `failed` counts transport errors and any status other than 200.
 //!
 //! ```text
 //! loadgen --url https://127.0.0.1:8443/mutate --ca DIR/ca.crt --body a.json --body b.json \
-//!         [--rate 1000] [--duration 10] [--warmup 2] [--connections 16]
+//!         [--rate 1000] [--duration 10] [--warmup 2] [--connections 16] [--idle sleep|spin]
 //! ```
 
 use std::path::PathBuf;
@@ -37,6 +43,7 @@ struct Args {
     duration: Duration,
     warmup: Duration,
     connections: usize,
+    spin: bool,
 }
 
 fn parse_args() -> Args {
@@ -48,6 +55,7 @@ fn parse_args() -> Args {
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
         connections: 16,
+        spin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +71,13 @@ fn parse_args() -> Args {
             "--duration" => a.duration = secs(&value),
             "--warmup" => a.warmup = secs(&value),
             "--connections" => a.connections = value.parse().unwrap_or_else(|_| usage(&value)),
+            "--idle" => {
+                a.spin = match value.as_str() {
+                    "sleep" => false,
+                    "spin" => true,
+                    _ => usage(&format!("--idle {value}: sleep or spin")),
+                }
+            }
             _ => usage(&flag),
         }
     }
@@ -75,7 +90,7 @@ fn parse_args() -> Args {
 fn usage(what: &str) -> ! {
     eprintln!(
         "loadgen: {what}\nusage: loadgen --url https://HOST:PORT/PATH --ca CA.pem --body FILE [--body FILE ...] \
-         [--rate N|0] [--duration S] [--warmup S] [--connections N]"
+         [--rate N|0] [--duration S] [--warmup S] [--connections N] [--idle sleep|spin]"
     );
     std::process::exit(2);
 }
@@ -281,6 +296,14 @@ fn main() {
         let tasks: Vec<_> = (0..args.connections)
             .map(|_| tokio::spawn(worker(Arc::clone(&shared))))
             .collect();
+        if args.spin {
+            let end = shared.end;
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
         let mut total = Tally::default();
         for t in tasks {

@@ -13,6 +13,8 @@
 #        BODIES="kcp-inject.json kct-inject.json ..." (tests/fixtures/reviews/, sent round-robin)
 #        SKIP_BUILD=1 (use the binaries already built)  SERVER_CPU=0  CLIENT_CPU=1
 #        PROFILE=debug (debug binaries: only to check that the script works, as tests/bench_smoke.rs does)
+#        IDLE=spin (the load generator busy-polls instead of sleeping between responses, so that waking it is not
+#        charged to the server: see examples/loadgen.rs and docs/performance.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 BODIES=${BODIES:-"kcp-inject.json kct-inject.json cluster-valid.json kcp-injected.json kct-injected.json"}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+IDLE=${IDLE:-sleep}
 
 PROFILE=${PROFILE:-release}
 profile_flag=()
@@ -78,7 +81,7 @@ run_server() { # run_server LABEL PORT COMMAND...
   for rate in $RATES 0; do
     cpu0=$(cpu_ticks "$SERVER_CPU"); client0=$(cpu_ticks "$CLIENT_CPU"); own0=$(proc_ticks "$server_pid"); t0=$(date +%s.%N)
     out=$(taskset -c "$CLIENT_CPU" "$LOADGEN" --url "https://127.0.0.1:$port/mutate" --ca "$work/$label-tls/ca.crt" \
-      "${body_args[@]}" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS")
+      "${body_args[@]}" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS" --idle "$IDLE")
     hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$server_pid/status")
     # Share of the server's CPU busy outside the server process while the row ran: other tenants of the machine, and
     # kernel work not charged to the process (softirq of the loopback traffic).
@@ -109,7 +112,7 @@ run_server replay 18445 "$REPLAY" --listen 127.0.0.1:18445 --self-signed-dir "$w
 
 echo
 echo "$(date -u +%Y-%m-%d) · $(nproc) CPUs · $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) · server on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU"
-echo "bodies (round-robin): $BODIES · $CONNECTIONS keep-alive HTTP/1.1 connections · ${DURATION}s per row after ${WARMUP}s warm-up"
+echo "bodies (round-robin): $BODIES · $CONNECTIONS keep-alive HTTP/1.1 connections · ${DURATION}s per row after ${WARMUP}s warm-up · load generator idles by: $IDLE"
 echo
 echo "| server | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | failed | peak RSS MiB | server CPU % | CPU $CLIENT_CPU (load generator) busy % | CPU $SERVER_CPU busy outside the server % |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
