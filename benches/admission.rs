@@ -8,14 +8,16 @@
 //! BENCH_PERCENTILE_ITERS=50000 cargo bench --bench admission
 //! ```
 //! Divan gives no tail percentiles, so after its table a second pass times each case one call at a time
-//! (`BENCH_PERCENTILE_ITERS`, default 20000, after 2000 warm-up calls) and prints p50 / p99 / p99.9 / max.
+//! (`BENCH_PERCENTILE_ITERS`, default 20000, after 2000 warm-up calls) and prints p50 / p99 / p99.9 / max; a third
+//! splits the macro benchmark's bodies into phases (skip as the baseline does, parse, decide, respond).
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use capi_calico_webhook::admission::Webhook;
 use capi_calico_webhook::admission::api::{Endpoint, Outcome};
+use capi_calico_webhook::admission::cache::SettingsCache;
 use capi_calico_webhook::admission::policy::{self, Kind};
+use capi_calico_webhook::admission::{Webhook, review};
 use capi_calico_webhook::cluster::documents::DocumentSource;
 use serde_json::Value;
 
@@ -202,13 +204,67 @@ fn percentiles() {
     }
 }
 
+/// Where a review's time goes, phase by phase, for each body of the macro benchmark's mix: skipping the body as
+/// the baseline does, `review::parse`, `policy::decide_with` (with the webhook's memo, warm) and `review::respond`.
+/// Means over `BENCH_PERCENTILE_ITERS` rounds after 2000 warm-up rounds.
+fn phases() {
+    let iters: usize = std::env::var("BENCH_PERCENTILE_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let source = DocumentSource::default();
+    let memo = SettingsCache::new();
+    println!("\nPhases of one review, mean over {iters} rounds (µs):\n");
+    println!("| case | skip (baseline) | parse | decide | respond |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut totals = [0.0f64; 4];
+    for c in BENCH_MIX.iter().map(|n| case(n)) {
+        let mut sums = [Duration::ZERO; 4];
+        for round in 0..(iters + 2_000) {
+            let t0 = Instant::now();
+            divan::black_box(baseline_uid(divan::black_box(&c.body)));
+            let t1 = Instant::now();
+            let request = review::parse(divan::black_box(&c.body)).expect("parses");
+            let t2 = Instant::now();
+            let object = request.object.as_ref().expect("object");
+            let decided = block_on(policy::decide_with(
+                &source, &memo, c.endpoint, c.kind, object,
+            ));
+            let t3 = Instant::now();
+            divan::black_box(review::respond(&request.uid, &decided.verdict).expect("encodes"));
+            let t4 = Instant::now();
+            if round >= 2_000 {
+                for (sum, (a, b)) in sums
+                    .iter_mut()
+                    .zip([(t0, t1), (t1, t2), (t2, t3), (t3, t4)])
+                {
+                    *sum += b - a;
+                }
+            }
+        }
+        let means = sums.map(|d| d.as_secs_f64() * 1e6 / iters as f64);
+        for (total, mean) in totals.iter_mut().zip(means) {
+            *total += mean;
+        }
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            c.name, means[0], means[1], means[2], means[3]
+        );
+    }
+    println!(
+        "| sum over the mix | {:.1} | {:.1} | {:.1} | {:.1} |",
+        totals[0], totals[1], totals[2], totals[3]
+    );
+}
+
 fn main() {
     LazyLock::force(&FIXTURES);
     divan::main();
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and divan then runs
-    // every benchmark once as a test: skip the timing pass too.
+    // every benchmark once as a test: skip the timing passes too.
     if std::env::args().any(|a| a == "--bench") {
         percentiles();
+        phases();
     }
 }
 
