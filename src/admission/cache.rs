@@ -84,17 +84,13 @@ impl Inner {
         pod_cidrs: Option<&[IpNet]>,
     ) -> Option<Arc<Resolution>> {
         self.map.get(&hash)?.iter().find_map(|e| {
-            let mut theirs = e.annotations.iter();
-            let mut mine = ours.clone();
-            let same_annotations = loop {
-                match (theirs.next(), mine.next()) {
-                    (None, None) => break true,
-                    (Some((k, v)), Some((k2, v2))) if k == k2 && v == v2 => {}
-                    _ => break false,
-                }
-            };
-            (same_annotations && e.pod_cidrs.as_deref() == pod_cidrs)
-                .then(|| Arc::clone(&e.resolution))
+            let same = e.pod_cidrs.as_deref() == pod_cidrs
+                && e.annotations.len() == ours.clone().count()
+                && e.annotations
+                    .iter()
+                    .zip(ours.clone())
+                    .all(|((k, v), (k2, v2))| k == k2 && v == v2);
+            same.then(|| Arc::clone(&e.resolution))
         })
     }
 }
