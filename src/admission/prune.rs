@@ -168,7 +168,7 @@ impl<'de> Visitor<'de> for PruneVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
+        let mut out = Map::with_capacity(8);
         while let Some(key) = access.next_key::<String>()? {
             match self.fields.iter().find(|(name, _)| *name == key) {
                 Some((_, child)) => {
