@@ -41,9 +41,9 @@ pub struct ReconcilerConfig {
     /// Where the bundle ConfigMaps are loaded (`--bundle-namespace`, default `capi-calico-system`).
     pub bundle_namespace: String,
     /// Periodic re-reconcile of every opted-in Cluster, a safety net for objects changed or deleted by hand
-    /// (`--resync`, default 10 minutes).
+    /// (10 minutes by default; `serve` does not expose it).
     pub resync: Duration,
-    /// Clusters reconciled in parallel (`--reconcile-concurrency`, default 4).
+    /// Clusters reconciled in parallel (4 by default; `serve` does not expose it).
     pub concurrency: u16,
     /// Event reporter instance, usually the pod name (`POD_NAME`).
     pub instance: Option<String>,
