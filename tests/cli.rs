@@ -9,6 +9,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -326,7 +327,11 @@ fn render_json_output_is_a_list() {
         .iter()
         .find(|f| f["path"] == "/etc/capi-calico/calicoctl.conf")
         .expect("data file");
-    assert!(conf["content"].as_str().expect("content").contains(
+    assert_eq!(conf["encoding"], "base64");
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(conf["content"].as_str().expect("content"))
+        .expect("base64");
+    assert!(String::from_utf8(text).expect("utf-8").contains(
         "url_template=https://mirror.example.internal/calico/{version}/calicoctl-linux-{arch}"
     ));
 }

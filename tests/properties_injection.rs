@@ -305,16 +305,20 @@ fn check_data_files(
     settings: &Settings,
     target: Target,
 ) -> Result<(), TestCaseError> {
-    let files: BTreeMap<String, String> = list(spec, "files")
-        .into_iter()
-        .filter_map(|f| {
-            Some((
-                f["path"].as_str()?.to_string(),
-                f["content"].as_str()?.to_string(),
-            ))
-        })
-        .filter(|(p, _)| mutation::is_ours_path(p))
-        .collect();
+    // Ours are base64 (cloud-init renders plain contents as Jinja); decoded here to the bytes on the node.
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for f in list(spec, "files") {
+        let Some(path) = f["path"].as_str().filter(|p| mutation::is_ours_path(p)) else {
+            continue;
+        };
+        prop_assert_eq!(&f["encoding"], "base64", "{}", path);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(f["content"].as_str().unwrap_or_default())
+            .map_err(|e| TestCaseError::fail(format!("{path}: {e}")))?;
+        let text =
+            String::from_utf8(bytes).map_err(|e| TestCaseError::fail(format!("{path}: {e}")))?;
+        files.insert(path.to_string(), text);
+    }
     if !settings.install_calicoctl {
         prop_assert!(files.is_empty(), "{files:?}");
         return Ok(());

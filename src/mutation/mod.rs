@@ -95,26 +95,64 @@ impl Target {
     }
 }
 
-/// One file the webhook writes on the node (a `files[]` entry).
+/// How every injected file is written into a `files[]` entry. Bootstrap providers put `files` into cloud-init
+/// user-data that starts with `## template: jinja`, so cloud-init renders each plain `content` as a Jinja template:
+/// `{{ ... }}` would be evaluated as root on the node and a stray `{#` (as in the shell's `${#var}`) makes the whole
+/// user-data fail to render, so the node never bootstraps. Base64 text contains none of Jinja's markers, and
+/// cloud-init (and Ignition) decode it before writing the file.
+pub const ENCODING: &str = "base64";
+
+/// The most bytes a file may hold so that its base64 text stays within CAPI's [`MAX_CONTENT_CHARS`].
+pub const MAX_FILE_BYTES: usize = MAX_CONTENT_CHARS / 4 * 3;
+
+/// One file the webhook writes on the node (a `files[]` entry, base64-encoded: see [`ENCODING`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InjectedFile {
     pub path: String,
     pub owner: &'static str,
     pub permissions: &'static str,
+    /// The file's bytes on the node.
     pub content: String,
+    /// `content` in base64, as it stands in the object.
+    encoded: String,
 }
 
 impl InjectedFile {
-    /// The `files[]` entry exactly as injected: `path`, `owner`, `permissions`, `content` and nothing else.
+    /// A file with `content` (the bytes on the node).
+    pub fn new(
+        path: impl Into<String>,
+        owner: &'static str,
+        permissions: &'static str,
+        content: String,
+    ) -> InjectedFile {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
+        InjectedFile {
+            path: path.into(),
+            owner,
+            permissions,
+            content,
+            encoded,
+        }
+    }
+
+    /// `content` in base64, as it stands in the object.
+    pub fn encoded_content(&self) -> &str {
+        &self.encoded
+    }
+
+    /// The `files[]` entry exactly as injected: `path`, `owner`, `permissions`, `encoding: base64`, the base64
+    /// `content`, and nothing else.
     pub fn to_json(&self) -> Value {
-        let mut m = Map::with_capacity(4);
+        let mut m = Map::with_capacity(5);
         m.insert("path".into(), Value::String(self.path.clone()));
         m.insert("owner".into(), Value::String(self.owner.to_string()));
         m.insert(
             "permissions".into(),
             Value::String(self.permissions.to_string()),
         );
-        m.insert("content".into(), Value::String(self.content.clone()));
+        m.insert("encoding".into(), Value::String(ENCODING.to_string()));
+        m.insert("content".into(), Value::String(self.encoded.clone()));
         Value::Object(m)
     }
 
@@ -124,11 +162,12 @@ impl InjectedFile {
             return false;
         };
         let field = |key: &str| m.get(key).and_then(Value::as_str);
-        m.len() == 4
+        m.len() == 5
             && field("path") == Some(self.path.as_str())
             && field("owner") == Some(self.owner)
             && field("permissions") == Some(self.permissions)
-            && field("content") == Some(self.content.as_str())
+            && field("encoding") == Some(ENCODING)
+            && field("content") == Some(self.encoded.as_str())
     }
 }
 
@@ -184,18 +223,18 @@ pub enum MutationError {
 pub fn desired(settings: &Settings, target: Target) -> Result<Injection, MutationError> {
     let mut inj = Injection::default();
     if settings.install_calicoctl {
-        inj.files.push(InjectedFile {
-            path: INSTALL_SCRIPT_PATH.into(),
-            owner: OWNER,
-            permissions: "0755",
-            content: INSTALL_SCRIPT.into(),
-        });
-        inj.files.push(InjectedFile {
-            path: CALICOCTL_CONF_PATH.into(),
-            owner: OWNER,
-            permissions: "0644",
-            content: render::calicoctl_conf(settings)?,
-        });
+        inj.files.push(InjectedFile::new(
+            INSTALL_SCRIPT_PATH,
+            OWNER,
+            "0755",
+            INSTALL_SCRIPT.into(),
+        ));
+        inj.files.push(InjectedFile::new(
+            CALICOCTL_CONF_PATH,
+            OWNER,
+            "0644",
+            render::calicoctl_conf(settings)?,
+        ));
         inj.pre_kubeadm_commands.push(INSTALL_COMMAND);
     }
     if settings.configure_bgp && target == Target::ControlPlane {
@@ -211,33 +250,29 @@ pub fn desired(settings: &Settings, target: Target) -> Result<Injection, Mutatio
         })?;
         let peer_files = render::peers_files(&settings.route_reflectors)?;
         for (i, content) in peer_files.into_iter().enumerate() {
-            inj.files.push(InjectedFile {
-                path: peers_path(i + 1),
-                owner: OWNER,
-                permissions: "0600",
-                content,
-            });
+            inj.files
+                .push(InjectedFile::new(peers_path(i + 1), OWNER, "0600", content));
         }
-        inj.files.push(InjectedFile {
-            path: BGP_CONFIGURATION_PATH.into(),
-            owner: OWNER,
-            permissions: "0600",
-            content: render::bgp_configuration(as_number),
-        });
-        inj.files.push(InjectedFile {
-            path: APPLY_SCRIPT_PATH.into(),
-            owner: OWNER,
-            permissions: "0755",
-            content: APPLY_SCRIPT.into(),
-        });
+        inj.files.push(InjectedFile::new(
+            BGP_CONFIGURATION_PATH,
+            OWNER,
+            "0600",
+            render::bgp_configuration(as_number),
+        ));
+        inj.files.push(InjectedFile::new(
+            APPLY_SCRIPT_PATH,
+            OWNER,
+            "0755",
+            APPLY_SCRIPT.into(),
+        ));
         inj.post_kubeadm_commands.push(APPLY_COMMAND);
     }
     for f in &inj.files {
-        if f.content.chars().count() > MAX_CONTENT_CHARS {
+        if f.encoded.len() > MAX_CONTENT_CHARS {
             return Err(MutationError::TooLarge(format!(
-                "{} would have {} characters, CAPI allows {MAX_CONTENT_CHARS} per file",
+                "{} would have {} characters in base64, CAPI allows {MAX_CONTENT_CHARS} per file",
                 f.path,
-                f.content.chars().count()
+                f.encoded.len()
             )));
         }
     }

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{MAX_CONTENT_CHARS, MutationError};
+use super::{MAX_FILE_BYTES, MutationError};
 use crate::settings::{BgpPeer, Settings};
 
 /// Comment placed right after the first `---` of every rendered YAML file. It must not precede that marker:
@@ -86,8 +86,8 @@ pub(crate) fn peer_document(peer: &BgpPeer) -> String {
     out
 }
 
-/// The peers as one or more files, each within [`MAX_CONTENT_CHARS`]. Documents are packed greedily in the
-/// validated order; a document is never split.
+/// The peers as one or more files, each within [`MAX_FILE_BYTES`] (so that its base64 text fits CAPI's limit).
+/// Documents are packed greedily in the validated order; a document is never split.
 pub(crate) fn peers_files(peers: &[BgpPeer]) -> Result<Vec<String>, MutationError> {
     if peers.is_empty() {
         return Err(MutationError::InvalidSettings(
@@ -99,15 +99,15 @@ pub(crate) fn peers_files(peers: &[BgpPeer]) -> Result<Vec<String>, MutationErro
     let mut current = String::new();
     for peer in peers {
         let doc = peer_document(peer);
-        if YAML_HEADER.len() + doc.len() > MAX_CONTENT_CHARS {
+        if YAML_HEADER.len() + doc.len() > MAX_FILE_BYTES {
             return Err(MutationError::TooLarge(format!(
-                "BGPPeer {:?} renders to {} characters, more than the {MAX_CONTENT_CHARS} CAPI allows in one file",
+                "BGPPeer {:?} renders to {} characters, more than the {MAX_FILE_BYTES} that fit in one file \
+                 (CAPI allows 10240 characters of base64 per file)",
                 peer.name,
                 doc.len()
             )));
         }
-        if !current.is_empty() && YAML_HEADER.len() + current.len() + doc.len() > MAX_CONTENT_CHARS
-        {
+        if !current.is_empty() && YAML_HEADER.len() + current.len() + doc.len() > MAX_FILE_BYTES {
             files.push(with_header(&std::mem::take(&mut current)));
         }
         current.push_str(&doc);

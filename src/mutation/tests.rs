@@ -360,8 +360,63 @@ fn conf_omits_a_missing_checksum() {
     assert!(conf.contains("sha256_amd64="));
 }
 
+/// Bootstrap providers start cloud-init user-data with `## template: jinja`, so cloud-init renders the `files` and
+/// commands of a KCP/KCT as Jinja. Nothing the webhook injects may carry Jinja markup: the commands are constants
+/// without it, and every file is base64, even when a (validated) value holds braces.
+#[test]
+fn injected_entries_carry_no_jinja_markup() {
+    let mut s = settings(true, true);
+    s.route_reflectors[0].spec.insert(
+        "nodeSelector".into(),
+        json!("a == '{{ 7*7 }}' && b == '{% raw %}' && c == '{#'"),
+    );
+    let inj = desired(&s, Target::ControlPlane).unwrap();
+    let peers = inj.file(BGP_PEERS_PATH).expect("peers file");
+    assert!(
+        peers.content.contains("{{ 7*7 }}"),
+        "the test needs the braces in the file"
+    );
+    let markers = ["{{", "{%", "{#"];
+    for f in &inj.files {
+        let entry = serde_json::to_string(&f.to_json()).unwrap();
+        for m in markers {
+            assert!(!entry.contains(m), "{} carries {m}", f.path);
+        }
+        assert_eq!(f.to_json()["encoding"], "base64");
+    }
+    for c in inj
+        .pre_kubeadm_commands
+        .iter()
+        .chain(&inj.post_kubeadm_commands)
+    {
+        for m in markers {
+            assert!(!c.contains(m), "{c} carries {m}");
+        }
+    }
+}
+
+#[test]
+fn every_file_is_base64_of_its_content() {
+    use base64::Engine as _;
+    let inj = desired(&settings(true, true), Target::ControlPlane).unwrap();
+    for f in &inj.files {
+        let entry = f.to_json();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(entry["content"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(decoded, f.content.as_bytes(), "{}", f.path);
+    }
+}
+
 #[test]
 fn scripts_and_commands_fit_capi_limits() {
+    for (name, s) in [("install", INSTALL_SCRIPT), ("apply", APPLY_SCRIPT)] {
+        assert!(
+            s.len() <= MAX_FILE_BYTES,
+            "{name} has {} bytes; its base64 would not fit CAPI's {MAX_CONTENT_CHARS} characters",
+            s.len()
+        );
+    }
     for (name, s) in [
         ("install", INSTALL_SCRIPT),
         ("apply", APPLY_SCRIPT),
@@ -591,7 +646,8 @@ fn large_peer_sets_are_split_in_order() {
     let mut all = Vec::new();
     for (i, f) in peer_files.iter().enumerate() {
         assert_eq!(f.path, peers_path(i + 1));
-        assert!(f.content.len() <= MAX_CONTENT_CHARS);
+        assert!(f.content.len() <= MAX_FILE_BYTES);
+        assert!(f.encoded_content().len() <= MAX_CONTENT_CHARS);
         assert_eq!(f.permissions, "0600");
         let docs: Vec<Value> = serde_saphyr::from_multiple(&f.content).unwrap();
         all.extend(docs);
@@ -881,7 +937,7 @@ fn altered_entries_are_replaced_in_place() {
     let text = problems.join("\n");
     assert!(
         text.contains(
-            "/etc/capi-calico/install-calicoctl.sh was altered (append, content, permissions differ"
+            "/etc/capi-calico/install-calicoctl.sh was altered (append, content, encoding, permissions differ"
         ),
         "{text}"
     );
@@ -1275,12 +1331,12 @@ mod props {
 
 #[test]
 fn matches_agrees_with_comparing_the_json() {
-    let file = InjectedFile {
-        path: "/etc/capi-calico/calicoctl.conf".into(),
-        owner: "root:root",
-        permissions: "0644",
-        content: "a\nb".into(),
-    };
+    let file = InjectedFile::new(
+        "/etc/capi-calico/calicoctl.conf",
+        "root:root",
+        "0644",
+        "a\nb".into(),
+    );
     let exact = file.to_json();
     let mut cases = vec![
         exact.clone(),
@@ -1288,7 +1344,7 @@ fn matches_agrees_with_comparing_the_json() {
         json!("text"),
         json!([exact.clone()]),
     ];
-    for key in ["path", "owner", "permissions", "content"] {
+    for key in ["path", "owner", "permissions", "encoding", "content"] {
         let mut changed = exact.clone();
         changed[key] = json!("other");
         cases.push(changed);
@@ -1300,10 +1356,13 @@ fn matches_agrees_with_comparing_the_json() {
         cases.push(missing);
     }
     let mut extra = exact.clone();
-    extra["encoding"] = json!("base64");
+    extra["append"] = json!(true);
     cases.push(extra);
+    let mut plain = exact.clone();
+    plain["content"] = json!("a\nb");
+    cases.push(plain);
     let mut reordered = serde_json::Map::new();
-    for key in ["content", "permissions", "owner", "path"] {
+    for key in ["content", "encoding", "permissions", "owner", "path"] {
         reordered.insert(key.into(), exact[key].clone());
     }
     cases.push(Value::Object(reordered));
