@@ -305,6 +305,11 @@ fn cluster_verdict<S: ClusterSource, P: Prepare>(
     match &*prepare.resolve(annotations, Some(&network)) {
         Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
         Resolution::OptedIn { settings, warnings } => {
+            // Settings its KubeadmControlPlane could never receive (a peer too large for one file, say) are refused
+            // here, where the user can fix them, rather than on every later write of the KCP.
+            if let Err(err) = prepare.injection(settings, Target::ControlPlane) {
+                return mutation_denial(err, fit_all(warnings));
+            }
             let mut warnings = warnings.clone();
             if let Some(loaded) = source.calico_bundles() {
                 warnings.extend(crate::delivery::bundle_missing_warning(
@@ -566,6 +571,51 @@ mod tests {
                 assert_eq!(rules.len(), 2, "{rules:?}");
             }
             other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    /// Valid settings whose KubeadmControlPlane injection cannot be built (one BGPPeer too large for a file) are
+    /// refused on the Cluster, at both endpoints, instead of admitting a Cluster whose KCP writes would all fail.
+    #[test]
+    fn a_cluster_whose_injection_cannot_be_built_is_denied() {
+        use base64::Engine as _;
+        let label = |c: char| c.to_string().repeat(62);
+        let filters: Vec<String> = (0..64)
+            .map(|i| {
+                format!(
+                    "f{i:02}{}.{}.{}.{}",
+                    label('a'),
+                    label('b'),
+                    label('c'),
+                    label('d')
+                )[..250]
+                    .to_string()
+            })
+            .collect();
+        let peer = format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-big\nspec:\n  peerIP: 192.0.2.10\n  \
+             asNumber: 64513\n  filters:\n{}",
+            filters
+                .iter()
+                .map(|f| format!("    - {f}\n"))
+                .collect::<String>()
+        );
+        let mut annotations = calico_on();
+        annotations["capi-calico.io/CONFIGURE_CALICO_BGP_SETTINGS"] = json!("true");
+        annotations["capi-calico.io/CALICO_BGP_AS_NUMBER"] = json!("64512");
+        annotations["capi-calico.io/CALICO_BGP_OPTION"] = json!("Enabled");
+        annotations["capi-calico.io/CALICO_ROUTE_REFLECTORS"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(&peer));
+        let c = cluster(annotations);
+        let source = FixedSource::found(&c);
+        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+            match run(&source, endpoint, &c).verdict {
+                Verdict::Deny { message, rules, .. } => {
+                    assert_eq!(rules, ["injection-limits"], "{message}");
+                    assert!(message.contains("rr-big"), "{message}");
+                }
+                other => panic!("expected a denial, got {other:?}"),
+            }
         }
     }
 

@@ -344,7 +344,7 @@ impl<'a> Resolver<'a> {
 
         if !self.problems.is_empty() {
             return Resolution::Invalid {
-                problems: self.problems,
+                problems: problem::cap(self.problems),
             };
         }
         let (

@@ -58,6 +58,8 @@ pub mod rules {
     pub const SHA256_FORMAT: &str = "sha256-format";
     /// `CALICO_ROUTE_REFLECTORS` is not standard base64 / too large / not UTF-8.
     pub const ROUTE_REFLECTORS_ENCODING: &str = "route-reflectors-encoding";
+    /// More problems than a denial lists ([`super::MAX_LISTED_PROBLEMS`]): the rest are counted, not listed.
+    pub const MORE_PROBLEMS: &str = "more-problems";
     /// `CALICO_ROUTE_REFLECTORS` exceeds a size or count bound.
     pub const ROUTE_REFLECTORS_LIMIT: &str = "route-reflectors-limit";
     /// The decoded YAML does not parse.
@@ -108,9 +110,10 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
-/// Zero-width and bidirectional formatting characters that could make a displayed value lie.
+/// Zero-width and bidirectional formatting characters that could make a displayed value lie, and the Unicode line
+/// and paragraph separators (a terminal may break the line there).
 fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 /// The display form of a received value: quoted, escaped, and truncated to [`DISPLAY_VALUE_CHARS`] characters
@@ -192,6 +195,30 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Problems listed in one denial. Annotations within every size limit can still hold thousands of mistakes (one
+/// BGPPeer with thousands of unknown keys); listing them all would make a multi-megabyte denial, and the memo would
+/// keep it.
+pub const MAX_LISTED_PROBLEMS: usize = 25;
+
+/// Keep the first [`MAX_LISTED_PROBLEMS`] - 1 problems and replace the rest by one that counts them.
+pub(crate) fn cap(mut problems: Vec<Problem>) -> Vec<Problem> {
+    if problems.len() <= MAX_LISTED_PROBLEMS {
+        return problems;
+    }
+    let omitted = problems.split_off(MAX_LISTED_PROBLEMS - 1);
+    let key = omitted[0].key.clone();
+    problems.push(Problem {
+        key,
+        value: None,
+        rule: rules::MORE_PROBLEMS,
+        message: format!(
+            "and {} more problems, not listed: fix the ones above and apply again",
+            omitted.len()
+        ),
+    });
+    problems
+}
+
 /// Render problems into one multi-line message for a denial or the CLI:
 /// a lead sentence, then one `- ...` line per problem (long lines wrapped at word boundaries, continuation
 /// lines indented).
@@ -247,6 +274,7 @@ mod tests {
             ("q\"uote", "q\\\"uote"),
             ("back\\slash", "back\\\\slash"),
             ("bidi\u{202e}x", "bidi\\u{202e}x"),
+            ("line\u{2028}para\u{2029}", "line\\u{2028}para\\u{2029}"),
             ("$(rm -rf /);`x`", "$(rm -rf /);`x`"),
             ("é ü 日本", "é ü 日本"),
         ];

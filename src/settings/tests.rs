@@ -153,6 +153,43 @@ fn invalid_switch_table() {
     }
 }
 
+/// Thousands of mistakes within every size limit (one BGPPeer with many unknown keys) give a bounded denial: the
+/// first problems, then one that counts the rest.
+#[test]
+fn problems_beyond_the_listed_maximum_are_counted_not_listed() {
+    let keys: String = (0..3000).map(|i| format!("  k{i}: 1\n")).collect();
+    let peer = format!(
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-1\nspec:\n  peerIP: 192.0.2.10\n  \
+         asNumber: 64513\n{keys}"
+    );
+    let rr = rr_b64(&peer);
+    let got = problems(&[("CALICO_ROUTE_REFLECTORS", &rr)], None);
+    assert_eq!(got.len(), problem::MAX_LISTED_PROBLEMS);
+    let last = got.last().expect("a problem");
+    assert_eq!(last.rule, rules::MORE_PROBLEMS);
+    assert_eq!(last.key, format!("{PREFIX}CALICO_ROUTE_REFLECTORS"));
+    assert!(last.message.starts_with("and "), "{}", last.message);
+    let omitted: usize = last.message["and ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(omitted >= 3000 - problem::MAX_LISTED_PROBLEMS, "{omitted}");
+    let text = render_problems(&got);
+    assert!(
+        text.len() < 16 * 1024,
+        "{} bytes:\n{}",
+        text.len(),
+        &text[..2000]
+    );
+    // At or below the maximum, nothing is folded.
+    let few = problems(
+        &[("CALICO_BLOCK_SIZE", "19"), ("CALICO_BGP_OPTION", "on")],
+        None,
+    );
+    assert!(few.iter().all(|p| p.rule != rules::MORE_PROBLEMS));
+}
+
 #[test]
 fn has_settings_only_looks_at_the_prefix() {
     assert!(!has_settings(&BTreeMap::new()));
