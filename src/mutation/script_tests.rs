@@ -89,6 +89,17 @@ fn write_exec(path: &Path, content: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// What the node writes for an injected file: its `files[]` entry as injected, decoded as cloud-init decodes it.
+fn node_text(file: &InjectedFile) -> String {
+    use base64::Engine as _;
+    let entry = file.to_json();
+    assert_eq!(entry["encoding"], "base64", "{}", file.path);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(entry["content"].as_str().unwrap())
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
 /// Run with a timeout; the test fails rather than hangs.
 fn run(mut cmd: Command, timeout: Duration) -> (Output, Duration) {
     let start = Instant::now();
@@ -147,9 +158,9 @@ impl Install {
         s.calicoctl.sha256_arm64 = sha_arm64.map(|x| Sha256Hex(x.into()));
         let inj = desired(&s, Target::Workers).unwrap();
         let conf = tmp.path().join("calicoctl.conf");
-        std::fs::write(&conf, &inj.file(CALICOCTL_CONF_PATH).unwrap().content).unwrap();
+        std::fs::write(&conf, node_text(inj.file(CALICOCTL_CONF_PATH).unwrap())).unwrap();
         let script = tmp.path().join("install-calicoctl.sh");
-        write_exec(&script, &inj.file(INSTALL_SCRIPT_PATH).unwrap().content);
+        write_exec(&script, &node_text(inj.file(INSTALL_SCRIPT_PATH).unwrap()));
         Install {
             tmp,
             bin,
@@ -523,14 +534,14 @@ impl Apply {
         for f in &inj.files {
             if f.path.starts_with("/etc/capi-calico/bgp") {
                 let name = f.path.trim_start_matches(DIR);
-                std::fs::write(dir.join(name), &f.content).unwrap();
+                std::fs::write(dir.join(name), node_text(f)).unwrap();
                 if name.starts_with("bgppeers") {
                     peer_files.push(dir.join(name).display().to_string());
                 }
             }
         }
         let script = dir.join("apply-bgp.sh");
-        write_exec(&script, &inj.file(APPLY_SCRIPT_PATH).unwrap().content);
+        write_exec(&script, &node_text(inj.file(APPLY_SCRIPT_PATH).unwrap()));
         let kubeconfig = tmp.path().join("admin.conf");
         std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
         let log_dir = tmp.path().join("log");
@@ -562,6 +573,7 @@ impl Apply {
             .env("CAPI_CALICO_LOG_DIR", &self.log_dir)
             .env("CAPI_CALICO_DEADLINE_SECONDS", deadline.to_string())
             .env("CAPI_CALICO_RETRY_SLEEP", sleep.to_string())
+            .env("CAPI_CALICO_CALICOCTL", self.bin.join("calicoctl"))
             .env("STUB_STATE", &self.state)
             .env("STUB_GET_FAILURES", get_failures.to_string())
             .env("STUB_APPLY_FAILURES", apply_failures.to_string());
@@ -638,6 +650,30 @@ fn apply_retries_failed_applies_and_keeps_the_order() {
             peers,
             conf
         ]
+    );
+}
+
+/// Only the pinned binary the installer verified is used: a calicoctl elsewhere on PATH (an image's own, say) is not.
+#[test]
+fn apply_uses_only_the_installed_calicoctl() {
+    let a = Apply::new(1);
+    let missing = a.tmp.path().join("not-installed/calicoctl");
+    let mut cmd = a.command(2, 1, 0, 0);
+    cmd.env("CAPI_CALICO_CALICOCTL", &missing);
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "calicoctl is not installed at {}",
+            missing.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        a.calls().is_empty(),
+        "the calicoctl on PATH ran: {:?}",
+        a.calls()
     );
 }
 

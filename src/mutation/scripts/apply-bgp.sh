@@ -15,6 +15,8 @@
 #   CAPI_CALICO_LOG_DIR           log directory             (default /var/log/capi-calico)
 #   CAPI_CALICO_DEADLINE_SECONDS  overall deadline          (default 1800)
 #   CAPI_CALICO_RETRY_SLEEP       first back-off, seconds   (default 5; doubled per failure, at most 60)
+#   CAPI_CALICO_CALICOCTL         calicoctl binary          (default /usr/local/bin/calicoctl, the pinned one
+#                                 install-calicoctl.sh verified; never another calicoctl found on PATH)
 #
 # Exit codes: 0 applied, 1 deadline passed, 2 bad environment or missing files.
 set -eu
@@ -25,10 +27,10 @@ kubeconfig="${CAPI_CALICO_KUBECONFIG:-/etc/kubernetes/admin.conf}"
 log_dir="${CAPI_CALICO_LOG_DIR:-/var/log/capi-calico}"
 deadline_seconds="${CAPI_CALICO_DEADLINE_SECONDS:-1800}"
 retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-5}"
+calicoctl="${CAPI_CALICO_CALICOCTL:-/usr/local/bin/calicoctl}"
 log_file=""
 
-# calicoctl is installed to /usr/local/bin, which a minimal service PATH may lack.
-PATH="${PATH:-/usr/bin:/bin}:/usr/local/bin"
+PATH="${PATH:-/usr/bin:/bin}"
 export PATH
 
 if mkdir -p "$log_dir" 2>/dev/null && touch "$log_dir/apply-bgp.log" 2>/dev/null; then
@@ -116,11 +118,11 @@ have_kubeconfig() {
 }
 
 calicoctl_() {
-  if ! command -v calicoctl >/dev/null 2>&1; then
-    echo "calicoctl is not installed (expected in /usr/local/bin)"
+  if [ ! -x "$calicoctl" ]; then
+    echo "calicoctl is not installed at $calicoctl"
     return 127
   fi
-  KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes calicoctl "$@"
+  KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes "$calicoctl" "$@"
 }
 
 log "start: ${#peer_files[@]} peer file(s), deadline ${deadline_seconds}s"
