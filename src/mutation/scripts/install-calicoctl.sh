@@ -124,12 +124,19 @@ fi
 
 if command -v curl >/dev/null 2>&1; then
   fetch() {
+    # A calicoctl binary is well under 256 MiB: a mirror serving more cannot fill the disk before the checksum.
     curl --fail --location --silent --show-error --proto '=http,https' --proto-redir '=http,https' \
-      --connect-timeout 15 --max-time 900 --speed-limit 1024 --speed-time 60 --output "$2" -- "$1"
+      --connect-timeout 15 --max-time 900 --speed-limit 1024 --speed-time 60 --max-filesize 268435456 \
+      --output "$2" -- "$1"
   }
 elif command -v wget >/dev/null 2>&1; then
   fetch() {
-    wget --quiet --tries=1 --timeout=60 --output-document="$2" -- "$1"
+    # wget's --timeout bounds each read, not the download: bound the whole attempt like curl's --max-time.
+    if command -v timeout >/dev/null 2>&1; then
+      timeout 900 wget --quiet --tries=1 --timeout=60 --output-document="$2" -- "$1"
+    else
+      wget --quiet --tries=1 --timeout=60 --output-document="$2" -- "$1"
+    fi
   }
 else
   die 6 "neither curl nor wget is available to download $url"
