@@ -135,7 +135,7 @@ fn respond_allow(
     let patch_json = if patch.is_empty() {
         Vec::new()
     } else {
-        serde_json::to_vec(patch).map_err(ReviewError::Encode)?
+        serde_json::to_vec(&super::known::Patch(patch)).map_err(ReviewError::Encode)?
     };
     let engine = &*PATCH_ENGINE;
     let encoded_len = base64::encoded_len(patch_json.len(), true).unwrap_or(0);
