@@ -55,11 +55,12 @@ impl SettingsCache {
     }
 }
 
-/// The part of `annotations` a resolution depends on.
+/// The part of `annotations` a resolution depends on (keys under the prefix, and those whose prefix is spelt in
+/// another case, which it reports).
 fn ours(annotations: &BTreeMap<String, String>) -> impl Iterator<Item = (&str, &str)> + Clone {
     annotations
         .iter()
-        .filter(|(k, _)| k.starts_with(PREFIX))
+        .filter(|(k, _)| k.starts_with(PREFIX) || settings::is_prefix_in_other_case(k))
         .map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
@@ -202,6 +203,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A key whose prefix is spelt in another case changes the answer (it is reported), so it is part of the key.
+    #[test]
+    fn keys_with_the_prefix_in_another_case_are_part_of_the_key() {
+        let cache = SettingsCache::new();
+        let on = ("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT", "true");
+        let plain = annotations(&[on]);
+        let other_case = annotations(&[on, ("Capi-Calico.io/CALICO_BLOCK_SIZE", "26")]);
+        for a in [&plain, &other_case, &plain, &other_case] {
+            assert_eq!(*cache.resolve(a, None), settings::resolve(a, None), "{a:?}");
+        }
+        assert!(matches!(
+            *cache.resolve(&other_case, None),
+            Resolution::Invalid { .. }
+        ));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub enum Others {
     Drop,
     /// Keep the key, with a `null` value.
     Null,
-    /// Keep the key and its whole value when the key starts with the prefix; skip it otherwise. For annotations:
+    /// Keep the key and its whole value when the key starts with the prefix (in any case); skip it otherwise. For annotations:
     /// the settings live under `capi-calico.io/`, and `kubectl.kubernetes.io/last-applied-configuration` alone can
     /// be a copy of the whole manifest, escaped.
     Prefixed(&'static str),
@@ -156,7 +156,9 @@ struct PruneVisitor {
 impl PruneVisitor {
     /// Whether an unlisted key stays, with its value whole.
     fn keeps_whole(&self, key: &str) -> bool {
-        matches!(self.others, Others::Prefixed(prefix) if key.starts_with(prefix))
+        // In any case: the settings say when a key's prefix is spelt in another case.
+        matches!(self.others, Others::Prefixed(prefix)
+            if key.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix)))
     }
 }
 
@@ -247,7 +249,8 @@ mod tests {
                 "annotations": {
                     "capi-calico.io/CALICO_BLOCK_SIZE": "26",
                     "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\"}",
-                    "capi-calico.io": "no slash, not a setting"
+                    "capi-calico.io": "no slash, not a setting",
+                    "Capi-Calico.io/CALICO_BLOCK_SIZE": "26"
                 },
                 "managedFields": [{"manager": "kubectl"}], "uid": "u", "generation": 3
             },
@@ -268,7 +271,7 @@ mod tests {
             "kind": "KubeadmControlPlane",
             "metadata": {
                 "name": "c", "namespace": "ns", "labels": {"a": "b"},
-                "annotations": {"capi-calico.io/CALICO_BLOCK_SIZE": "26"}
+                "annotations": {"capi-calico.io/CALICO_BLOCK_SIZE": "26", "Capi-Calico.io/CALICO_BLOCK_SIZE": "26"}
             },
             "spec": {
                 "replicas": null,

@@ -153,6 +153,11 @@ pub fn resolve(
         .iter()
         .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|var| (var, v.as_str())))
         .collect();
+    let other_case: Vec<&str> = annotations
+        .keys()
+        .map(String::as_str)
+        .filter(|k| is_prefix_in_other_case(k))
+        .collect();
     match ours.get(keys::CUSTOM_CALICO_DEPLOYMENT).copied() {
         None | Some("false") => {
             let others: Vec<&str> = ours
@@ -160,12 +165,35 @@ pub fn resolve(
                 .copied()
                 .filter(|k| *k != keys::CUSTOM_CALICO_DEPLOYMENT)
                 .collect();
-            let warnings = if others.is_empty() {
+            let mut warnings = if others.is_empty() {
                 Vec::new()
             } else {
                 vec![ignored_warning(&others)]
             };
+            warnings.extend(other_case.iter().map(|k| {
+                format!(
+                    "{} is not read: the prefix is {PREFIX}, in lower case",
+                    problem::escape(&k.chars().take(60).collect::<String>())
+                )
+            }));
             Resolution::NotOptedIn { warnings }
+        }
+        Some("true") if !other_case.is_empty() => {
+            let mut problems = match Resolver::new(&ours, network).run() {
+                Resolution::Invalid { problems } => problems,
+                _ => Vec::new(),
+            };
+            problems.extend(other_case.iter().map(|k| {
+                Problem::new(
+                    k,
+                    None,
+                    rules::UNKNOWN_KEY,
+                    format!("is not read: the prefix is {PREFIX}, in lower case"),
+                )
+            }));
+            Resolution::Invalid {
+                problems: problem::cap(problems),
+            }
         }
         Some("true") => Resolver::new(&ours, network).run(),
         Some(other) => {
@@ -185,9 +213,20 @@ pub fn resolve(
     }
 }
 
-/// True when any annotation key starts with [`PREFIX`].
+/// True when any annotation key starts with [`PREFIX`], in any case (the API server accepts `Capi-Calico.io/...`:
+/// it validates annotation keys lower-cased; [`resolve`] then says that such a key is not read).
 pub fn has_settings(annotations: &BTreeMap<String, String>) -> bool {
-    annotations.keys().any(|k| k.starts_with(PREFIX))
+    annotations
+        .keys()
+        .any(|k| k.starts_with(PREFIX) || is_prefix_in_other_case(k))
+}
+
+/// A key that starts with [`PREFIX`] spelt in another case, such as `Capi-Calico.io/CALICO_BLOCK_SIZE`.
+pub fn is_prefix_in_other_case(key: &str) -> bool {
+    !key.starts_with(PREFIX)
+        && key
+            .get(..PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
 }
 
 /// The warning for a not-opted-in object that carries other settings. Always under 120 characters: names at

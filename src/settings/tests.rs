@@ -190,6 +190,60 @@ fn problems_beyond_the_listed_maximum_are_counted_not_listed() {
     assert!(few.iter().all(|p| p.rule != rules::MORE_PROBLEMS));
 }
 
+/// The API server accepts `Capi-Calico.io/...` keys (it validates annotation keys lower-cased). Such a key is never
+/// read as a setting, and never silently: a warning when not opted in, a problem when opted in.
+#[test]
+fn a_prefix_in_another_case_is_reported_not_read() {
+    let mut off = BTreeMap::new();
+    off.insert(
+        "Capi-Calico.io/CUSTOM_CALICO_DEPLOYMENT".to_string(),
+        "true".to_string(),
+    );
+    assert!(has_settings(&off));
+    match resolve(&off, None) {
+        Resolution::NotOptedIn { warnings } => {
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(
+                warnings[0].starts_with("Capi-Calico.io/CUSTOM_CALICO_DEPLOYMENT is not read"),
+                "{warnings:?}"
+            );
+            assert!(warnings[0].chars().count() < 120, "{warnings:?}");
+        }
+        other => panic!("expected NotOptedIn, got {other:?}"),
+    }
+    let mut on = opted_in(&[]);
+    on.insert(
+        "CAPI-CALICO.IO/CALICO_BLOCK_SIZE".to_string(),
+        "26".to_string(),
+    );
+    match resolve(&on, None) {
+        Resolution::Invalid { problems } => {
+            assert_eq!(rules_of(&problems), [rules::UNKNOWN_KEY], "{problems:?}");
+            assert_eq!(problems[0].key, "CAPI-CALICO.IO/CALICO_BLOCK_SIZE");
+            assert!(
+                problems[0].message.contains("in lower case"),
+                "{problems:?}"
+            );
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    // Other problems are still all listed.
+    on.insert(format!("{PREFIX}CALICO_BLOCK_SIZE"), "19".to_string());
+    match resolve(&on, None) {
+        Resolution::Invalid { problems } => assert_eq!(problems.len(), 2, "{problems:?}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    for key in [
+        "capi-calico.iox/A",
+        "capi-calico/A",
+        "capi-calico.i",
+        "xcapi-calico.io/A",
+        "é",
+    ] {
+        assert!(!is_prefix_in_other_case(key), "{key}");
+    }
+}
+
 #[test]
 fn has_settings_only_looks_at_the_prefix() {
     assert!(!has_settings(&BTreeMap::new()));
