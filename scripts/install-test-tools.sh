@@ -27,6 +27,8 @@ command -v setsid >/dev/null || apt_install util-linux
 command -v nohup >/dev/null || apt_install coreutils
 command -v openssl >/dev/null || apt_install openssl
 command -v c++ >/dev/null || apt_install g++
+# tests/cloud_init_jinja.rs renders the injected entries with Jinja2, as cloud-init does with CAPI's user-data.
+/usr/bin/python3 -c 'import jinja2' 2>/dev/null || apt_install python3-jinja2
 echo "shellcheck: $(shellcheck --version | sed -n 's/^version: //p')"
 
 # kubectl renders the kustomizations in tests/deploy_manifests.rs (the e2e suite builds its own, version-matched).
