@@ -21,6 +21,11 @@ use capi_calico_webhook::admission::{Webhook, review};
 use capi_calico_webhook::cluster::documents::DocumentSource;
 use serde_json::Value;
 
+/// The baseline responder's whole policy, the same code (`examples/support/uid.rs`).
+#[path = "../examples/support/uid.rs"]
+mod uid;
+use uid::uid_of as baseline_uid;
+
 #[global_allocator]
 static ALLOC: divan::AllocProfiler<mimalloc::MiMalloc> =
     divan::AllocProfiler::new(mimalloc::MiMalloc);
@@ -266,24 +271,6 @@ fn main() {
         percentiles();
         phases();
     }
-}
-
-/// The baseline responder's whole policy: `request.uid`, everything else skipped (but scanned).
-#[derive(serde::Deserialize)]
-struct UidReview {
-    request: Option<UidRequest>,
-}
-
-#[derive(serde::Deserialize)]
-struct UidRequest {
-    uid: String,
-}
-
-fn baseline_uid(body: &[u8]) -> Option<String> {
-    serde_json::from_slice::<UidReview>(body)
-        .ok()
-        .and_then(|r| r.request)
-        .map(|r| r.uid)
 }
 
 /// The bodies `scripts/bench.sh` sends round-robin, in its order.

@@ -8,23 +8,8 @@ use std::sync::Arc;
 use capi_calico_webhook::admission::api::{Decision, Outcome, ReviewHandler, ReviewReply};
 use capi_calico_webhook::server::{self, ServerConfig, TlsSource};
 
-#[derive(serde::Deserialize)]
-struct Review {
-    request: Option<Request>,
-}
-
-#[derive(serde::Deserialize)]
-struct Request {
-    uid: String,
-}
-
-/// `request.uid` of an AdmissionReview body. serde skips everything else, but still scans the whole body.
-pub fn uid_of(body: &[u8]) -> Option<String> {
-    match serde_json::from_slice::<Review>(body) {
-        Ok(Review { request: Some(r) }) => Some(r.uid),
-        _ => None,
-    }
-}
+mod uid;
+pub use uid::uid_of;
 
 /// An HTTP 400 answer with `message` as the error.
 pub fn bad_request(message: &str) -> ReviewReply {
