@@ -10,15 +10,14 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::mutation::{InjectedFile, SCRIPTS};
+use crate::mutation::{self, SCRIPTS};
 
 /// Each script's `content` as it stands in the object (base64), with its JSON text.
 static ENCODED: LazyLock<Vec<(String, Box<RawValue>)>> = LazyLock::new(|| {
     SCRIPTS
         .iter()
         .filter_map(|text| {
-            let file = InjectedFile::new("", "", "", text.to_string());
-            let content = file.encoded_content().to_string();
+            let content = mutation::encode_content(text);
             let raw = serde_json::value::to_raw_value(&content).ok()?;
             Some((content, raw))
         })
@@ -105,9 +104,7 @@ mod tests {
 
     /// A script's `content` as injected (base64).
     fn content(script: &str) -> String {
-        InjectedFile::new("", "", "", script.to_string())
-            .encoded_content()
-            .to_string()
+        mutation::encode_content(script)
     }
 
     #[test]

@@ -613,6 +613,7 @@ mod tests {
                 Verdict::Deny { message, rules, .. } => {
                     assert_eq!(rules, ["injection-limits"], "{message}");
                     assert!(message.contains("rr-big"), "{message}");
+                    assert!(message.contains("shorten it"), "{message}");
                 }
                 other => panic!("expected a denial, got {other:?}"),
             }

@@ -102,6 +102,12 @@ impl Target {
 /// cloud-init (and Ignition) decode it before writing the file.
 pub const ENCODING: &str = "base64";
 
+/// A file's bytes as they stand in its `files[]` entry's `content` (see [`ENCODING`]).
+pub fn encode_content(bytes: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// The most bytes a file may hold so that its base64 text stays within CAPI's [`MAX_CONTENT_CHARS`].
 pub const MAX_FILE_BYTES: usize = MAX_CONTENT_CHARS / 4 * 3;
 
@@ -125,8 +131,7 @@ impl InjectedFile {
         permissions: &'static str,
         content: String,
     ) -> InjectedFile {
-        use base64::Engine as _;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
+        let encoded = encode_content(&content);
         InjectedFile {
             path: path.into(),
             owner,

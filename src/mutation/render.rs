@@ -102,7 +102,8 @@ pub(crate) fn peers_files(peers: &[BgpPeer]) -> Result<Vec<String>, MutationErro
         if YAML_HEADER.len() + doc.len() > MAX_FILE_BYTES {
             return Err(MutationError::TooLarge(format!(
                 "BGPPeer {:?} renders to {} characters, more than the {MAX_FILE_BYTES} that fit in one file \
-                 (CAPI allows 10240 characters of base64 per file)",
+                 (CAPI allows 10240 characters of base64 per file); shorten it in CALICO_ROUTE_REFLECTORS \
+                 (fewer filters, shorter selectors)",
                 peer.name,
                 doc.len()
             )));
