@@ -51,46 +51,43 @@ for text in json.load(sys.stdin):
 json.dump(out, sys.stdout)
 "#;
 
-fn jinja(py: &str, texts: &[String]) -> Vec<Value> {
-    let mut child = Command::new(py)
-        .args(["-c", RENDER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&serde_json::to_vec(texts).expect("json"))
-        .expect("write");
-    let out = child.wait_with_output().expect("python3");
-    assert!(out.status.success(), "python3 failed");
-    serde_json::from_slice(&out.stdout).expect("renderer output")
-}
-
-/// `render -o json` of a manifest given on stdin.
-fn render(manifest: &str) -> Value {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_capi-calico-webhook"))
-        .args(["render", "-o", "json", "-"])
+/// Run `program args` with `input` on stdin; its stdout, or a panic with its stderr.
+fn run_with_input(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run render");
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(manifest.as_bytes())
+        .write_all(input)
         .expect("write");
-    let out = child.wait_with_output().expect("render");
+    let out = child.wait_with_output().expect("wait");
     assert!(
         out.status.success(),
-        "render failed: {}",
+        "{program} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("json")
+    out.stdout
+}
+
+fn jinja(py: &str, texts: &[String]) -> Vec<Value> {
+    let input = serde_json::to_vec(texts).expect("json");
+    serde_json::from_slice(&run_with_input(py, &["-c", RENDER], &input)).expect("renderer output")
+}
+
+/// `render -o json` of a manifest given on stdin.
+fn render(manifest: &str) -> Value {
+    let out = run_with_input(
+        env!("CARGO_BIN_EXE_capi-calico-webhook"),
+        &["render", "-o", "json", "-"],
+        manifest.as_bytes(),
+    );
+    serde_json::from_slice(&out).expect("json")
 }
 
 /// For each rendered KCP/KCT, the user-data fragment holding what the webhook injected: a `## template: jinja`

@@ -245,7 +245,11 @@ mod tests {
     }
 
     fn opted_in(pairs: &[(&str, &str)]) -> Settings {
-        match settings::resolve(&annotations(pairs), None) {
+        settings_of(&annotations(pairs))
+    }
+
+    fn settings_of(annotations: &BTreeMap<String, String>) -> Settings {
+        match settings::resolve(annotations, None) {
             Resolution::OptedIn { settings, .. } => *settings,
             other => panic!("not opted in: {other:?}"),
         }
@@ -273,14 +277,19 @@ mod tests {
         }
     }
 
+    /// The `i`-th of many distinct opted-in settings (their AS numbers differ).
+    fn distinct(i: usize) -> BTreeMap<String, String> {
+        annotations(&[
+            ("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT", "true"),
+            ("capi-calico.io/CALICO_BGP_AS_NUMBER", &(i + 1).to_string()),
+        ])
+    }
+
     #[test]
     fn remembered_injections_stay_bounded() {
         let cache = SettingsCache::new();
         for i in 0..(MAX_INJECTIONS * 3) {
-            let settings = opted_in(&[
-                ("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT", "true"),
-                ("capi-calico.io/CALICO_BGP_AS_NUMBER", &(i + 1).to_string()),
-            ]);
+            let settings = settings_of(&distinct(i));
             cache
                 .injection(&settings, Target::Workers)
                 .expect("injection");
@@ -324,11 +333,7 @@ mod tests {
     fn stays_bounded() {
         let cache = SettingsCache::new();
         for i in 0..(MAX_ENTRIES * 2) {
-            let a = annotations(&[
-                ("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT", "true"),
-                ("capi-calico.io/CALICO_BGP_AS_NUMBER", &(i + 1).to_string()),
-            ]);
-            cache.resolve(&a, None);
+            cache.resolve(&distinct(i), None);
         }
         let inner = cache.inner.lock().expect("lock");
         assert!(inner.entries <= MAX_ENTRIES);
