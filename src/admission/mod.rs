@@ -6,7 +6,7 @@ use kube::core::admission::Operation;
 
 pub mod api;
 pub mod cache;
-pub mod known;
+mod known;
 pub mod policy;
 pub mod prune;
 pub mod review;
