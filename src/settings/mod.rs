@@ -172,7 +172,7 @@ pub fn resolve(
             };
             warnings.extend(other_case.iter().map(|k| {
                 format!(
-                    "{} is not read: the prefix is {PREFIX}, in lower case",
+                    "{} {OTHER_CASE}",
                     problem::escape(&k.chars().take(60).collect::<String>())
                 )
             }));
@@ -184,11 +184,12 @@ pub fn resolve(
                 _ => Vec::new(),
             };
             problems.extend(other_case.iter().map(|k| {
+                let fixed = format!("{PREFIX}{}", k.get(PREFIX.len()..).unwrap_or_default());
                 Problem::new(
                     k,
                     None,
                     rules::UNKNOWN_KEY,
-                    format!("is not read: the prefix is {PREFIX}, in lower case"),
+                    format!("{OTHER_CASE}: write {}", problem::escape(&fixed)),
                 )
             }));
             Resolution::Invalid {
@@ -220,6 +221,9 @@ pub fn has_settings(annotations: &BTreeMap<String, String>) -> bool {
         .keys()
         .any(|k| k.starts_with(PREFIX) || is_prefix_in_other_case(k))
 }
+
+/// What is wrong with a key whose prefix is spelt in another case.
+const OTHER_CASE: &str = "is not read: the prefix is capi-calico.io/, in lower case";
 
 /// A key that starts with [`PREFIX`] spelt in another case, such as `Capi-Calico.io/CALICO_BLOCK_SIZE`.
 pub fn is_prefix_in_other_case(key: &str) -> bool {

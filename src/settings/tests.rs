@@ -224,6 +224,12 @@ fn a_prefix_in_another_case_is_reported_not_read() {
                 problems[0].message.contains("in lower case"),
                 "{problems:?}"
             );
+            assert!(
+                problems[0]
+                    .message
+                    .ends_with("write capi-calico.io/CALICO_BLOCK_SIZE"),
+                "{problems:?}"
+            );
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
