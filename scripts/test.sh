@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
 
+# A fresh run writes about 7 GiB under target/ and fuzz/target/ and up to 4 GiB into Go's build cache (measured on
+# the CI machine); a full disk shows up later as a compile error, so say it first.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $(( 12 * 1024 * 1024 )) ]; then
+  echo "warning: $(( free_kib / 1024 / 1024 )) GiB free here; the suite needs about 12 GiB (cargo clean frees target/)" >&2
+fi
+
 step "tools"
 scripts/install-test-tools.sh
 
