@@ -31,6 +31,8 @@ SETTINGS
     CALICO_VERSION                 vX.Y.Z (default v3.31.7)
     CALICOCTL_URL                  https URL template with {version} and {arch}
     CALICOCTL_SHA256_AMD64/ARM64   64 hex digits (built in for the shipped versions)
+    CALICO_REGISTRY                host[:port][/path] the Calico images are pulled from (default: the operator's)
+    CALICO_IMAGE_PATH              image path under the registry, e.g. mirror/calico (default: the operator's)
 
 EXAMPLE
   apiVersion: cluster.x-k8s.io/v1beta2

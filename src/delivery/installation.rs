@@ -127,14 +127,24 @@ pub fn render_documents(settings: &Settings) -> Result<(Value, Value), DeliveryE
         autodetection_key.into(),
         json!({ "kubernetes": "NodeInternalIP" }),
     );
+    let mut spec = serde_json::Map::new();
+    spec.insert(
+        "cni".into(),
+        json!({ "type": "Calico", "ipam": { "type": "Calico" } }),
+    );
+    spec.insert("calicoNetwork".into(), Value::Object(network));
+    // Only when set, so that the Installation of a cluster without these settings stays byte for byte the same.
+    if let Some(registry) = &settings.images.registry {
+        spec.insert("registry".into(), json!(registry));
+    }
+    if let Some(image_path) = &settings.images.image_path {
+        spec.insert("imagePath".into(), json!(image_path));
+    }
     let installation = json!({
         "apiVersion": "operator.tigera.io/v1",
         "kind": "Installation",
         "metadata": { "name": "default" },
-        "spec": {
-            "cni": { "type": "Calico", "ipam": { "type": "Calico" } },
-            "calicoNetwork": network,
-        },
+        "spec": spec,
     });
     let apiserver = json!({
         "apiVersion": "operator.tigera.io/v1",
@@ -178,7 +188,7 @@ pub fn installation_configmap(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::settings::{CalicoVersion, CalicoctlSource};
+    use crate::settings::{CalicoVersion, CalicoctlSource, ImageSource};
 
     pub(crate) fn settings(
         bgp: BgpOption,
@@ -209,6 +219,7 @@ pub(crate) mod tests {
                 sha256_amd64: None,
                 sha256_arm64: None,
             },
+            images: ImageSource::default(),
         }
     }
 
@@ -329,5 +340,36 @@ pub(crate) mod tests {
         let mut none = v4(BgpOption::Enabled, Encapsulation::Vxlan);
         none.pod_pool = None;
         assert!(render_documents(&none).is_err());
+    }
+
+    #[test]
+    fn image_source_sets_registry_and_image_path_only_when_given() {
+        let mut s = settings(
+            BgpOption::Enabled,
+            Encapsulation::VxlanCrossSubnet,
+            NatOutgoing::Enabled,
+            "192.168.0.0/16",
+            26,
+        );
+        let (plain, _) = render_documents(&s).unwrap();
+        assert!(plain["spec"].get("registry").is_none());
+        assert!(plain["spec"].get("imagePath").is_none());
+
+        s.images = ImageSource {
+            registry: Some("registry.example.internal:5000/mirror/".into()),
+            image_path: Some("calico-mirror".into()),
+        };
+        let (inst, _) = render_documents(&s).unwrap();
+        assert_eq!(
+            inst["spec"]["registry"],
+            json!("registry.example.internal:5000/mirror/")
+        );
+        assert_eq!(inst["spec"]["imagePath"], json!("calico-mirror"));
+        // The rest of the Installation is unchanged.
+        let mut without = inst.clone();
+        let spec = without["spec"].as_object_mut().unwrap();
+        spec.remove("registry");
+        spec.remove("imagePath");
+        assert_eq!(without, plain);
     }
 }

@@ -50,6 +50,7 @@ pub(crate) fn settings(install: bool, bgp: bool) -> Settings {
             sha256_amd64: Some(Sha256Hex(SHA_AMD64.into())),
             sha256_arm64: Some(Sha256Hex(SHA_ARM64.into())),
         },
+        images: Default::default(),
     }
 }
 

@@ -29,8 +29,13 @@ pub const CALICOCTL_SHA256_AMD64: &str = "CALICOCTL_SHA256_AMD64";
 /// `CALICOCTL_SHA256_ARM64`.
 pub const CALICOCTL_SHA256_ARM64: &str = "CALICOCTL_SHA256_ARM64";
 
+/// `CALICO_REGISTRY`.
+pub const CALICO_REGISTRY: &str = "CALICO_REGISTRY";
+/// `CALICO_IMAGE_PATH`.
+pub const CALICO_IMAGE_PATH: &str = "CALICO_IMAGE_PATH";
+
 /// Every known variable name, in the order of the documentation table.
-pub const KNOWN_KEYS: [&str; 14] = [
+pub const KNOWN_KEYS: [&str; 16] = [
     CUSTOM_CALICO_DEPLOYMENT,
     CALICO_BGP_OPTION,
     CALICO_BLOCK_SIZE,
@@ -45,6 +50,8 @@ pub const KNOWN_KEYS: [&str; 14] = [
     CALICOCTL_URL,
     CALICOCTL_SHA256_AMD64,
     CALICOCTL_SHA256_ARM64,
+    CALICO_REGISTRY,
+    CALICO_IMAGE_PATH,
 ];
 
 /// True when `variable` (the part after the prefix) is a known setting.

@@ -84,6 +84,16 @@ pub struct CalicoctlSource {
     pub sha256_arm64: Option<Sha256Hex>,
 }
 
+/// Where the workload cluster's Calico images come from (the Installation's `spec.registry` and `spec.imagePath`);
+/// `None` keeps the operator's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageSource {
+    /// `CALICO_REGISTRY`, validated, ending in `/`.
+    pub registry: Option<String>,
+    /// `CALICO_IMAGE_PATH`, validated.
+    pub image_path: Option<String>,
+}
+
 /// One validated BGPPeer from `CALICO_ROUTE_REFLECTORS`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BgpPeer {
@@ -108,6 +118,7 @@ pub struct Settings {
     pub route_reflectors: Vec<BgpPeer>,
     pub calico_version: CalicoVersion,
     pub calicoctl: CalicoctlSource,
+    pub images: ImageSource,
 }
 
 /// One thing wrong with the annotations.
@@ -366,6 +377,12 @@ impl<'a> Resolver<'a> {
         let sha_arm64 = self.parse(keys::CALICOCTL_SHA256_ARM64, None, |raw| {
             values::parse_sha256(raw).map(Some)
         });
+        let registry = self.parse(keys::CALICO_REGISTRY, None, |raw| {
+            values::parse_registry(raw).map(Some)
+        });
+        let image_path = self.parse(keys::CALICO_IMAGE_PATH, None, |raw| {
+            values::parse_image_path(raw).map(Some)
+        });
         let route_reflectors = self.route_reflectors(as_number.flatten());
 
         // Combinations.
@@ -400,6 +417,8 @@ impl<'a> Resolver<'a> {
             Some(route_reflectors),
             Some(calico_version),
             Some(calicoctl),
+            Some(registry),
+            Some(image_path),
         ) = (
             bgp,
             encapsulation,
@@ -410,6 +429,8 @@ impl<'a> Resolver<'a> {
             route_reflectors,
             version,
             calicoctl,
+            registry,
+            image_path,
         )
         else {
             // Unreachable: every `None` above recorded a problem.
@@ -429,6 +450,10 @@ impl<'a> Resolver<'a> {
                 route_reflectors,
                 calico_version,
                 calicoctl,
+                images: ImageSource {
+                    registry,
+                    image_path,
+                },
             }),
             warnings: self.warnings,
         }

@@ -56,6 +56,10 @@ pub mod rules {
     pub const URL_TEMPLATE: &str = "url-template";
     /// `CALICOCTL_SHA256_*` is not 64 hex digits.
     pub const SHA256_FORMAT: &str = "sha256-format";
+    /// `CALICO_REGISTRY` is not `host[:port][/path]`.
+    pub const REGISTRY_FORMAT: &str = "registry-format";
+    /// `CALICO_IMAGE_PATH` is not a path of image-name components.
+    pub const IMAGE_PATH_FORMAT: &str = "image-path-format";
     /// `CALICO_ROUTE_REFLECTORS` is not standard base64 / too large / not UTF-8.
     pub const ROUTE_REFLECTORS_ENCODING: &str = "route-reflectors-encoding";
     /// More problems than a denial lists ([`super::MAX_LISTED_PROBLEMS`]): the rest are counted, not listed.

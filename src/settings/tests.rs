@@ -1101,6 +1101,45 @@ fn every_warning_is_short() {
 }
 
 // ------------------------------------------------------------------------------------------------------------
+// Image source
+
+#[test]
+fn registry_and_image_path_reach_the_settings() {
+    let (s, warnings) = settings(&[], None);
+    assert_eq!(s.images, ImageSource::default());
+    assert!(warnings.is_empty());
+    let (s, _) = settings(
+        &[
+            ("CALICO_REGISTRY", "registry.example.internal:5000"),
+            ("CALICO_IMAGE_PATH", "mirror/calico"),
+        ],
+        None,
+    );
+    assert_eq!(
+        s.images,
+        ImageSource {
+            registry: Some("registry.example.internal:5000/".into()),
+            image_path: Some("mirror/calico".into()),
+        }
+    );
+}
+
+#[test]
+fn bad_registry_and_image_path_are_problems_naming_their_keys() {
+    let p = problems(
+        &[("CALICO_REGISTRY", "mirror"), ("CALICO_IMAGE_PATH", "a//b")],
+        None,
+    );
+    assert_eq!(
+        rules_of(&p),
+        vec![rules::REGISTRY_FORMAT, rules::IMAGE_PATH_FORMAT]
+    );
+    assert_eq!(p[0].key, "capi-calico.io/CALICO_REGISTRY");
+    assert_eq!(p[0].value.as_deref(), Some("\"mirror\""));
+    assert_eq!(p[1].key, "capi-calico.io/CALICO_IMAGE_PATH");
+}
+
+// ------------------------------------------------------------------------------------------------------------
 // Everything at once, hostile values, rendering
 
 #[test]
@@ -1120,18 +1159,20 @@ fn all_problems_are_collected() {
         ("CALICOCTL_URL", "ftp://x/{version}/{arch}"),
         ("CALICOCTL_SHA256_AMD64", "abc"),
         ("CALICOCTL_SHA256_ARM64", "def"),
+        ("CALICO_REGISTRY", "https://mirror"),
+        ("CALICO_IMAGE_PATH", "Calico"),
     ];
     let p = problems(&pairs, None);
-    // 13: every key but CALICO_ENCAPSULATION (IPIP is valid; its BGP rule is not judged on an invalid option).
-    assert_eq!(p.len(), 13, "{p:#?}");
+    // 15: every key but CALICO_ENCAPSULATION (IPIP is valid; its BGP rule is not judged on an invalid option).
+    assert_eq!(p.len(), 15, "{p:#?}");
     let text = render_problems(&p);
     assert!(
-        text.starts_with("13 problems with the capi-calico.io annotations:\n- "),
+        text.starts_with("15 problems with the capi-calico.io annotations:\n- "),
         "{text}"
     );
     assert_eq!(
         text.lines().filter(|l| l.starts_with("- ")).count(),
-        13,
+        15,
         "{text}"
     );
 }

@@ -660,6 +660,127 @@ fn is_dns_name(host: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Image registry
+
+/// Longest accepted `CALICO_REGISTRY` or `CALICO_IMAGE_PATH`.
+pub const MAX_IMAGE_LOCATION_LEN: usize = 255;
+
+/// `CALICO_REGISTRY`: where the operator pulls Calico's images from, `host[:port][/path]`, as the Installation's
+/// `spec.registry`. Returned with the one trailing `/` the operator requires (added when missing).
+///
+/// The host needs a `.` or a `:port`, or must be `localhost`: container runtimes read a first path part without
+/// either as a Docker Hub namespace, so `mirror/calico/node` would be pulled from `docker.io/mirror/calico/node`.
+pub fn parse_registry(raw: &str) -> Result<String, ValueError> {
+    let err = image_location_error(
+        raw,
+        rules::REGISTRY_FORMAT,
+        "a registry",
+        "host[:port][/path], e.g. registry.example.internal:5000/mirror",
+    )?;
+    if let Some((scheme, rest)) = raw.split_once("://") {
+        return Err(err(format!(
+            "write it without the {}:// scheme ({})",
+            escape(scheme),
+            escape(rest)
+        )));
+    }
+    let trimmed = raw.strip_suffix('/').unwrap_or(raw);
+    let (authority, path) = match trimmed.split_once('/') {
+        Some((authority, path)) => (authority, Some(path)),
+        None => (trimmed, None),
+    };
+    check_authority(authority).map_err(|why| err(why.to_string()))?;
+    if !(authority.contains('.') || authority.contains(':') || authority == "localhost") {
+        return Err(err(format!(
+            "\"{}\" would be read as a Docker Hub namespace, not a registry host: give a host with a '.' or a :port",
+            escape(authority)
+        )));
+    }
+    if let Some(path) = path {
+        check_image_path(path).map_err(err)?;
+    }
+    Ok(format!("{trimmed}/"))
+}
+
+/// `CALICO_IMAGE_PATH`: the path between the registry and each image name, as the Installation's `spec.imagePath`
+/// (`<registry><imagePath>/<imageName>`), e.g. `calico` or `mirror/calico`. Returned unchanged.
+pub fn parse_image_path(raw: &str) -> Result<String, ValueError> {
+    let err = image_location_error(
+        raw,
+        rules::IMAGE_PATH_FORMAT,
+        "an image path",
+        "path components separated by '/', e.g. mirror/calico",
+    )?;
+    check_image_path(raw).map_err(err)?;
+    Ok(raw.to_string())
+}
+
+/// For `CALICO_REGISTRY` and `CALICO_IMAGE_PATH`: the error maker ("is not {what}: {why}; expected {expected}"),
+/// once the value is known to be within [`MAX_IMAGE_LOCATION_LEN`].
+fn image_location_error(
+    raw: &str,
+    rule: &'static str,
+    what: &'static str,
+    expected: &'static str,
+) -> Result<impl Fn(String) -> ValueError, ValueError> {
+    let err = move |why: String| {
+        ValueError::new(rule, format!("is not {what}: {why}; expected {expected}"))
+    };
+    if raw.len() > MAX_IMAGE_LOCATION_LEN {
+        return Err(err(format!(
+            "it is longer than {MAX_IMAGE_LOCATION_LEN} characters"
+        )));
+    }
+    Ok(err)
+}
+
+/// Path components of an image reference (the OCI distribution grammar): each one lower-case letters and digits,
+/// separated inside by one `.`, one or two `_`, or any number of `-`; components joined by single `/`.
+fn check_image_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("it is empty".to_string());
+    }
+    for component in path.split('/') {
+        if component.is_empty() {
+            return Err(
+                "it has an empty path component (a leading, trailing or doubled '/')".to_string(),
+            );
+        }
+        let bytes = component.as_bytes();
+        let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        if let Some(bad) = component.chars().find(|&c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        }) {
+            let what = if bad.is_ascii_uppercase() {
+                format!(
+                    "\"{}\" has upper-case letters (image paths are lower case)",
+                    escape(component)
+                )
+            } else {
+                format!(
+                    "the character \"{}\" is not allowed",
+                    escape(&bad.to_string())
+                )
+            };
+            return Err(what);
+        }
+        let separators_ok = bytes.first().copied().is_some_and(alnum)
+            && bytes.last().copied().is_some_and(alnum)
+            && component
+                .split(|c: char| c.is_ascii_alphanumeric())
+                .filter(|sep| !sep.is_empty())
+                .all(|sep| matches!(sep, "." | "_" | "__") || sep.bytes().all(|b| b == b'-'));
+        if !separators_ok {
+            return Err(format!(
+                "\"{}\" must start and end with a letter or digit, with one '.', one or two '_' or dashes between them",
+                escape(component)
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Checksums
 
 /// Exactly 64 hex digits, normalised to lower case.
@@ -1131,6 +1252,82 @@ mod tests {
                     e.message
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn registry_table() {
+        let ok: &[(&str, &str)] = &[
+            ("registry.example.internal", "registry.example.internal/"),
+            ("registry.example.internal/", "registry.example.internal/"),
+            (
+                "registry.example.internal:5000",
+                "registry.example.internal:5000/",
+            ),
+            ("harbor.corp/proxy-cache/", "harbor.corp/proxy-cache/"),
+            (
+                "harbor.corp/a/b.c/d__e/f--g",
+                "harbor.corp/a/b.c/d__e/f--g/",
+            ),
+            ("mirror:5000", "mirror:5000/"),
+            ("localhost", "localhost/"),
+            ("localhost/calico", "localhost/calico/"),
+            ("10.0.0.5:5000", "10.0.0.5:5000/"),
+            ("[2001:db8::5]:5000/m", "[2001:db8::5]:5000/m/"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(parse_registry(raw).as_deref(), Ok(*want), "{raw}");
+        }
+        let long = format!("registry.example.com/{}", "a".repeat(300));
+        let bad: &[(&str, &str)] = &[
+            ("", "the host is missing"),
+            ("/calico", "the host is missing"),
+            (
+                "https://registry.example.com",
+                "without the https:// scheme",
+            ),
+            ("mirror", "Docker Hub namespace"),
+            ("mirror/calico", "Docker Hub namespace"),
+            ("user@registry.example.com", "user information"),
+            ("registry.example.com:0", "port"),
+            ("registry.example.com:http", "port"),
+            ("registry.example.com//calico", "empty path component"),
+            ("registry.example.com/Calico", "upper-case"),
+            ("registry.example.com/-calico", "must start and end"),
+            ("registry.example.com/a...b", "must start and end"),
+            ("registry.example.com/a___b", "must start and end"),
+            ("registry.example.com/calico:v3", "\":\" is not allowed"),
+            ("registry.example.com/cal ico", "\" \" is not allowed"),
+            ("registry.example.com/$(reboot)", "\"$\" is not allowed"),
+            ("registry.example.com\n/x", "host must be a DNS name"),
+            (long.as_str(), "longer than 255"),
+        ];
+        for (raw, want) in bad {
+            let e = parse_registry(raw).expect_err(raw);
+            assert_eq!(e.rule, rules::REGISTRY_FORMAT, "{raw}");
+            assert!(e.message.contains(want), "{raw}: {}", e.message);
+            assert!(e.message.contains("expected host[:port][/path]"), "{raw}");
+        }
+    }
+
+    #[test]
+    fn image_path_table() {
+        for raw in ["calico", "mirror/calico", "a.b/c_d/e-f/g__h", "0"] {
+            assert_eq!(parse_image_path(raw).as_deref(), Ok(raw));
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "it is empty"),
+            ("/calico", "empty path component"),
+            ("calico/", "empty path component"),
+            ("Calico", "upper-case"),
+            ("calico_", "must start and end"),
+            ("calico/../x", "must start and end"),
+            ("calico;reboot", "\";\" is not allowed"),
+        ];
+        for (raw, want) in bad {
+            let e = parse_image_path(raw).expect_err(raw);
+            assert_eq!(e.rule, rules::IMAGE_PATH_FORMAT, "{raw}");
+            assert!(e.message.contains(want), "{raw}: {}", e.message);
         }
     }
 

@@ -592,7 +592,10 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
     );
     let ns = h.create_namespace("delivery-real")?;
     let mut cluster = yaml_docs(&e2e_fixture("classic-calico.yaml")?)?[0].clone();
-    cluster["metadata"]["annotations"]["capi-calico.io/CALICO_VERSION"] = json!(version);
+    let annotations = &mut cluster["metadata"]["annotations"];
+    annotations["capi-calico.io/CALICO_VERSION"] = json!(version);
+    annotations["capi-calico.io/CALICO_REGISTRY"] = json!("registry.example.internal:5000");
+    annotations["capi-calico.io/CALICO_IMAGE_PATH"] = json!("mirror/calico");
     h.apply(&ns, &cluster.to_string())?;
     poll("Delivered", 60, || {
         let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
@@ -619,6 +622,35 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
     println!(
         "  delivered {listed:?} in {:.1}s",
         t.elapsed().as_secs_f64()
+    );
+
+    // The rendered Installation and APIServer against the operator's own schema: the real CRDs installed, both
+    // created in a strict server-side dry run (an unknown or mistyped field is an error, not pruned).
+    let inst = h.get_json("configmap", &ns, "calico-calico-installation")?;
+    let mut docs = Vec::new();
+    for key in ["00-installation.json", "01-apiserver.json"] {
+        docs.push(serde_json::from_str::<Value>(
+            inst["data"][key].as_str().unwrap_or("null"),
+        )?);
+    }
+    ensure!(
+        docs[0]["spec"]["registry"] == "registry.example.internal:5000/"
+            && docs[0]["spec"]["imagePath"] == "mirror/calico",
+        "image source in the Installation: {}",
+        docs[0]["spec"]
+    );
+    let t = Instant::now();
+    h.install_crds(&dir)?;
+    let out = h
+        .kubectl(
+            &["create", "--dry-run=server", "--validate=strict", "-f", "-"],
+            Some(&crate::harness::list_of(docs)),
+        )?
+        .check("strict server-side dry run of the rendered Installation and APIServer")?;
+    println!(
+        "  Calico CRDs installed and the Installation accepted in {:.1}s: {}",
+        t.elapsed().as_secs_f64(),
+        out.stdout.trim().replace('\n', "; ")
     );
     Ok(())
 }
