@@ -102,6 +102,10 @@ pub struct BundleArgs {
     /// Namespace the bundle is loaded into (the reconciler's --bundle-namespace).
     #[arg(long, default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE)]
     pub namespace: String,
+    /// Replace the operator's image (container tigera-operator), for nodes that pull from a mirror:
+    /// [host[:port]/]path:tag or ...@sha256:<digest>.
+    #[arg(long, value_name = "IMAGE")]
+    pub operator_image: Option<String>,
 }
 
 /// Input files.
@@ -405,6 +409,11 @@ pub fn run_bundle(args: &BundleArgs, out: &mut dyn Write, err: &mut dyn Write) -
         std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
     };
     let result = read(&args.operator).and_then(|operator| {
+        let operator = match &args.operator_image {
+            Some(image) => crate::delivery::bundle::set_operator_image(&operator, image)
+                .map_err(|e| e.to_string())?,
+            None => operator,
+        };
         let crds = read(&args.crds)?;
         crate::delivery::bundle::bundle(&operator, &crds, &version, &args.namespace)
             .map_err(|e| e.to_string())

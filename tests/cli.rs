@@ -352,6 +352,86 @@ fn help_explains_the_annotations_on_every_subcommand() {
     assert!(text(&out.stdout).contains("kubectl apply --server-side"));
 }
 
+#[test]
+fn bundle_sets_the_operator_image_and_refuses_an_unpinned_one() {
+    let dir = repo().join("tests/fixtures/delivery");
+    let operator = dir.join("synthetic-operator.yaml");
+    let operator = operator.to_str().unwrap();
+    let crds = dir.join("synthetic-crds.yaml");
+    let crds = crds.to_str().unwrap();
+    let args = [
+        "bundle",
+        "--operator",
+        operator,
+        "--crds",
+        crds,
+        "--version",
+        "v3.31.7",
+    ];
+
+    // The synthetic operator's container is not named tigera-operator: said so, exit 2, nothing printed.
+    let image = "registry.example.internal/tigera/operator:v1.40.3";
+    let out = run(&[&args[..], &["--operator-image", image]].concat(), None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("exactly one Deployment container named tigera-operator, found 0"),
+        "{err}"
+    );
+
+    let out = run(
+        &[
+            &args[..],
+            &["--operator-image", "registry.example.internal/operator"],
+        ]
+        .concat(),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("has no tag or digest"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The synthetic operator with its container renamed as upstream names it: the image is replaced.
+    let tmp = tempfile::tempdir().unwrap();
+    let renamed = tmp.path().join("tigera-operator.yaml");
+    let upstream_like = std::fs::read_to_string(operator)
+        .unwrap()
+        .replace("- name: operator\n", "- name: tigera-operator\n");
+    std::fs::write(&renamed, upstream_like).unwrap();
+    let out = run(
+        &[
+            "bundle",
+            "--operator",
+            renamed.to_str().unwrap(),
+            "--crds",
+            crds,
+            "--version",
+            "v3.31.7",
+            "--operator-image",
+            image,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deployment = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|cm| cm["data"].as_object().unwrap().values())
+        .map(|doc| serde_json::from_str::<Value>(doc.as_str().unwrap()).unwrap())
+        .find(|doc| doc["kind"] == "Deployment")
+        .unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        image
+    );
+}
+
 /// The Cluster API example templates, opted in: every KCP/KCT they contain is mutated, everything else unchanged.
 #[test]
 fn capi_example_templates_render_to_their_goldens() {

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use capi_calico_webhook::{
     delivery::{
         CHUNK_DATA_LIMIT, COUNT_ANNOTATION, INDEX_ANNOTATION, ROLE_LABEL, VERSION_LABEL,
-        bundle::{bundle, bundle_with_limit, data_size, parse_objects, reassemble, select_bundle},
+        bundle::{
+            bundle, bundle_with_limit, data_size, parse_objects, reassemble, select_bundle,
+            set_operator_image,
+        },
     },
     settings::CalicoVersion,
 };
@@ -162,6 +165,23 @@ fn upstream_calico_v3_31_7_bundle() {
         serde_json::to_string(&chunks).unwrap(),
         serde_json::to_string(&again).unwrap()
     );
+
+    // `--operator-image`: the upstream file has exactly one operator container; its image is the only change.
+    let image = "registry.example.internal:5000/tigera/operator:v1.40.3";
+    let mirrored = set_operator_image(&operator, image).unwrap();
+    let edited = bundle(&mirrored, &crds, &V3_31_7, "capi-calico-system").unwrap();
+    let edited_back = reassemble(&edited).unwrap();
+    assert_eq!(edited_back.len(), back.len());
+    let mut changed = Vec::new();
+    for (a, b) in back.iter().zip(&edited_back) {
+        if a != b {
+            changed.push(b.clone());
+        }
+    }
+    assert_eq!(changed.len(), 1, "only the Deployment changes");
+    let containers = &changed[0]["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers[0]["name"], "tigera-operator");
+    assert_eq!(containers[0]["image"], image);
 }
 
 #[test]

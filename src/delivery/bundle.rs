@@ -282,6 +282,45 @@ pub fn bundle_with_limit(
     Ok(out)
 }
 
+/// Name of the operator's Deployment and of its container in upstream `tigera-operator.yaml`.
+pub const OPERATOR_CONTAINER: &str = "tigera-operator";
+
+/// `tigera-operator.yaml` with the operator's image replaced (`bundle --operator-image`), for sites whose nodes
+/// pull from a mirror: the `image` of the container named [`OPERATOR_CONTAINER`] in the file's one Deployment that
+/// has it. Everything else is unchanged. Returned as a YAML stream of JSON documents (JSON is YAML), which
+/// [`bundle`] reads like the upstream file.
+pub fn set_operator_image(operator_yaml: &str, image: &str) -> Result<String, DeliveryError> {
+    const INPUT: &str = "tigera-operator.yaml";
+    crate::settings::values::check_image_reference(image)
+        .map_err(|why| DeliveryError::OperatorImage(format!("--operator-image {image:?} {why}")))?;
+    let mut objects = parse_objects(INPUT, operator_yaml)?;
+    let mut found = 0;
+    for object in objects.iter_mut().filter(|o| o["kind"] == "Deployment") {
+        let containers = object
+            .pointer_mut("/spec/template/spec/containers")
+            .and_then(Value::as_array_mut);
+        for container in containers.into_iter().flatten() {
+            // Indexing by name is safe: only an object has a name equal to a string.
+            if container["name"] == OPERATOR_CONTAINER {
+                container["image"] = Value::from(image);
+                found += 1;
+            }
+        }
+    }
+    if found != 1 {
+        return Err(DeliveryError::OperatorImage(format!(
+            "{INPUT}: --operator-image needs exactly one Deployment container named {OPERATOR_CONTAINER}, found {found} (is this the upstream tigera-operator.yaml?)"
+        )));
+    }
+    let mut out = String::new();
+    for object in &objects {
+        out.push_str("---\n");
+        out.push_str(&serde_json::to_string(object)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Wrap objects in a `v1` `List`, the form the `bundle` command should print: JSON that
 /// `kubectl apply --server-side -f -` accepts, with no YAML emitter between the chunks and the API server.
 pub fn as_list(items: Vec<Value>) -> Value {
@@ -519,6 +558,31 @@ mod tests {
         // The selection sees one complete bundle.
         let selected = select_bundle(out.iter(), "v3.31.7").unwrap();
         assert_eq!(selected.chunks.len(), out.len());
+    }
+
+    #[test]
+    fn operator_image_is_replaced_in_the_operator_container_only() {
+        let operator = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tigera-operator\n  namespace: tigera-operator\nspec:\n  template:\n    spec:\n      containers:\n        - name: tigera-operator\n          image: quay.io/tigera/operator:v1.40.3\n          env:\n            - {name: MODE, value: \"0644\"}\n        - name: sidecar\n          image: quay.io/other:v1\n";
+        let image = "registry.example.internal:5000/tigera/operator:v1.40.3";
+        let edited = set_operator_image(operator, image).unwrap();
+        let before = parse_objects("a", operator).unwrap();
+        let after = parse_objects("b", &edited).unwrap();
+        assert_eq!(after.len(), 2);
+        assert_eq!(after[0], before[0]);
+        let containers = &after[1]["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers[0]["image"], image);
+        assert_eq!(containers[1]["image"], "quay.io/other:v1");
+        // Only the image changed; a quoted string that looks octal stays a string.
+        let mut back = after[1].clone();
+        back["spec"]["template"]["spec"]["containers"][0]["image"] =
+            Value::from("quay.io/tigera/operator:v1.40.3");
+        assert_eq!(back, before[1]);
+        assert_eq!(containers[0]["env"][0]["value"], "0644");
+
+        let err = set_operator_image(operator, "quay.io/tigera/operator").unwrap_err();
+        assert!(err.to_string().contains("no tag or digest"), "{err}");
+        let err = set_operator_image(&crd("a.example.io", 10), image).unwrap_err();
+        assert!(err.to_string().contains("found 0"), "{err}");
     }
 
     #[test]

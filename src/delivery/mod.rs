@@ -87,6 +87,8 @@ pub enum DeliveryError {
         size: usize,
         limit: usize,
     },
+    #[error("{0}")]
+    OperatorImage(String),
     #[error("the bundle has {count} documents; at most 9999 are supported")]
     TooManyDocuments { count: usize },
     #[error("invalid bundle chunk: {0}")]

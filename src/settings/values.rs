@@ -715,6 +715,65 @@ pub fn parse_image_path(raw: &str) -> Result<String, ValueError> {
     Ok(raw.to_string())
 }
 
+/// A container image reference with a tag or a digest: `[host[:port]/]path[:tag][@sha256:<64 hex>]` (for
+/// `bundle --operator-image`). The first path part is a host when it has a `.` or a `:`, or is `localhost`, as
+/// container runtimes read it. `Err` says what is wrong, phrased to follow the value.
+pub fn check_image_reference(raw: &str) -> Result<(), String> {
+    if raw.len() > 2 * MAX_IMAGE_LOCATION_LEN {
+        return Err(format!(
+            "is longer than {} characters",
+            2 * MAX_IMAGE_LOCATION_LEN
+        ));
+    }
+    let (name_and_tag, digest) = match raw.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (raw, None),
+    };
+    if let Some(digest) = digest {
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(
+                "has a digest that is not sha256: and 64 lower-case hex digits".to_string(),
+            );
+        }
+    }
+    let last_part = name_and_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_and_tag[last_part..].rfind(':') {
+        Some(i) => (
+            &name_and_tag[..last_part + i],
+            Some(&name_and_tag[last_part + i + 1..]),
+        ),
+        None => (name_and_tag, None),
+    };
+    if let Some(tag) = tag {
+        let ok = (1..=128).contains(&tag.len())
+            && tag.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && matches!(b, b'.' | b'-'))
+            });
+        if !ok {
+            return Err(format!(
+                "has a tag \"{}\" that is not 1 to 128 of [A-Za-z0-9_.-] (not starting with '.' or '-')",
+                escape(tag)
+            ));
+        }
+    } else if digest.is_none() {
+        return Err("has no tag or digest: pin the version, e.g. registry.example.internal/tigera/operator:v1.40.3".to_string());
+    }
+    let path = match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            check_authority(first)
+                .map_err(|why| format!("has a registry host that is not valid: {why}"))?;
+            rest
+        }
+        _ => name,
+    };
+    check_image_path(path).map_err(|why| format!("has an image name that is not valid: {why}"))
+}
+
 /// For `CALICO_REGISTRY` and `CALICO_IMAGE_PATH`: the error maker ("is not {what}: {why}; expected {expected}"),
 /// once the value is known to be within [`MAX_IMAGE_LOCATION_LEN`].
 fn image_location_error(
@@ -1307,6 +1366,46 @@ mod tests {
             assert_eq!(e.rule, rules::REGISTRY_FORMAT, "{raw}");
             assert!(e.message.contains(want), "{raw}: {}", e.message);
             assert!(e.message.contains("expected host[:port][/path]"), "{raw}");
+        }
+    }
+
+    #[test]
+    fn image_reference_table() {
+        let digest = format!("sha256:{}", "0a".repeat(32));
+        let with_digest = format!("quay.io/tigera/operator@{digest}");
+        let tag_and_digest = format!("quay.io/tigera/operator:v1.40.3@{digest}");
+        for raw in [
+            "quay.io/tigera/operator:v1.40.3",
+            "registry.example.internal:5000/mirror/tigera/operator:v1.40.3",
+            "localhost/operator:dev",
+            "[2001:db8::5]:5000/tigera/operator:v1",
+            "tigera/operator:v1.40.3",
+            "operator:latest",
+            with_digest.as_str(),
+            tag_and_digest.as_str(),
+        ] {
+            assert_eq!(check_image_reference(raw), Ok(()), "{raw}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("quay.io/tigera/operator", "no tag or digest"),
+            (
+                "registry.example.internal:5000/operator",
+                "no tag or digest",
+            ),
+            ("quay.io/tigera/operator:", "has a tag \"\""),
+            ("quay.io/tigera/operator:-v1", "has a tag"),
+            ("quay.io/tigera/operator:v1;reboot", "has a tag"),
+            ("quay.io/tigera/operator@sha256:abc", "digest"),
+            ("quay.io/Tigera/operator:v1", "image name"),
+            ("quay.io//operator:v1", "image name"),
+            ("user@quay.io/operator:v1", "digest"),
+            ("quay..io/operator:v1", "registry host"),
+            ("quay.io:99999/operator:v1", "registry host"),
+            ("", "no tag or digest"),
+        ];
+        for (raw, want) in bad {
+            let e = check_image_reference(raw).expect_err(raw);
+            assert!(e.contains(want), "{raw}: {e}");
         }
     }
 
