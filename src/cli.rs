@@ -198,6 +198,9 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CAPI_CALICO_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Memory all request bodies may hold at once, in bytes (at least --max-body-bytes); past it, 503.
+    #[arg(long, env = "CAPI_CALICO_MAX_BODY_MEMORY_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_body_memory_bytes: usize,
     /// Reviews handled at once.
     #[arg(long, env = "CAPI_CALICO_MAX_CONCURRENT_REVIEWS", default_value_t = 64)]
     pub max_concurrent_reviews: usize,
@@ -230,11 +233,18 @@ impl ServeArgs {
                     format!("--metrics-listen {addr:?}: {e} (use host:port or off)")
                 })?),
             };
+        if self.max_body_memory_bytes < self.max_body_bytes {
+            return Err(format!(
+                "--max-body-memory-bytes {} is less than --max-body-bytes {}: one body of the largest size could never be read",
+                self.max_body_memory_bytes, self.max_body_bytes
+            ));
+        }
         Ok(ServerConfig {
             listen: self.listen,
             metrics_listen,
             tls,
             max_body_bytes: self.max_body_bytes,
+            max_body_memory_bytes: self.max_body_memory_bytes,
             request_timeout: self.request_timeout,
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,

@@ -432,6 +432,31 @@ fn bundle_sets_the_operator_image_and_refuses_an_unpinned_one() {
     );
 }
 
+#[test]
+fn serve_refuses_a_body_memory_budget_smaller_than_one_body() {
+    let out = run(
+        &[
+            "serve",
+            "--no-cluster-lookup",
+            "--metrics-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-body-bytes",
+            "1048576",
+            "--max-body-memory-bytes",
+            "65536",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--max-body-memory-bytes 65536 is less than --max-body-bytes 1048576"),
+        "{err}"
+    );
+}
+
 /// The Cluster API example templates, opted in: every KCP/KCT they contain is mutated, everything else unchanged.
 #[test]
 fn capi_example_templates_render_to_their_goldens() {

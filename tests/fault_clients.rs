@@ -2,7 +2,8 @@
 //! byte by byte (cut by the 5 s header deadline), body promised and never sent (408 after the 3 s body deadline),
 //! hundreds of idle connections with and without a TLS handshake (closed by the header / handshake deadlines), an
 //! oversized body, declared or streamed (413 at once), and deeply nested JSON (400 at once: serde_json's recursion
-//! limit). `tests/server_tls.rs` covers the same bounds in-process with tight timeouts; this runs the shipped
+//! limit). A second test stalls 16 large bodies against a small body-memory budget, and against a roomy one as the
+//! control. `tests/server_tls.rs` covers the same bounds in-process with tight timeouts; this runs the shipped
 //! defaults of `serve`.
 
 mod load_support;
@@ -230,4 +231,120 @@ async fn abusive_clients_are_bounded_while_a_normal_client_is_served() {
         "{}",
         serve.log_text()
     );
+}
+
+/// 16 clients each send 1,040,000 bytes of a declared 1 MiB body and stall: the server's peak RSS growth while they
+/// hang, and the status lines they got.
+async fn stalled_bodies(serve: &Serve, dir: &std::path::Path) -> (u64, Vec<String>) {
+    let ca = vec![read_ca(dir)];
+    let addr = serve.addr;
+    // Warm up (TLS, the handler, the allocator) before taking the baseline.
+    let client = https_client(&ca, true);
+    for shot in mix() {
+        shoot(&client, addr, &shot).await.unwrap();
+    }
+    let base = serve.rss_kib();
+    let stallers: Vec<_> = (0..16)
+        .map(|_| {
+            let ca = ca.clone();
+            tokio::spawn(async move {
+                let (status, took) = raw_request(
+                    addr,
+                    &ca,
+                    post_head(Some(1024 * 1024)),
+                    &vec![
+                        b' ';
+                        std::env::var("STALL_BYTES")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(1_040_000)
+                    ],
+                )
+                .await;
+                (status, took)
+            })
+        })
+        .collect();
+    let mut peak = base;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2500) {
+        peak = peak.max(serve.rss_kib());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut statuses = Vec::new();
+    for s in stallers {
+        let (status, took) = s.await.unwrap();
+        assert!(
+            took < Duration::from_secs(6),
+            "a stalled body held its connection for {took:?} (body deadline 3 s)"
+        );
+        statuses.push(status);
+    }
+    // Once they are gone, normal reviews are answered again.
+    for shot in mix() {
+        shoot(&client, addr, &shot).await.unwrap();
+    }
+    (peak.saturating_sub(base), statuses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_all_request_bodies_hold_is_bounded() {
+    let args = |dir: &std::path::Path, budget: &'static str| {
+        vec![
+            "--no-cluster-lookup".to_string(),
+            "--self-signed-dir".to_string(),
+            path_str(dir).to_string(),
+            "--max-body-bytes".to_string(),
+            "1048576".to_string(),
+            "--max-body-memory-bytes".to_string(),
+            budget.to_string(),
+        ]
+    };
+    let start = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        match std::env::var("MI_ENV") {
+            Ok(v) => {
+                let (k, val) = v.split_once('=').unwrap();
+                Serve::start_with_env(&refs, &[(k, val)])
+            }
+            Err(_) => Serve::start(&refs),
+        }
+    };
+
+    // Control: with room for all 16 bodies, the server holds them all (the attack costs what it sends).
+    let (_g1, dir1) = tmp();
+    let roomy = start(args(&dir1, "67108864"));
+    let (roomy_growth, roomy_statuses) = stalled_bodies(&roomy, &dir1).await;
+    // Budget of 4 MiB: the bodies beyond it wait for memory and get 503, and the server holds about 4 MiB.
+    let (_g2, dir2) = tmp();
+    let tight = start(args(&dir2, "4194304"));
+    let (tight_growth, tight_statuses) = stalled_bodies(&tight, &dir2).await;
+    eprintln!(
+        "stalled 1 MiB bodies x16: RSS growth {roomy_growth} KiB with a 64 MiB budget, {tight_growth} KiB with 4 MiB; \
+         statuses {roomy_statuses:?} / {tight_statuses:?}"
+    );
+
+    assert!(
+        roomy_statuses.iter().all(|s| s.starts_with("HTTP/1.1 408")),
+        "{roomy_statuses:?}"
+    );
+    assert!(
+        roomy_growth > 14 * 1024,
+        "the control should hold the 16 bodies: grew {roomy_growth} KiB"
+    );
+    assert!(
+        tight_statuses
+            .iter()
+            .all(|s| s.starts_with("HTTP/1.1 408") || s.starts_with("HTTP/1.1 503")),
+        "{tight_statuses:?}"
+    );
+    assert!(
+        tight_statuses.iter().any(|s| s.starts_with("HTTP/1.1 503")),
+        "{tight_statuses:?}"
+    );
+    assert!(
+        tight_growth < 8 * 1024,
+        "with a 4 MiB budget the server grew {tight_growth} KiB"
+    );
+    assert!(!tight.log_text().contains("panicked"));
 }

@@ -39,6 +39,9 @@ pub(crate) struct ConnLimits {
     pub drain_timeout: Duration,
 }
 
+/// Per connection: HTTP/1 read buffer, HTTP/2 stream window (the connection window is four times this).
+const CONN_BUFFER_BYTES: usize = 64 * 1024;
+
 /// HTTP/1.1-only and HTTP/2-only connection builders.
 struct Builders {
     http1: auto::Builder<TokioExecutor>,
@@ -52,11 +55,18 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(100)
+        // What one connection may buffer beyond the body budget (hyper's default is ~400 KB): request heads are a
+        // few hundred bytes, and bodies are read in chunks of this size at most.
+        .max_buf_size(CONN_BUFFER_BYTES)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // The flow-control windows bound what a peer may send before the body reader asks for more (hyper's
+        // default is 1 MiB per stream and per connection).
+        .initial_stream_window_size(CONN_BUFFER_BYTES as u32)
+        .initial_connection_window_size(4 * CONN_BUFFER_BYTES as u32)
         .max_header_list_size(64 * 1024)
         .max_pending_accept_reset_streams(Some(32))
         .max_local_error_reset_streams(Some(256));

@@ -9,6 +9,7 @@
 //!   open connections are asked to finish (HTTP/1: close after the current response; HTTP/2: GOAWAY); whatever
 //!   is still open after [`ServerConfig::drain_timeout`] is dropped. The metrics port keeps answering until then.
 
+pub mod body;
 mod conn;
 pub mod logging;
 pub mod metrics;
@@ -52,6 +53,10 @@ pub struct ServerConfig {
     /// Largest accepted request body (default 7 MiB, as controller-runtime: an AdmissionReview carries the object and
     /// the old object, each up to the API server's 3 MiB).
     pub max_body_bytes: usize,
+    /// Memory all request bodies being read or handled may hold at once, each byte counted twice (default 128 MiB,
+    /// below the shipped Deployment's 256 Mi limit; never less than `max_body_bytes`). Past it a body waits for
+    /// memory until the body deadline, then gets 503 (see [`body`]).
+    pub max_body_memory_bytes: usize,
     /// Deadline for a whole review request: body read, waiting for a handler slot and the handler (default 4 s; keep
     /// it below the webhook's `timeoutSeconds`). Past it: 503.
     pub request_timeout: Duration,
@@ -90,6 +95,7 @@ impl Default for ServerConfig {
                 dir: std::env::temp_dir().join("capi-calico-webhook-tls"),
             },
             max_body_bytes: 7 * 1024 * 1024,
+            max_body_memory_bytes: 128 * 1024 * 1024,
             request_timeout: Duration::from_secs(4),
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(3),

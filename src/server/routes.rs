@@ -3,7 +3,7 @@
 //!
 //! A review request goes through, in order: content type (`application/json` only, parameters such as
 //! `charset` allowed, else 415), declared length (over the limit: 413 at once), body read (bounded in size: 413,
-//! and in time: 408), a handler slot (bounded concurrency; waiting is bounded by the request deadline: 503), the
+//! in time: 408, and by the memory all bodies share: 503, see [`super::body`]), a handler slot (bounded concurrency; waiting is bounded by the request deadline: 503), the
 //! handler (bounded by the request deadline: 503; a panic: 500). Transport refusals answer a short `text/plain`
 //! reason, are logged at warn and counted as `outcome="error"`.
 
@@ -19,10 +19,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::FutureExt;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::Semaphore;
 
 use super::ServerConfig;
+use super::body::{self, BodyBudget};
 use super::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
 use crate::admission::api::{Endpoint, ReviewHandler};
 
@@ -83,6 +83,7 @@ pub struct AppState<H> {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     permits: Arc<Semaphore>,
+    bodies: BodyBudget,
     limits: Limits,
 }
 
@@ -93,6 +94,7 @@ impl<H> Clone for AppState<H> {
             metrics: Arc::clone(&self.metrics),
             health: Arc::clone(&self.health),
             permits: Arc::clone(&self.permits),
+            bodies: self.bodies.clone(),
             limits: self.limits,
         }
     }
@@ -106,6 +108,7 @@ impl<H: ReviewHandler> AppState<H> {
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::default()),
             permits: Arc::new(Semaphore::new(config.max_concurrent_reviews.max(1))),
+            bodies: BodyBudget::new(config.max_body_memory_bytes.max(config.max_body_bytes)),
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
                 body_read_timeout: config.body_read_timeout,
@@ -217,17 +220,6 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.is::<LengthLimitError>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
 impl<H: ReviewHandler> AppState<H> {
     fn refuse(
         &self,
@@ -276,32 +268,11 @@ async fn review<H: ReviewHandler>(
     }
 
     let body_deadline = deadline.min(tokio::time::Instant::now() + state.limits.body_read_timeout);
-    let read = Limited::new(request.into_body(), max).collect();
-    let body = match tokio::time::timeout_at(body_deadline, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if is_length_limit(e.as_ref()) => {
-            return state.refuse(
-                endpoint,
-                started,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large",
-            );
-        }
-        Ok(Err(_)) => {
-            return state.refuse(
-                endpoint,
-                started,
-                StatusCode::BAD_REQUEST,
-                "could not read request body",
-            );
-        }
-        Err(_) => {
-            return state.refuse(
-                endpoint,
-                started,
-                StatusCode::REQUEST_TIMEOUT,
-                "request body not received in time",
-            );
+    let body = match body::read(request.into_body(), max, &state.bodies, body_deadline).await {
+        Ok(body) => body,
+        Err(e) => {
+            let (status, reason) = e.answer();
+            return state.refuse(endpoint, started, status, reason);
         }
     };
 

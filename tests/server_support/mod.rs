@@ -80,6 +80,7 @@ pub fn fast_config(tls: capi_calico_webhook::server::TlsSource) -> ServerConfig 
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         tls,
         max_body_bytes: 64 * 1024,
+        max_body_memory_bytes: 1024 * 1024,
         request_timeout: Duration::from_secs(3),
         header_read_timeout: Duration::from_secs(1),
         body_read_timeout: Duration::from_secs(1),
