@@ -10,6 +10,7 @@
 //! stays up and answers again as soon as the other bodies are done, instead of being killed for memory.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
@@ -93,19 +94,27 @@ pub async fn read(
     budget: &BodyBudget,
     deadline: Instant,
 ) -> Result<Buffered, BodyError> {
-    let mut body = body;
+    // One timer for the whole read; whether it fired while the body waited for memory decides 503 or 408.
+    let waiting_for_memory = AtomicBool::new(false);
+    match timeout_at(deadline, read_all(body, max, budget, &waiting_for_memory)).await {
+        Ok(result) => result,
+        Err(_) if waiting_for_memory.load(Ordering::Relaxed) => Err(BodyError::Overloaded),
+        Err(_) => Err(BodyError::Timeout),
+    }
+}
+
+async fn read_all(
+    mut body: Body,
+    max: usize,
+    budget: &BodyBudget,
+    waiting_for_memory: &AtomicBool,
+) -> Result<Buffered, BodyError> {
     let mut pieces: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
     let mut reserved: Option<OwnedSemaphorePermit> = None;
     let mut reserved_units = 0usize;
-    loop {
-        let frame = match timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(BodyError::Timeout),
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(BodyError::Read),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Read)?.into_data() else {
             continue; // trailers
         };
         len += data.len();
@@ -115,15 +124,19 @@ pub async fn read(
         let units = (2 * len).div_ceil(UNIT);
         if units > reserved_units {
             let more = u32::try_from(units - reserved_units).map_err(|_| BodyError::TooLarge)?;
-            let permit = match timeout_at(
-                deadline,
-                Arc::clone(&budget.units).acquire_many_owned(more),
-            )
-            .await
-            {
-                Ok(Ok(permit)) => permit,
-                // Timed out waiting for memory (or the budget was closed, which never happens).
-                _ => return Err(BodyError::Overloaded),
+            let semaphore = Arc::clone(&budget.units);
+            let permit = match Arc::clone(&semaphore).try_acquire_many_owned(more) {
+                Ok(permit) => permit,
+                Err(_) => {
+                    waiting_for_memory.store(true, Ordering::Relaxed);
+                    // The budget is never closed: an error cannot happen, and would read as overload.
+                    let permit = semaphore
+                        .acquire_many_owned(more)
+                        .await
+                        .map_err(|_| BodyError::Overloaded)?;
+                    waiting_for_memory.store(false, Ordering::Relaxed);
+                    permit
+                }
             };
             match reserved.as_mut() {
                 Some(held) => held.merge(permit),
