@@ -198,7 +198,7 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CAPI_CALICO_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Memory all request bodies may hold at once, in bytes (at least --max-body-bytes); past it, 503.
+    /// Memory all request bodies may hold at once, in bytes (at least twice --max-body-bytes); past it, 503.
     #[arg(long, env = "CAPI_CALICO_MAX_BODY_MEMORY_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub max_body_memory_bytes: usize,
     /// Reviews handled at once.
@@ -233,9 +233,9 @@ impl ServeArgs {
                     format!("--metrics-listen {addr:?}: {e} (use host:port or off)")
                 })?),
             };
-        if self.max_body_memory_bytes < self.max_body_bytes {
+        if self.max_body_memory_bytes / 2 < self.max_body_bytes {
             return Err(format!(
-                "--max-body-memory-bytes {} is less than --max-body-bytes {}: one body of the largest size could never be read",
+                "--max-body-memory-bytes {} is less than twice --max-body-bytes {}: a body of the largest size, counted twice while it is read, could never be read",
                 self.max_body_memory_bytes, self.max_body_bytes
             ));
         }

@@ -445,14 +445,14 @@ fn serve_refuses_a_body_memory_budget_smaller_than_one_body() {
             "--max-body-bytes",
             "1048576",
             "--max-body-memory-bytes",
-            "65536",
+            "2097151",
         ],
         None,
     );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("--max-body-memory-bytes 65536 is less than --max-body-bytes 1048576"),
+        err.contains("--max-body-memory-bytes 2097151 is less than twice --max-body-bytes 1048576"),
         "{err}"
     );
 }

@@ -167,8 +167,15 @@ fn upstream_calico_v3_31_7_bundle() {
     );
 
     // `--operator-image`: the upstream file has exactly one operator container; its image is the only change.
-    let image = "registry.example.internal:5000/tigera/operator:v1.40.3";
+    let image = "registry.example.internal:5000/tigera/operator:v1.40.15";
     let mirrored = set_operator_image(&operator, image).unwrap();
+    // Another tag than the one the operator's TIGERA_OPERATOR_INIT_IMAGE_VERSION names is refused.
+    let err = set_operator_image(
+        &operator,
+        "registry.example.internal:5000/tigera/operator:v1.40.3",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("upstream tag v1.40.15"), "{err}");
     let edited = bundle(&mirrored, &crds, &V3_31_7, "capi-calico-system").unwrap();
     let edited_back = reassemble(&edited).unwrap();
     assert_eq!(edited_back.len(), back.len());

@@ -302,6 +302,7 @@ pub fn set_operator_image(operator_yaml: &str, image: &str) -> Result<String, De
         for container in containers.into_iter().flatten() {
             // Indexing by name is safe: only an object has a name equal to a string.
             if container["name"] == OPERATOR_CONTAINER {
+                check_init_image_version(container, image)?;
                 container["image"] = Value::from(image);
                 found += 1;
             }
@@ -320,6 +321,35 @@ pub fn set_operator_image(operator_yaml: &str, image: &str) -> Result<String, De
     }
     Ok(out)
 }
+
+/// The operator's environment names its own version (`TIGERA_OPERATOR_INIT_IMAGE_VERSION`), which it uses for the
+/// image of its init step: a mirror image with another tag would run one operator version with another's init.
+fn check_init_image_version(container: &Value, image: &str) -> Result<(), DeliveryError> {
+    let tag = image
+        .split('@')
+        .next()
+        .and_then(|name| {
+            name.rsplit_once('/')
+                .map_or(Some(name), |(_, last)| Some(last))
+        })
+        .and_then(|last| last.split_once(':'))
+        .map(|(_, tag)| tag);
+    let pinned = container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == INIT_IMAGE_VERSION_ENV)
+        .and_then(|e| e["value"].as_str());
+    match (tag, pinned) {
+        (Some(tag), Some(pinned)) if tag != pinned => Err(DeliveryError::OperatorImage(format!(
+            "--operator-image {image:?} has the tag {tag}, but the operator's {INIT_IMAGE_VERSION_ENV} is {pinned}: mirror the operator image under its upstream tag {pinned}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The operator's environment variable that names its own version.
+const INIT_IMAGE_VERSION_ENV: &str = "TIGERA_OPERATOR_INIT_IMAGE_VERSION";
 
 /// Wrap objects in a `v1` `List`, the form the `bundle` command should print: JSON that
 /// `kubectl apply --server-side -f -` accepts, with no YAML emitter between the chunks and the API server.
@@ -578,6 +608,20 @@ mod tests {
             Value::from("quay.io/tigera/operator:v1.40.3");
         assert_eq!(back, before[1]);
         assert_eq!(containers[0]["env"][0]["value"], "0644");
+
+        let pinned = operator.replace(
+            "            - {name: MODE, value: \"0644\"}\n",
+            "            - {name: MODE, value: \"0644\"}\n            - {name: TIGERA_OPERATOR_INIT_IMAGE_VERSION, value: v1.40.3}\n",
+        );
+        assert!(set_operator_image(&pinned, image).is_ok());
+        let err = set_operator_image(&pinned, "registry.example.internal/tigera/operator:v1.41.0")
+            .unwrap_err();
+        assert!(err.to_string().contains("upstream tag v1.40.3"), "{err}");
+        let digest = format!(
+            "registry.example.internal/tigera/operator@sha256:{}",
+            "ab".repeat(32)
+        );
+        assert!(set_operator_image(&pinned, &digest).is_ok());
 
         let err = set_operator_image(operator, "quay.io/tigera/operator").unwrap_err();
         assert!(err.to_string().contains("no tag or digest"), "{err}");

@@ -1,52 +1,98 @@
 //! Reading a request body into memory under a server-wide budget.
 //!
 //! Each body is bounded by `max_body_bytes`, but a thousand connections each sending most of a 7 MiB body would
-//! still hold gigabytes before any of them reached the handler. So the buffers of all bodies being read or handled
-//! share one [`BodyBudget`] (`max_body_memory_bytes`): a body reserves memory from it as its data arrives, before
-//! the buffer grows, and returns it when the request is answered. A client has to send bytes to hold any of the
-//! budget; a client that stops sending is cut by the body deadline and gives its share back.
+//! still hold gigabytes before any of them reached the handler. So all bodies being read or handled share one
+//! [`BodyBudget`] (`max_body_memory_bytes`), counted in bytes:
 //!
-//! When the budget is spent, a body waits for its next share until the body deadline, then gets 503: the server
-//! stays up and answers again as soon as the other bodies are done, instead of being killed for memory.
+//! - A body reserves memory as its data arrives, before it keeps a piece: a client has to send bytes to hold any of
+//!   the budget, and one that stops sending is cut by the body deadline and gives its share back.
+//! - While the body is read, each byte counts twice (the pieces hyper hands over, then the joined copy); once
+//!   joined, once. The reservation is returned when the request is answered.
+//! - When the budget cannot cover the next piece, the body is refused at once with 503 and gives back what it held.
+//!   It never waits while holding memory, so bodies cannot block each other, each holding part of the budget and
+//!   waiting for the rest. The server stays up and answers again as soon as other bodies are done, instead of being
+//!   killed for memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
-
-/// The unit the budget counts in.
-const UNIT: usize = 1024;
 
 /// Memory that request bodies may hold at once, shared by all connections.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
-    units: Arc<Semaphore>,
+    available: Arc<AtomicUsize>,
 }
 
 impl BodyBudget {
-    /// A budget of `bytes` (rounded up to whole KiB, at least one).
+    /// A budget of `bytes`.
     pub fn new(bytes: usize) -> Self {
-        let units = bytes.div_ceil(UNIT).clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            units: Arc::new(Semaphore::new(units)),
+            available: Arc::new(AtomicUsize::new(bytes)),
         }
     }
 
     /// Bytes not reserved right now.
     pub fn available_bytes(&self) -> usize {
-        self.units.available_permits().saturating_mul(UNIT)
+        self.available.load(Ordering::Acquire)
+    }
+
+    /// Take `bytes` from the budget if it has them; never waits.
+    fn try_take(&self, bytes: usize) -> bool {
+        self.available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.available.fetch_add(bytes, Ordering::AcqRel);
     }
 }
 
-/// A body read into memory, with its share of the budget (returned when this is dropped).
+/// Bytes taken from a [`BodyBudget`], given back on drop.
+#[derive(Debug)]
+struct Reservation {
+    budget: BodyBudget,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Grow to `bytes` (no-op if already there); `false` when the budget cannot cover it.
+    fn grow_to(&mut self, bytes: usize) -> bool {
+        let more = bytes.saturating_sub(self.bytes);
+        if more == 0 || self.budget.try_take(more) {
+            self.bytes = self.bytes.max(bytes);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Give back everything above `bytes`.
+    fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.budget.give_back(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+/// A body read into memory, with its share of the budget (given back when this is dropped).
 #[derive(Debug)]
 pub struct Buffered {
     bytes: Bytes,
-    _reserved: Option<OwnedSemaphorePermit>,
+    _reserved: Reservation,
 }
 
 impl std::ops::Deref for Buffered {
@@ -85,34 +131,27 @@ impl BodyError {
 
 /// Read `body` (at most `max` bytes) by `deadline`, reserving from `budget` before keeping each piece.
 ///
-/// The pieces are kept as they arrive (hyper's buffers, no copy and no growing buffer to leave garbage behind) and
-/// joined once at the end; the reservation counts each byte twice, for the pieces and the joined copy, so the
-/// join never waits. A body of one piece is not copied at all.
+/// The pieces are kept as they arrive (hyper's buffers: no copy, and no growing buffer to leave garbage behind for
+/// the allocator) and joined once at the end; a body of one piece is not copied at all.
 pub async fn read(
     body: Body,
     max: usize,
     budget: &BodyBudget,
     deadline: Instant,
 ) -> Result<Buffered, BodyError> {
-    // One timer for the whole read; whether it fired while the body waited for memory decides 503 or 408.
-    let waiting_for_memory = AtomicBool::new(false);
-    match timeout_at(deadline, read_all(body, max, budget, &waiting_for_memory)).await {
+    match timeout_at(deadline, read_all(body, max, budget)).await {
         Ok(result) => result,
-        Err(_) if waiting_for_memory.load(Ordering::Relaxed) => Err(BodyError::Overloaded),
         Err(_) => Err(BodyError::Timeout),
     }
 }
 
-async fn read_all(
-    mut body: Body,
-    max: usize,
-    budget: &BodyBudget,
-    waiting_for_memory: &AtomicBool,
-) -> Result<Buffered, BodyError> {
+async fn read_all(mut body: Body, max: usize, budget: &BodyBudget) -> Result<Buffered, BodyError> {
+    let mut reserved = Reservation {
+        budget: budget.clone(),
+        bytes: 0,
+    };
     let mut pieces: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
-    let mut reserved: Option<OwnedSemaphorePermit> = None;
-    let mut reserved_units = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(|_| BodyError::Read)?.into_data() else {
             continue; // trailers
@@ -121,28 +160,8 @@ async fn read_all(
         if len > max {
             return Err(BodyError::TooLarge);
         }
-        let units = (2 * len).div_ceil(UNIT);
-        if units > reserved_units {
-            let more = u32::try_from(units - reserved_units).map_err(|_| BodyError::TooLarge)?;
-            let semaphore = Arc::clone(&budget.units);
-            let permit = match Arc::clone(&semaphore).try_acquire_many_owned(more) {
-                Ok(permit) => permit,
-                Err(_) => {
-                    waiting_for_memory.store(true, Ordering::Relaxed);
-                    // The budget is never closed: an error cannot happen, and would read as overload.
-                    let permit = semaphore
-                        .acquire_many_owned(more)
-                        .await
-                        .map_err(|_| BodyError::Overloaded)?;
-                    waiting_for_memory.store(false, Ordering::Relaxed);
-                    permit
-                }
-            };
-            match reserved.as_mut() {
-                Some(held) => held.merge(permit),
-                None => reserved = Some(permit),
-            }
-            reserved_units = units;
+        if !reserved.grow_to(len.saturating_mul(2)) {
+            return Err(BodyError::Overloaded);
         }
         pieces.push(data);
     }
@@ -157,6 +176,8 @@ async fn read_all(
             Bytes::from(joined)
         }
     };
+    drop(pieces);
+    reserved.shrink_to(len);
     Ok(Buffered {
         bytes,
         _reserved: reserved,
@@ -184,13 +205,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_the_body_and_returns_its_share_when_dropped() {
+    async fn reads_the_body_and_holds_its_size_until_dropped() {
         let budget = BodyBudget::new(64 * 1024);
         let body = chunked(vec![b"{\"a\":", &[b'1'; 3000], b"}"]);
         let read = read(body, 10_000, &budget, soon()).await.unwrap();
         assert_eq!(read.len(), 5 + 3000 + 1);
         assert_eq!(&read[..5], b"{\"a\":");
-        assert!(budget.available_bytes() < 64 * 1024);
+        assert_eq!(budget.available_bytes(), 64 * 1024 - 3006);
         drop(read);
         assert_eq!(budget.available_bytes(), 64 * 1024);
     }
@@ -207,33 +228,66 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_spent_budget_makes_the_next_body_wait_then_refuses_it() {
-        // 16 KiB: the first body reserves 12 KiB (twice its 6000 bytes), the second would need 8 more.
+    async fn a_spent_budget_refuses_the_next_body_at_once_and_it_gives_back_what_it_held() {
+        // 16 KiB: the first body holds 6000 bytes once read; the second needs twice its 6000 while reading.
         let budget = BodyBudget::new(16 * 1024);
         let first = read(chunked(vec![&[b' '; 6000]]), 10_000, &budget, soon())
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let second = || {
+            read(
+                chunked(vec![&[b' '; 3000], &[b' '; 3000]]),
+                10_000,
+                &budget,
+                soon(),
+            )
+        };
         let started = std::time::Instant::now();
-        let second = read(chunked(vec![&[b' '; 4000]]), 10_000, &budget, deadline).await;
-        assert_eq!(second.unwrap_err(), BodyError::Overloaded);
-        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert_eq!(second().await.unwrap_err(), BodyError::Overloaded);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(budget.available_bytes(), 16 * 1024 - 6000);
         // Once the first is answered, the same body fits.
         drop(first);
-        let second = read(chunked(vec![&[b' '; 4000]]), 10_000, &budget, soon()).await;
-        assert_eq!(second.unwrap().len(), 4000);
+        assert_eq!(second().await.unwrap().len(), 6000);
     }
 
     #[tokio::test]
-    async fn the_reservation_is_twice_the_data() {
+    async fn while_reading_each_byte_counts_twice() {
         let budget = BodyBudget::new(1024 * 1024);
-        let chunks: Vec<&'static [u8]> = (0..40).map(|_| &[b'x'; 1000][..]).collect();
-        let read = read(chunked(chunks), 1024 * 1024, &budget, soon())
-            .await
-            .unwrap();
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, std::io::Error>>();
+        let reading = tokio::spawn({
+            let budget = budget.clone();
+            async move { read(Body::new(StreamBody::new(rx)), 100_000, &budget, soon()).await }
+        });
+        for _ in 0..40 {
+            tx.unbounded_send(Ok(Frame::data(Bytes::from_static(&[b'x'; 1000]))))
+                .unwrap();
+        }
+        // The reader has taken all 40 pieces (it polls faster than this loop waits).
+        for _ in 0..100 {
+            if budget.available_bytes() == 1024 * 1024 - 80_000 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(budget.available_bytes(), 1024 * 1024 - 80_000);
+        drop(tx);
+        let read = reading.await.unwrap().unwrap();
         assert_eq!(read.len(), 40_000);
         assert!(read.iter().all(|&b| b == b'x'));
-        let reserved = 1024 * 1024 - budget.available_bytes();
-        assert_eq!(reserved, 80_000usize.div_ceil(UNIT) * UNIT);
+        assert_eq!(budget.available_bytes(), 1024 * 1024 - 40_000);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_sending_times_out_and_gives_back_its_share() {
+        let budget = BodyBudget::new(64 * 1024);
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, std::io::Error>>();
+        tx.unbounded_send(Ok(Frame::data(Bytes::from_static(&[b' '; 1000]))))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let result = read(Body::new(StreamBody::new(rx)), 10_000, &budget, deadline).await;
+        assert_eq!(result.unwrap_err(), BodyError::Timeout);
+        assert_eq!(budget.available_bytes(), 64 * 1024);
+        drop(tx);
     }
 }

@@ -39,7 +39,8 @@ pub(crate) struct ConnLimits {
     pub drain_timeout: Duration,
 }
 
-/// Per connection: HTTP/1 read buffer, HTTP/2 stream window (the connection window is four times this).
+/// What one connection buffers at most besides the body budget: the HTTP/1 read buffer, the HTTP/2 stream and
+/// connection windows.
 const CONN_BUFFER_BYTES: usize = 64 * 1024;
 
 /// HTTP/1.1-only and HTTP/2-only connection builders.
@@ -64,9 +65,9 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         // The flow-control windows bound what a peer may send before the body reader asks for more (hyper's
-        // default is 1 MiB per stream and per connection).
+        // default is 1 MiB per stream and per connection); the connection window bounds all its streams together.
         .initial_stream_window_size(CONN_BUFFER_BYTES as u32)
-        .initial_connection_window_size(4 * CONN_BUFFER_BYTES as u32)
+        .initial_connection_window_size(CONN_BUFFER_BYTES as u32)
         .max_header_list_size(64 * 1024)
         .max_pending_accept_reset_streams(Some(32))
         .max_local_error_reset_streams(Some(256));

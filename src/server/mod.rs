@@ -53,9 +53,9 @@ pub struct ServerConfig {
     /// Largest accepted request body (default 7 MiB, as controller-runtime: an AdmissionReview carries the object and
     /// the old object, each up to the API server's 3 MiB).
     pub max_body_bytes: usize,
-    /// Memory all request bodies being read or handled may hold at once, each byte counted twice (default 128 MiB,
-    /// below the shipped Deployment's 256 Mi limit; never less than `max_body_bytes`). Past it a body waits for
-    /// memory until the body deadline, then gets 503 (see [`body`]).
+    /// Memory all request bodies being read or handled may hold at once; while a body is read each of its bytes
+    /// counts twice (default 128 MiB, below the shipped Deployment's 256 Mi limit; raised to twice
+    /// `max_body_bytes` if lower). A body the budget cannot cover gets 503 at once (see [`body`]).
     pub max_body_memory_bytes: usize,
     /// Deadline for a whole review request: body read, waiting for a handler slot and the handler (default 4 s; keep
     /// it below the webhook's `timeoutSeconds`). Past it: 503.

@@ -108,7 +108,11 @@ impl<H: ReviewHandler> AppState<H> {
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::default()),
             permits: Arc::new(Semaphore::new(config.max_concurrent_reviews.max(1))),
-            bodies: BodyBudget::new(config.max_body_memory_bytes.max(config.max_body_bytes)),
+            bodies: BodyBudget::new(
+                config
+                    .max_body_memory_bytes
+                    .max(config.max_body_bytes.saturating_mul(2)),
+            ),
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
                 body_read_timeout: config.body_read_timeout,

@@ -617,6 +617,12 @@ fn check_authority(authority: &str) -> Result<(), &'static str> {
                 None => return Err("only :port may follow an IPv6 host"),
             },
         }
+    } else if authority.matches(':').count() > 1
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
+        return Err("an IPv6 host must be written in brackets, e.g. [2001:db8::1]:5000");
     } else {
         match authority.split_once(':') {
             Some((host, port)) => (Some(host), Some(port)),
@@ -662,8 +668,37 @@ fn is_dns_name(host: &str) -> bool {
 // ---------------------------------------------------------------------------------------------------------------
 // Image registry
 
-/// Longest accepted `CALICO_REGISTRY` or `CALICO_IMAGE_PATH`.
-pub const MAX_IMAGE_LOCATION_LEN: usize = 255;
+/// Longest accepted `CALICO_REGISTRY` or `CALICO_IMAGE_PATH`: the two, a `/` and the longest Calico image name stay
+/// within the 255 characters container runtimes allow for an image name.
+pub const MAX_IMAGE_LOCATION_LEN: usize = 100;
+
+/// Longest image name of an image reference (the distribution grammar's limit, enforced by container runtimes).
+pub const MAX_IMAGE_NAME_LEN: usize = 255;
+
+/// A registry host as container runtimes accept it: [`check_authority`], and inside brackets only hex digits and
+/// `:` (no IPv4-mapped form such as `[::ffff:10.0.0.1]`).
+fn check_registry_host(authority: &str) -> Result<(), String> {
+    check_authority(authority).map_err(str::to_string)?;
+    if let Some(v6) = authority
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(v6, _)| v6)
+        && !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+    {
+        return Err(
+            "an IPv6 registry host takes only hex digits and ':' (no dotted IPv4 part)".to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// Whether the first part of an image name is a registry host, as container runtimes decide: it has a `.` or a
+/// `:`, is `localhost`, or has an upper-case letter (Docker Hub namespaces are lower case).
+fn is_registry_host(first: &str) -> bool {
+    first.contains(['.', ':'])
+        || first == "localhost"
+        || first.bytes().any(|b| b.is_ascii_uppercase())
+}
 
 /// `CALICO_REGISTRY`: where the operator pulls Calico's images from, `host[:port][/path]`, as the Installation's
 /// `spec.registry`. Returned with the one trailing `/` the operator requires (added when missing).
@@ -677,7 +712,11 @@ pub fn parse_registry(raw: &str) -> Result<String, ValueError> {
         "a registry",
         "host[:port][/path], e.g. registry.example.internal:5000/mirror",
     )?;
-    if let Some((scheme, rest)) = raw.split_once("://") {
+    if let Some((scheme, rest)) = raw.split_once("://")
+        && scheme.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_alphabetic() || (i > 0 && (b.is_ascii_digit() || b"+.-".contains(&b)))
+        })
+    {
         return Err(err(format!(
             "write it without the {}:// scheme ({})",
             escape(scheme),
@@ -689,15 +728,21 @@ pub fn parse_registry(raw: &str) -> Result<String, ValueError> {
         Some((authority, path)) => (authority, Some(path)),
         None => (trimmed, None),
     };
-    check_authority(authority).map_err(|why| err(why.to_string()))?;
-    if !(authority.contains('.') || authority.contains(':') || authority == "localhost") {
+    check_registry_host(authority).map_err(&err)?;
+    if !is_registry_host(authority) {
         return Err(err(format!(
             "\"{}\" would be read as a Docker Hub namespace, not a registry host: give a host with a '.' or a :port",
             escape(authority)
         )));
     }
-    if let Some(path) = path {
-        check_image_path(path).map_err(err)?;
+    match path {
+        Some("") => {
+            return Err(err(
+                "it has an empty path component (a doubled '/')".to_string()
+            ));
+        }
+        Some(path) => check_image_path(path).map_err(&err)?,
+        None => {}
     }
     Ok(format!("{trimmed}/"))
 }
@@ -719,10 +764,11 @@ pub fn parse_image_path(raw: &str) -> Result<String, ValueError> {
 /// `bundle --operator-image`). The first path part is a host when it has a `.` or a `:`, or is `localhost`, as
 /// container runtimes read it. `Err` says what is wrong, phrased to follow the value.
 pub fn check_image_reference(raw: &str) -> Result<(), String> {
-    if raw.len() > 2 * MAX_IMAGE_LOCATION_LEN {
+    // The name, a tag of up to 128 characters or a digest of 71.
+    if raw.len() > MAX_IMAGE_NAME_LEN + 200 {
         return Err(format!(
             "is longer than {} characters",
-            2 * MAX_IMAGE_LOCATION_LEN
+            MAX_IMAGE_NAME_LEN + 200
         ));
     }
     let (name_and_tag, digest) = match raw.split_once('@') {
@@ -761,15 +807,28 @@ pub fn check_image_reference(raw: &str) -> Result<(), String> {
             ));
         }
     } else if digest.is_none() {
-        return Err("has no tag or digest: pin the version, e.g. registry.example.internal/tigera/operator:v1.40.3".to_string());
+        return Err("has no tag or digest: give the version, e.g. registry.example.internal/tigera/operator:v1.40.3".to_string());
+    }
+    if name.len() > MAX_IMAGE_NAME_LEN {
+        return Err(format!(
+            "has an image name longer than {MAX_IMAGE_NAME_LEN} characters"
+        ));
     }
     let path = match name.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
-            check_authority(first)
+        Some((first, rest)) if is_registry_host(first) => {
+            check_registry_host(first)
                 .map_err(|why| format!("has a registry host that is not valid: {why}"))?;
             rest
         }
-        _ => name,
+        Some(_) => name,
+        None if name.contains('.') => {
+            return Err(format!(
+                "has no image path after \"{}\": it would be read as a Docker Hub image of that name; write e.g. {}/tigera/operator:v1.40.3",
+                escape(name),
+                escape(name)
+            ));
+        }
+        None => name,
     };
     check_image_path(path).map_err(|why| format!("has an image name that is not valid: {why}"))
 }
@@ -1333,6 +1392,8 @@ mod tests {
             ("localhost/calico", "localhost/calico/"),
             ("10.0.0.5:5000", "10.0.0.5:5000/"),
             ("[2001:db8::5]:5000/m", "[2001:db8::5]:5000/m/"),
+            // Runtimes read a first part with an upper-case letter as a host.
+            ("Mirror", "Mirror/"),
         ];
         for (raw, want) in ok {
             assert_eq!(parse_registry(raw).as_deref(), Ok(*want), "{raw}");
@@ -1351,6 +1412,10 @@ mod tests {
             ("registry.example.com:0", "port"),
             ("registry.example.com:http", "port"),
             ("registry.example.com//calico", "empty path component"),
+            ("registry.example.com//", "empty path component"),
+            ("registry.example.com/a://b", "\":\" is not allowed"),
+            ("2001:db8::1", "must be written in brackets"),
+            ("[::ffff:10.0.0.1]:5000", "only hex digits"),
             ("registry.example.com/Calico", "upper-case"),
             ("registry.example.com/-calico", "must start and end"),
             ("registry.example.com/a...b", "must start and end"),
@@ -1359,7 +1424,7 @@ mod tests {
             ("registry.example.com/cal ico", "\" \" is not allowed"),
             ("registry.example.com/$(reboot)", "\"$\" is not allowed"),
             ("registry.example.com\n/x", "host must be a DNS name"),
-            (long.as_str(), "longer than 255"),
+            (long.as_str(), "longer than 100"),
         ];
         for (raw, want) in bad {
             let e = parse_registry(raw).expect_err(raw);
@@ -1381,6 +1446,7 @@ mod tests {
             "[2001:db8::5]:5000/tigera/operator:v1",
             "tigera/operator:v1.40.3",
             "operator:latest",
+            "Registry/tigera/operator:v1",
             with_digest.as_str(),
             tag_and_digest.as_str(),
         ] {
@@ -1400,6 +1466,11 @@ mod tests {
             ("quay.io//operator:v1", "image name"),
             ("user@quay.io/operator:v1", "digest"),
             ("quay..io/operator:v1", "registry host"),
+            (
+                "r.example.com:5000",
+                "no image path after \"r.example.com\"",
+            ),
+            ("[::ffff:10.0.0.1]:5000/operator:v1", "only hex digits"),
             ("quay.io:99999/operator:v1", "registry host"),
             ("", "no tag or digest"),
         ];
