@@ -49,16 +49,18 @@ fn load_synthetic_bundle(h: &Harness, version: &str) -> TestResult<Vec<Value>> {
         &dir.join("synthetic-operator.yaml"),
         &dir.join("synthetic-crds.yaml"),
         version,
+        &[],
     )
 }
 
-/// `capi-calico-webhook bundle --operator OPERATOR --crds CRDS --version VERSION | kubectl apply
+/// `capi-calico-webhook bundle --operator OPERATOR --crds CRDS --version VERSION [EXTRA...] | kubectl apply
 /// --server-side -f -`, then the loaded ConfigMaps in index order.
 fn load_bundle(
     h: &Harness,
     operator: &std::path::Path,
     crds: &std::path::Path,
     version: &str,
+    extra: &[&str],
 ) -> TestResult<Vec<Value>> {
     let out = Command::new(webhook_binary())
         .args(["bundle", "--operator"])
@@ -66,6 +68,7 @@ fn load_bundle(
         .arg("--crds")
         .arg(crds)
         .args(["--version", version])
+        .args(extra)
         .stderr(Stdio::piped())
         .output()?;
     ensure!(
@@ -566,11 +569,14 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
     ensure_webhook(h)?;
     let version = "v3.29.7";
     let t = Instant::now();
+    // Loaded for a mirror, as docs/delivery.md shows for an air-gapped site.
+    let operator_image = "registry.example.internal/tigera/operator:v1.40.15";
     let bundle = load_bundle(
         h,
         &dir.join("tigera-operator.yaml"),
         &dir.join("operator-crds.yaml"),
         version,
+        &["--operator-image", operator_image],
     )?;
     let sizes: Vec<usize> = bundle
         .iter()
@@ -601,10 +607,31 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
         let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
         Ok(status_of(&c).filter(|s| s["reason"] == "Delivered"))
     })?;
+    let mut images = Vec::new();
     for b in &bundle {
         let copy = h.get_json("configmap", &ns, name_of(b))?;
         ensure!(copy["data"] == b["data"], "{}: copy differs", name_of(b));
+        for doc in copy["data"]
+            .as_object()
+            .into_iter()
+            .flat_map(|d| d.values())
+        {
+            let doc: Value = serde_json::from_str(doc.as_str().unwrap_or("null"))?;
+            if doc["kind"] == "Deployment" {
+                images.extend(
+                    doc["spec"]["template"]["spec"]["containers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| c["image"].as_str().unwrap_or_default().to_string()),
+                );
+            }
+        }
     }
+    ensure!(
+        images == [operator_image],
+        "operator image in the delivered copies: {images:?}"
+    );
     let crs = h.get_json(
         "clusterresourcesets.addons.cluster.x-k8s.io",
         &ns,
