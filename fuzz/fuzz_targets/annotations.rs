@@ -2,11 +2,13 @@
 //! from whatever it accepts. Input: lines `KEY=VALUE`; `KEY` gets the `capi-calico.io/` prefix unless it starts with
 //! `!`; `\n`, `\0` and `\\` in a value are unescaped. A leading line `#net CIDR,CIDR` gives the Cluster's pod CIDRs.
 //! Checks: no panic; problems and warnings are one line; an accepted result yields an injection (or a size refusal)
-//! whose commands are the compile-time constants and whose files all live under /etc/capi-calico/.
+//! whose commands are the compile-time constants and whose files all live under /etc/capi-calico/, and an
+//! Installation (where it can be rendered) that carries the accepted registry and image path unchanged.
 #![no_main]
 
 use std::collections::BTreeMap;
 
+use capi_calico_webhook::delivery::installation;
 use capi_calico_webhook::mutation::{self, APPLY_COMMAND, INSTALL_COMMAND, MutationError, Target};
 use capi_calico_webhook::settings::{self, ClusterNetwork, PREFIX, Resolution};
 use libfuzzer_sys::fuzz_target;
@@ -82,6 +84,21 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Err(MutationError::TooLarge(_)) => {}
                     Err(e) => panic!("accepted settings give no injection: {e}"),
+                }
+            }
+            // The Installation, where it can be rendered, carries an accepted image source unchanged.
+            if let Ok((installation, _)) = installation::render_documents(&settings) {
+                let spec = &installation["spec"];
+                match &settings.images.registry {
+                    Some(registry) => {
+                        assert!(registry.ends_with('/'), "{registry}");
+                        assert_eq!(spec["registry"], registry.as_str());
+                    }
+                    None => assert!(spec.get("registry").is_none()),
+                }
+                match &settings.images.image_path {
+                    Some(path) => assert_eq!(spec["imagePath"], path.as_str()),
+                    None => assert!(spec.get("imagePath").is_none()),
                 }
             }
         }
