@@ -102,9 +102,12 @@ pub struct BundleArgs {
     /// Namespace the bundle is loaded into (the reconciler's --bundle-namespace).
     #[arg(long, default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE)]
     pub namespace: String,
-    /// Replace the operator's image (container tigera-operator), for nodes that pull from a mirror:
-    /// [host[:port]/]path:tag or ...@sha256:<digest>.
-    #[arg(long, value_name = "IMAGE")]
+    /// The operator's image for nodes that pull from a mirror (see the help text).
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        help = "Replace the operator's image (container tigera-operator), for nodes that pull from a mirror: [host[:port]/]path:tag or ...@sha256:<digest>, with the upstream tag"
+    )]
     pub operator_image: Option<String>,
 }
 

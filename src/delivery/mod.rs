@@ -1,6 +1,6 @@
 //! Calico itself, delivered to opted-in workload clusters through a Cluster API ClusterResourceSet.
 //!
-//! - [`bundle`]: the upstream `operator-crds.yaml` and `tigera-operator.yaml` cut into ConfigMaps that fit the API's
+//! - [`bundle`](mod@bundle): the upstream `operator-crds.yaml` and `tigera-operator.yaml` cut into ConfigMaps that fit the API's
 //!   limits (the "bundle", loaded once per Calico version into the bundle namespace).
 //! - [`installation`]: the `operator.tigera.io/v1` Installation and APIServer rendered from [`Settings`].
 //! - [`desired`]: the pure computation of every object the reconciler writes for one Cluster.
