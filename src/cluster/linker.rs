@@ -11,7 +11,9 @@
 //! The label change reaches the webhook (its matchConditions send changes of `cluster.x-k8s.io/cluster-name` and
 //! `capi-calico.io/cluster`), which then finds the Cluster and injects. Objects labelled for another Cluster and
 //! Clusters that are not opted in are never touched. It runs beside the delivery reconciler, not on the admission
-//! path, and can be turned off with `serve --no-template-linker`.
+//! path, and can be turned off with `serve --no-template-linker`. Once every target of a Cluster is found and
+//! labelled, Cluster events that change neither the Cluster (its status aside) nor its MachineDeployments are
+//! skipped without a request until the resync ([`super::seen`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,6 +25,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
+use super::seen::{self, Seen};
 use super::{CLUSTER_NAME_LABEL, ClusterInfo};
 use crate::settings::{self, Resolution};
 
@@ -45,6 +48,9 @@ struct Ctx {
     kcp: ApiResource,
     kct: ApiResource,
     md: ApiResource,
+    /// What each Cluster was last linked with in full.
+    seen: Seen,
+    md_events: Arc<MdEvents>,
 }
 
 /// An object to label: its kind's resource and its name.
@@ -148,7 +154,10 @@ pub async fn run_linker_until(
         kcp: resource("controlplane.cluster.x-k8s.io", "KubeadmControlPlane"),
         kct: resource("bootstrap.cluster.x-k8s.io", "KubeadmConfigTemplate"),
         md: md.clone(),
+        seen: Seen::default(),
+        md_events: Arc::new(MdEvents::default()),
     });
+    let md_events = Arc::clone(&ctx.md_events);
     let clusters: Api<DynamicObject> = Api::all_with(client.clone(), &cluster);
     let mds: Api<DynamicObject> = Api::all_with(client, &md);
     let cluster_for_map = cluster.clone();
@@ -161,6 +170,10 @@ pub async fn run_linker_until(
             watcher::Config::default(),
             move |md: DynamicObject| {
                 let ns = md.metadata.namespace.clone();
+                if let Some(cluster) = md.data.pointer("/spec/clusterName").and_then(Value::as_str)
+                {
+                    md_events.bump(&key(ns.as_deref().unwrap_or_default(), cluster));
+                }
                 md.data
                     .pointer("/spec/clusterName")
                     .and_then(Value::as_str)
@@ -190,6 +203,48 @@ fn error_policy(_cluster: Arc<DynamicObject>, error: &LinkError, _ctx: Arc<Ctx>)
     Action::requeue(Duration::from_secs(15))
 }
 
+/// How often a Cluster is looked at again although nothing it depends on changed (labels removed by hand).
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// The key of a Cluster in [`Ctx::seen`] and [`MdEvents`].
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The last MachineDeployment event of each Cluster (by [`key`]), as a number from one counter for all of them, so
+/// that a value is never seen twice: part of the fingerprint, so a MachineDeployment change is never skipped.
+#[derive(Default)]
+struct MdEvents {
+    counter: std::sync::atomic::AtomicU64,
+    last: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl MdEvents {
+    fn bump(&self, key: &str) {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.len() >= Seen::MAX && !last.contains_key(key) {
+            last.clear();
+        }
+        last.insert(key.to_string(), n);
+    }
+
+    fn get(&self, key: &str) -> u64 {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, LinkError> {
     let Some(namespace) = cluster.metadata.namespace.clone() else {
         return Ok(Action::await_change());
@@ -197,12 +252,26 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     let Some(name) = cluster.metadata.name.clone() else {
         return Ok(Action::await_change());
     };
+    let key = key(&namespace, &name);
     if cluster.metadata.deletion_timestamp.is_some() {
+        ctx.seen.forget(&key);
         return Ok(Action::await_change());
     }
     let object = serde_json::to_value(&*cluster).unwrap_or(Value::Null);
     if !opted_in(&object) {
         return Ok(Action::await_change());
+    }
+    // Skip a Cluster event (a status update, mostly) when neither the Cluster nor its MachineDeployments changed
+    // since every target was found and labelled.
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = seen::hasher();
+        seen::hash_cluster(&object, &mut hasher);
+        ctx.md_events.get(&key).hash(&mut hasher);
+        hasher.finish()
+    };
+    if let Some(resync_in) = ctx.seen.skip(&key, fingerprint, RESYNC) {
+        return Ok(Action::requeue(resync_in));
     }
     let mds: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &ctx.md);
     let machine_deployments: Vec<Value> = mds
@@ -212,6 +281,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         .iter()
         .filter_map(|md| serde_json::to_value(md).ok())
         .collect();
+    let mut all_found = true;
     for target in targets(&object, &machine_deployments) {
         let resource = match target.kind {
             "KubeadmControlPlane" => &ctx.kcp,
@@ -220,6 +290,8 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), &namespace, resource);
         let Some(current) = api.get_metadata_opt(&target.name).await? else {
+            // Not created yet: look again on the next Cluster event.
+            all_found = false;
             continue;
         };
         let labels = current.metadata.labels.clone().unwrap_or_default();
@@ -237,12 +309,36 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             "labelled with its Cluster so the webhook can inject it"
         );
     }
-    Ok(Action::requeue(Duration::from_secs(600)))
+    if all_found {
+        ctx.seen.remember(&key, fingerprint);
+    } else {
+        ctx.seen.forget(&key);
+    }
+    Ok(Action::requeue(RESYNC))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_machine_deployment_event_changes_its_clusters_number_and_no_number_comes_back() {
+        let events = MdEvents::default();
+        assert_eq!(events.get("ns/a"), 0);
+        events.bump("ns/a");
+        let first = events.get("ns/a");
+        assert_ne!(first, 0);
+        assert_eq!(events.get("ns/b"), 0, "other Clusters keep theirs");
+        events.bump("ns/a");
+        assert_ne!(events.get("ns/a"), first);
+        // Emptied at the bound: the numbers given afterwards are still new.
+        for i in 0..Seen::MAX {
+            events.bump(&format!("ns/c-{i}"));
+        }
+        events.bump("ns/a");
+        assert!(events.get("ns/a") > first + 1);
+        assert!(events.last.lock().unwrap().len() <= Seen::MAX);
+    }
 
     fn cluster(opted: bool) -> Value {
         json!({

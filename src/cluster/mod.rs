@@ -13,6 +13,7 @@ use crate::settings::ClusterNetwork;
 pub mod documents;
 pub mod linker;
 pub mod live;
+pub mod seen;
 
 /// The label Cluster API puts on objects that belong to a Cluster.
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";

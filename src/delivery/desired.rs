@@ -366,38 +366,17 @@ pub fn current_status(cluster: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// A fingerprint of everything [`plan`] and the status record can depend on: the Cluster without `status`,
-/// `metadata.resourceVersion`, `metadata.managedFields` and `metadata.generation` (what a status-only update
-/// changes), and the name and resourceVersion of every bundle ConfigMap. Equal fingerprints give equal plans, so the
-/// reconciler skips a Cluster event whose fingerprint it has just applied (CAPI updates a Cluster's status often).
+/// A fingerprint of everything [`plan`] and the status record can depend on: the Cluster as a status-only update
+/// leaves it ([`crate::cluster::seen::hash_cluster`]), and the name and resourceVersion of every bundle ConfigMap.
+/// Equal fingerprints give equal plans.
 pub fn inputs_fingerprint<'a>(
     cluster: &Value,
     bundle_configmaps: impl IntoIterator<Item = &'a Value>,
 ) -> u64 {
     use std::hash::{Hash, Hasher};
 
-    const VOLATILE: [&str; 3] = ["resourceVersion", "managedFields", "generation"];
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    if let Some(object) = cluster.as_object() {
-        for (key, value) in object {
-            match (key.as_str(), value) {
-                ("status", _) => continue,
-                ("metadata", Value::Object(metadata)) => {
-                    key.hash(&mut hasher);
-                    for (field, value) in metadata {
-                        if !VOLATILE.contains(&field.as_str()) {
-                            field.hash(&mut hasher);
-                            value.to_string().hash(&mut hasher);
-                        }
-                    }
-                }
-                _ => {
-                    key.hash(&mut hasher);
-                    value.to_string().hash(&mut hasher);
-                }
-            }
-        }
-    }
+    let mut hasher = crate::cluster::seen::hasher();
+    crate::cluster::seen::hash_cluster(cluster, &mut hasher);
     for configmap in bundle_configmaps {
         let field = |name: &str| {
             configmap
@@ -420,54 +399,21 @@ mod tests {
     use crate::settings::{BgpOption, Encapsulation, NatOutgoing};
 
     #[test]
-    fn the_fingerprint_ignores_status_only_changes_and_sees_everything_else() {
+    fn the_fingerprint_follows_the_cluster_and_the_bundles() {
         let cluster = json!({
-            "apiVersion": "cluster.x-k8s.io/v1beta2",
-            "kind": "Cluster",
-            "metadata": {
-                "name": "prod-1", "namespace": "team-a", "uid": "u-1", "resourceVersion": "10",
-                "generation": 2, "managedFields": [{"manager": "capi"}],
-                "annotations": {"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true"},
-            },
-            "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}}},
+            "metadata": {"name": "prod-1", "uid": "u-1", "resourceVersion": "10"},
             "status": {"phase": "Provisioning"},
         });
         let bundle =
             vec![json!({"metadata": {"name": "calico-v3.31.7-crds-00", "resourceVersion": "5"}})];
         let base = inputs_fingerprint(&cluster, &bundle);
-        assert_eq!(
-            base,
-            inputs_fingerprint(&cluster.clone(), &bundle),
-            "deterministic"
-        );
-
-        // What a status update changes: the same fingerprint.
         let mut status_only = cluster.clone();
         status_only["status"]["phase"] = json!("Provisioned");
         status_only["metadata"]["resourceVersion"] = json!("11");
-        status_only["metadata"]["managedFields"] = json!([{"manager": "capi"}, {"manager": "x"}]);
         assert_eq!(inputs_fingerprint(&status_only, &bundle), base);
-
-        // Anything else: another fingerprint.
-        let mut changes: Vec<(&str, Value)> = Vec::new();
-        let mut c = cluster.clone();
-        c["metadata"]["annotations"]["capi-calico.io/CALICO_BLOCK_SIZE"] = json!("26");
-        changes.push(("annotation", c));
-        let mut c = cluster.clone();
-        c["metadata"]["labels"] = json!({"capi-calico.io/cluster": "prod-1"});
-        changes.push(("label", c));
-        let mut c = cluster.clone();
-        c["spec"]["clusterNetwork"]["pods"]["cidrBlocks"] = json!(["10.0.0.0/16"]);
-        changes.push(("spec", c));
-        let mut c = cluster.clone();
-        c["metadata"]["deletionTimestamp"] = json!("2026-11-26T18:00:00Z");
-        changes.push(("deletion", c));
-        let mut c = cluster.clone();
-        c["metadata"]["uid"] = json!("u-2");
-        changes.push(("uid", c));
-        for (what, changed) in &changes {
-            assert_ne!(inputs_fingerprint(changed, &bundle), base, "{what}");
-        }
+        let mut labelled = cluster.clone();
+        labelled["metadata"]["labels"] = json!({"a": "b"});
+        assert_ne!(inputs_fingerprint(&labelled, &bundle), base);
         let reloaded =
             vec![json!({"metadata": {"name": "calico-v3.31.7-crds-00", "resourceVersion": "6"}})];
         assert_ne!(

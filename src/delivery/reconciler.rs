@@ -7,7 +7,7 @@
 //! is loaded or changed, so a Cluster applied before its bundle is delivered as soon as the bundle arrives.
 //!
 //! Events whose inputs (the Cluster without its status, and the bundles) are those last reconciled in full are
-//! skipped until the resync, so CAPI's frequent status updates cost no request (`Applied`).
+//! skipped until the resync, so CAPI's frequent status updates cost no request (see [`crate::cluster::seen`]).
 //!
 //! No leader election: every write is a server-side apply of a body computed only from the watched inputs, under
 //! fixed field managers, so replicas that race write identical bodies and converge; a status annotation is only
@@ -29,6 +29,8 @@ use kube::{
     },
 };
 use serde_json::{Value, json};
+
+use crate::cluster::seen::Seen;
 
 use super::{
     DEFAULT_BUNDLE_NAMESPACE, DIGEST_ANNOTATION, DeliveryError, FIELD_MANAGER, MANAGED_BY_LABEL,
@@ -86,49 +88,8 @@ struct Ctx {
     bundles: Store<ConfigMap>,
     recorder: Recorder,
     cluster_resource: ApiResource,
-    applied: Applied,
-}
-
-/// The inputs each Cluster (by uid) was last reconciled with in full, and when: an event with the same inputs
-/// before the next resync is skipped without a request (CAPI updates a Cluster's status many times while it
-/// provisions, and each update is an event). Bounded: emptied past [`Applied::MAX`] entries.
-#[derive(Default)]
-struct Applied(std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>);
-
-impl Applied {
-    const MAX: usize = 10_000;
-
-    /// How long until the resync is due, when `uid` was reconciled in full with `fingerprint` less than `resync`
-    /// ago; `None` when it must be reconciled now.
-    fn skip(&self, uid: &str, fingerprint: u64, resync: Duration) -> Option<Duration> {
-        let map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (seen, at) = map.get(uid)?;
-        (*seen == fingerprint)
-            .then(|| resync.checked_sub(at.elapsed()))
-            .flatten()
-            .filter(|left| !left.is_zero())
-    }
-
-    fn remember(&self, uid: &str, fingerprint: u64) {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= Self::MAX && !map.contains_key(uid) {
-            map.clear();
-        }
-        map.insert(uid.to_string(), (fingerprint, std::time::Instant::now()));
-    }
-
-    fn forget(&self, uid: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(uid);
-    }
+    /// The inputs each Cluster (by uid) was last reconciled with in full.
+    applied: Seen,
 }
 
 /// Run until SIGTERM or Ctrl-C.
@@ -186,7 +147,7 @@ where
         bundles,
         cluster_resource: cluster_resource.clone(),
         config: config.clone(),
-        applied: Applied::default(),
+        applied: Seen::default(),
     });
     tracing::info!(bundle_namespace = %config.bundle_namespace, "delivery reconciler starting");
 
@@ -397,38 +358,4 @@ async fn record(
         tracing::warn!(cluster = %cluster.name_any(), %namespace, reason = status.reason(), message = %status.message(), "Calico cannot be delivered");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_event_with_the_inputs_just_applied_is_skipped_until_the_resync() {
-        let applied = Applied::default();
-        let resync = Duration::from_secs(600);
-        assert_eq!(applied.skip("u-1", 7, resync), None, "never applied");
-        applied.remember("u-1", 7);
-        let left = applied
-            .skip("u-1", 7, resync)
-            .expect("same inputs: skipped");
-        assert!(left <= resync && left > resync - Duration::from_secs(60));
-        assert_eq!(applied.skip("u-1", 8, resync), None, "other inputs");
-        assert_eq!(applied.skip("u-2", 7, resync), None, "other Cluster");
-        // Due for the resync: reconciled in full again.
-        assert_eq!(applied.skip("u-1", 7, Duration::ZERO), None);
-        applied.forget("u-1");
-        assert_eq!(applied.skip("u-1", 7, resync), None, "forgotten");
-    }
-
-    #[test]
-    fn the_memory_of_applied_inputs_is_bounded() {
-        let applied = Applied::default();
-        for i in 0..Applied::MAX {
-            applied.remember(&format!("u-{i}"), 1);
-        }
-        applied.remember("one-more", 1);
-        let len = applied.0.lock().unwrap().len();
-        assert_eq!(len, 1);
-    }
 }

@@ -544,6 +544,82 @@ fn s1_classic_cluster_injected_like_render(h: &mut Harness) -> TestResult {
             }
         }
     }
+
+    // The template linker: once the KCP and the KCTs are all found and labelled, a status-only update of the
+    // Cluster costs it no request; a metadata change does (the control: the count sees a linker pass).
+    const LINKER: &[&str] = &[
+        "kubeadmcontrolplanes",
+        "kubeadmconfigtemplates",
+        "machinedeployments",
+    ];
+    status_updates_cost_no_request(h, &ns, "calico", LINKER, "the template linker")?;
+    Ok(())
+}
+
+/// Reads and writes the webhook's restricted user made in `ns` on `resources` so far, from the API server's audit
+/// log (watches and lists of its caches are cluster-wide, not counted).
+pub fn webhook_requests(h: &Harness, ns: &str, resources: &[&str]) -> TestResult<usize> {
+    let text = std::fs::read_to_string(h.audit_log())?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|ev| {
+            ev["user"]["username"] == WEBHOOK_USER
+                && ev["objectRef"]["namespace"] == ns
+                && resources.contains(&ev["objectRef"]["resource"].as_str().unwrap_or(""))
+                && ["get", "list", "patch", "create", "update"]
+                    .contains(&ev["verb"].as_str().unwrap_or(""))
+        })
+        .count())
+}
+
+/// Two status-only updates of Cluster `name` (as CAPI makes many while a cluster provisions): after the first, which
+/// may still find work, the second costs `who` no request on `resources`; then a metadata change does (the
+/// control: the count sees a pass).
+pub fn status_updates_cost_no_request(
+    h: &Harness,
+    ns: &str,
+    name: &str,
+    resources: &[&str],
+    who: &str,
+) -> TestResult {
+    let patch_status = |phase: &str| {
+        h.kubectl_ok(
+            &[
+                "patch",
+                "-n",
+                ns,
+                "cluster",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"status":{{"phase":"{phase}"}}}}"#),
+            ],
+            None,
+        )
+    };
+    patch_status("Provisioning")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let quiet = webhook_requests(h, ns, resources)?;
+    patch_status("Provisioned")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = webhook_requests(h, ns, resources)?;
+    ensure!(
+        after == quiet,
+        "a status-only Cluster update cost {who} {} requests",
+        after - quiet
+    );
+    let note = format!("e2e/status-check={}", after + 1);
+    h.kubectl_ok(&["annotate", "-n", ns, "cluster", name, &note], None)?;
+    let t = Instant::now();
+    while webhook_requests(h, ns, resources)? == after {
+        ensure!(
+            t.elapsed() < Duration::from_secs(15),
+            "no pass of {who} after a metadata change"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 

@@ -153,24 +153,6 @@ fn versions(h: &Harness, ns: &str) -> TestResult<BTreeMap<String, String>> {
 
 /// Start kube-controller-manager with only the garbage collector, if it was built. `None` (and a
 /// notice) when the binary is missing.
-/// Requests the delivery reconciler made in `ns` so far (from the API server's audit log: the webhook's restricted
-/// user's reads and writes of ConfigMaps, ClusterResourceSets and Clusters; the template linker's requests, on
-/// KubeadmControlPlanes, KubeadmConfigTemplates and MachineDeployments, are not counted).
-fn reconciler_requests(h: &Harness, ns: &str) -> TestResult<usize> {
-    let text = std::fs::read_to_string(h.audit_log())?;
-    Ok(text
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|ev| {
-            ev["user"]["username"] == crate::calico::WEBHOOK_USER
-                && ev["objectRef"]["namespace"] == ns
-                && ["configmaps", "clusterresourcesets", "clusters"]
-                    .contains(&ev["objectRef"]["resource"].as_str().unwrap_or(""))
-                && ["get", "patch", "create", "update"].contains(&ev["verb"].as_str().unwrap_or(""))
-        })
-        .count())
-}
-
 fn ensure_gc(h: &mut Harness) -> TestResult<Option<()>> {
     if h.proc(KCM).is_some() {
         return Ok(Some(()));
@@ -451,44 +433,14 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
         "objects appeared/disappeared: {before:?} -> {after:?}"
     );
 
-    // A status-only update of the Cluster (CAPI writes status many times while a cluster provisions) costs no
-    // request of the reconciler; a metadata change does (the control: the count sees a reconcile).
-    let quiet = reconciler_requests(h, &ns)?;
-    h.kubectl_ok(
-        &[
-            "patch",
-            "-n",
-            &ns,
-            "cluster",
-            "calico",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"phase":"Provisioning"}}"#,
-        ],
-        None,
+    // CAPI's status updates of the Cluster cost the reconciler no request.
+    crate::calico::status_updates_cost_no_request(
+        h,
+        &ns,
+        "calico",
+        &["configmaps", "clusterresourcesets", "clusters"],
+        "the delivery reconciler",
     )?;
-    std::thread::sleep(Duration::from_secs(2));
-    let after_status = reconciler_requests(h, &ns)?;
-    ensure!(
-        after_status == quiet,
-        "a status-only Cluster update cost {} reconciler requests",
-        after_status - quiet
-    );
-    h.kubectl_ok(
-        &[
-            "annotate",
-            "-n",
-            &ns,
-            "cluster",
-            "calico",
-            "e2e/touched=again",
-        ],
-        None,
-    )?;
-    poll("a reconcile after a metadata change", 15, || {
-        Ok((reconciler_requests(h, &ns)? > after_status).then_some(()))
-    })?;
 
     // a Cluster that is not opted in gets nothing
     let ns_off = h.create_namespace("delivery-off")?;

@@ -1,0 +1,178 @@
+//! What the background controllers (the delivery reconciler, the template linker) last did for each Cluster, so
+//! that a Cluster event with the same inputs is skipped without a request until the resync. CAPI updates a
+//! Cluster's status many times while the cluster provisions, and each update is an event for both controllers.
+//!
+//! Pure: fingerprints and a bounded map, no I/O.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Hash the parts of a Cluster that a status-only update leaves alone: everything but `status`,
+/// `metadata.resourceVersion`, `metadata.managedFields` and `metadata.generation`.
+pub fn hash_cluster(cluster: &Value, hasher: &mut impl Hasher) {
+    const VOLATILE: [&str; 3] = ["resourceVersion", "managedFields", "generation"];
+    let Some(object) = cluster.as_object() else {
+        return;
+    };
+    for (key, value) in object {
+        match (key.as_str(), value) {
+            ("status", _) => continue,
+            ("metadata", Value::Object(metadata)) => {
+                key.hash(hasher);
+                for (field, value) in metadata {
+                    if !VOLATILE.contains(&field.as_str()) {
+                        field.hash(hasher);
+                        value.to_string().hash(hasher);
+                    }
+                }
+            }
+            _ => {
+                key.hash(hasher);
+                value.to_string().hash(hasher);
+            }
+        }
+    }
+}
+
+/// A fresh hasher for fingerprints (deterministic within the process).
+pub fn hasher() -> DefaultHasher {
+    DefaultHasher::new()
+}
+
+/// Per Cluster (by key): the fingerprint of the inputs last handled in full, and when. Bounded: emptied past
+/// [`Seen::MAX`] entries.
+#[derive(Debug, Default)]
+pub struct Seen(Mutex<HashMap<String, (u64, Instant)>>);
+
+impl Seen {
+    /// Entries kept before the map is emptied.
+    pub const MAX: usize = 10_000;
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long until the resync is due, when `key` was handled in full with `fingerprint` less than `resync` ago;
+    /// `None` when it must be handled now.
+    pub fn skip(&self, key: &str, fingerprint: u64, resync: Duration) -> Option<Duration> {
+        let map = self.map();
+        let (seen, at) = map.get(key)?;
+        (*seen == fingerprint)
+            .then(|| resync.checked_sub(at.elapsed()))
+            .flatten()
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Record that `key` was handled in full with `fingerprint`.
+    pub fn remember(&self, key: &str, fingerprint: u64) {
+        let mut map = self.map();
+        if map.len() >= Self::MAX && !map.contains_key(key) {
+            map.clear();
+        }
+        map.insert(key.to_string(), (fingerprint, Instant::now()));
+    }
+
+    /// Forget `key` (deleted, or its other inputs changed).
+    pub fn forget(&self, key: &str) {
+        self.map().remove(key);
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn fingerprint(cluster: &Value) -> u64 {
+        let mut h = hasher();
+        hash_cluster(cluster, &mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn the_cluster_hash_ignores_status_only_changes_and_sees_everything_else() {
+        let cluster = json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2",
+            "kind": "Cluster",
+            "metadata": {
+                "name": "prod-1", "namespace": "team-a", "uid": "u-1", "resourceVersion": "10",
+                "generation": 2, "managedFields": [{"manager": "capi"}],
+                "annotations": {"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true"},
+            },
+            "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}}},
+            "status": {"phase": "Provisioning"},
+        });
+        let base = fingerprint(&cluster);
+        assert_eq!(base, fingerprint(&cluster.clone()), "deterministic");
+
+        // What a status update changes: the same fingerprint.
+        let mut status_only = cluster.clone();
+        status_only["status"]["phase"] = json!("Provisioned");
+        status_only["metadata"]["resourceVersion"] = json!("11");
+        status_only["metadata"]["managedFields"] = json!([{"manager": "capi"}, {"manager": "x"}]);
+        assert_eq!(fingerprint(&status_only), base);
+
+        // Anything else: another fingerprint.
+        let mut changes: Vec<(&str, Value)> = Vec::new();
+        let mut c = cluster.clone();
+        c["metadata"]["annotations"]["capi-calico.io/CALICO_BLOCK_SIZE"] = json!("26");
+        changes.push(("annotation", c));
+        let mut c = cluster.clone();
+        c["metadata"]["labels"] = json!({"capi-calico.io/cluster": "prod-1"});
+        changes.push(("label", c));
+        let mut c = cluster.clone();
+        c["spec"]["clusterNetwork"]["pods"]["cidrBlocks"] = json!(["10.0.0.0/16"]);
+        changes.push(("spec", c));
+        let mut c = cluster.clone();
+        c["metadata"]["deletionTimestamp"] = json!("2026-11-26T18:00:00Z");
+        changes.push(("deletion", c));
+        let mut c = cluster.clone();
+        c["metadata"]["uid"] = json!("u-2");
+        changes.push(("uid", c));
+        for (what, changed) in &changes {
+            assert_ne!(fingerprint(changed), base, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_same_inputs_are_skipped_until_the_resync() {
+        let seen = Seen::default();
+        let resync = Duration::from_secs(600);
+        assert_eq!(seen.skip("u-1", 7, resync), None, "never handled");
+        seen.remember("u-1", 7);
+        let left = seen.skip("u-1", 7, resync).expect("same inputs: skipped");
+        assert!(left <= resync && left > resync - Duration::from_secs(60));
+        assert_eq!(seen.skip("u-1", 8, resync), None, "other inputs");
+        assert_eq!(seen.skip("u-2", 7, resync), None, "other Cluster");
+        // Due for the resync: handled in full again.
+        assert_eq!(seen.skip("u-1", 7, Duration::ZERO), None);
+        seen.forget("u-1");
+        assert_eq!(seen.skip("u-1", 7, resync), None, "forgotten");
+    }
+
+    #[test]
+    fn the_map_is_bounded() {
+        let seen = Seen::default();
+        for i in 0..Seen::MAX {
+            seen.remember(&format!("u-{i}"), 1);
+        }
+        assert_eq!(seen.len(), Seen::MAX);
+        seen.remember("one-more", 1);
+        assert_eq!(seen.len(), 1);
+    }
+}
