@@ -206,6 +206,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
 
     let status = match plan(&object, bundle_configmaps.iter()) {
         Plan::Ignore => {
+            ctx.applied.forget(&uid);
             // Opted out (or never in): objects written earlier stay (see docs/delivery.md), only our status
             // annotation goes, so it does not claim a delivery that is no longer managed.
             if current_status(&object).is_some() {
