@@ -216,32 +216,36 @@ fn key(namespace: &str, name: &str) -> String {
 #[derive(Default)]
 struct MdEvents {
     counter: std::sync::atomic::AtomicU64,
+    /// Numbers by Cluster key, emptied at [`Seen::MAX`] entries.
     last: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The counter when `last` was last emptied: the number of every Cluster not bumped since, so that emptying
+    /// changes every Cluster's number instead of setting some back to an old one.
+    floor: std::sync::atomic::AtomicU64,
 }
 
 impl MdEvents {
     fn bump(&self, key: &str) {
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        use std::sync::atomic::Ordering::SeqCst;
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.len() >= Seen::MAX && !last.contains_key(key) {
             last.clear();
+            self.floor
+                .store(self.counter.fetch_add(1, SeqCst) + 1, SeqCst);
         }
-        last.insert(key.to_string(), n);
+        last.insert(key.to_string(), self.counter.fetch_add(1, SeqCst) + 1);
     }
 
     fn get(&self, key: &str) -> u64 {
-        self.last
+        let last = self
+            .last
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.get(key)
             .copied()
-            .unwrap_or(0)
+            .unwrap_or_else(|| self.floor.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 
@@ -259,6 +263,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     }
     let object = serde_json::to_value(&*cluster).unwrap_or(Value::Null);
     if !opted_in(&object) {
+        ctx.seen.forget(&key);
         return Ok(Action::await_change());
     }
     // Skip a Cluster event (a status update, mostly) when neither the Cluster nor its MachineDeployments changed
@@ -273,6 +278,8 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     if let Some(resync_in) = ctx.seen.skip(&key, fingerprint, RESYNC) {
         return Ok(Action::requeue(resync_in));
     }
+    // A full pass from here; remembered again only when it completes.
+    ctx.seen.forget(&key);
     let mds: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &ctx.md);
     let machine_deployments: Vec<Value> = mds
         .list(&ListParams::default())
@@ -311,8 +318,6 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     }
     if all_found {
         ctx.seen.remember(&key, fingerprint);
-    } else {
-        ctx.seen.forget(&key);
     }
     Ok(Action::requeue(RESYNC))
 }
@@ -331,6 +336,7 @@ mod tests {
         assert_eq!(events.get("ns/b"), 0, "other Clusters keep theirs");
         events.bump("ns/a");
         assert_ne!(events.get("ns/a"), first);
+        assert_eq!(events.get("ns/never"), 0);
         // Emptied at the bound: the numbers given afterwards are still new.
         for i in 0..Seen::MAX {
             events.bump(&format!("ns/c-{i}"));
@@ -338,6 +344,8 @@ mod tests {
         events.bump("ns/a");
         assert!(events.get("ns/a") > first + 1);
         assert!(events.last.lock().unwrap().len() <= Seen::MAX);
+        // A Cluster never bumped since the map was emptied no longer reads 0, the number it may be remembered with.
+        assert_ne!(events.get("ns/never"), 0);
     }
 
     fn cluster(opted: bool) -> Value {

@@ -11,8 +11,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Prefix of the annotations this binary writes on a Cluster to report status (the delivery status). They are its
+/// output, not an input of either controller, and are left out of [`hash_cluster`], so writing one does not cause
+/// another full pass.
+pub const OWN_STATUS_ANNOTATION_PREFIX: &str = "status.capi-calico.io/";
+
 /// Hash the parts of a Cluster that a status-only update leaves alone: everything but `status`,
-/// `metadata.resourceVersion`, `metadata.managedFields` and `metadata.generation`.
+/// `metadata.resourceVersion`, `metadata.managedFields`, `metadata.generation` and the annotations under
+/// [`OWN_STATUS_ANNOTATION_PREFIX`].
 pub fn hash_cluster(cluster: &Value, hasher: &mut impl Hasher) {
     const VOLATILE: [&str; 3] = ["resourceVersion", "managedFields", "generation"];
     let Some(object) = cluster.as_object() else {
@@ -24,9 +30,20 @@ pub fn hash_cluster(cluster: &Value, hasher: &mut impl Hasher) {
             ("metadata", Value::Object(metadata)) => {
                 key.hash(hasher);
                 for (field, value) in metadata {
-                    if !VOLATILE.contains(&field.as_str()) {
-                        field.hash(hasher);
-                        value.to_string().hash(hasher);
+                    if VOLATILE.contains(&field.as_str()) {
+                        continue;
+                    }
+                    field.hash(hasher);
+                    match (field.as_str(), value) {
+                        ("annotations", Value::Object(annotations)) => {
+                            for (name, value) in annotations {
+                                if !name.starts_with(OWN_STATUS_ANNOTATION_PREFIX) {
+                                    name.hash(hasher);
+                                    value.to_string().hash(hasher);
+                                }
+                            }
+                        }
+                        _ => value.to_string().hash(hasher),
                     }
                 }
             }
@@ -126,6 +143,11 @@ mod tests {
         status_only["metadata"]["resourceVersion"] = json!("11");
         status_only["metadata"]["managedFields"] = json!([{"manager": "capi"}, {"manager": "x"}]);
         assert_eq!(fingerprint(&status_only), base);
+
+        // Our own status annotation is output, not input.
+        let mut reported = status_only.clone();
+        reported["metadata"]["annotations"]["status.capi-calico.io/delivery"] = json!("Delivered");
+        assert_eq!(fingerprint(&reported), base);
 
         // Anything else: another fingerprint.
         let mut changes: Vec<(&str, Value)> = Vec::new();

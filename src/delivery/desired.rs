@@ -377,15 +377,20 @@ pub fn inputs_fingerprint<'a>(
 
     let mut hasher = crate::cluster::seen::hasher();
     crate::cluster::seen::hash_cluster(cluster, &mut hasher);
-    for configmap in bundle_configmaps {
-        let field = |name: &str| {
-            configmap
-                .pointer(&format!("/metadata/{name}"))
-                .and_then(Value::as_str)
-        };
-        field("name").hash(&mut hasher);
-        field("resourceVersion").hash(&mut hasher);
-    }
+    // Sorted: the bundle store is a hash map, which a relist rebuilds in another order.
+    let mut bundle: Vec<(Option<&str>, Option<&str>)> = bundle_configmaps
+        .into_iter()
+        .map(|configmap| {
+            let field = |name: &str| {
+                configmap
+                    .pointer(&format!("/metadata/{name}"))
+                    .and_then(Value::as_str)
+            };
+            (field("name"), field("resourceVersion"))
+        })
+        .collect();
+    bundle.sort_unstable();
+    bundle.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -422,6 +427,16 @@ mod tests {
             "bundle reloaded"
         );
         assert_ne!(inputs_fingerprint(&cluster, &[]), base, "bundle removed");
+        let two = vec![
+            json!({"metadata": {"name": "calico-v3.31.7-crds-00", "resourceVersion": "5"}}),
+            json!({"metadata": {"name": "calico-v3.31.7-operator-00", "resourceVersion": "7"}}),
+        ];
+        let reversed: Vec<Value> = two.iter().rev().cloned().collect();
+        assert_eq!(
+            inputs_fingerprint(&cluster, &two),
+            inputs_fingerprint(&cluster, &reversed),
+            "the bundle store's order does not matter"
+        );
     }
 
     fn cluster() -> ClusterRef {

@@ -100,3 +100,14 @@ pub enum DeliveryError {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_status_annotation_is_one_the_controllers_do_not_fingerprint() {
+        assert!(
+            super::STATUS_ANNOTATION
+                .starts_with(crate::cluster::seen::OWN_STATUS_ANNOTATION_PREFIX)
+        );
+    }
+}

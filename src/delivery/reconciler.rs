@@ -203,10 +203,12 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         tracing::debug!(cluster = %cluster.name_any(), "inputs unchanged since the last reconcile; skipped");
         return Ok(Action::requeue(resync_in));
     }
+    // A full pass from here: until it succeeds, no earlier fingerprint may cause a skip (a pass that fails halfway
+    // followed by a revert to the remembered inputs would otherwise leave this pass's writes in place).
+    ctx.applied.forget(&uid);
 
     let status = match plan(&object, bundle_configmaps.iter()) {
         Plan::Ignore => {
-            ctx.applied.forget(&uid);
             // Opted out (or never in): objects written earlier stay (see docs/delivery.md), only our status
             // annotation goes, so it does not claim a delivery that is no longer managed.
             if current_status(&object).is_some() {

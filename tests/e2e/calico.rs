@@ -600,10 +600,24 @@ pub fn status_updates_cost_no_request(
         )
     };
     patch_status("Provisioning")?;
-    std::thread::sleep(Duration::from_secs(2));
-    let quiet = webhook_requests(h, ns, resources)?;
+    // Whatever the first update or earlier steps caused has finished: the count stays put for a second.
+    let t = Instant::now();
+    let mut quiet = webhook_requests(h, ns, resources)?;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = webhook_requests(h, ns, resources)?;
+        if now == quiet {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "{who} kept sending requests for 20 s"
+        );
+        quiet = now;
+    }
     patch_status("Provisioned")?;
-    std::thread::sleep(Duration::from_secs(2));
+    // The controllers react to an event within milliseconds; 3 s leaves room for a loaded machine.
+    std::thread::sleep(Duration::from_secs(3));
     let after = webhook_requests(h, ns, resources)?;
     ensure!(
         after == quiet,
