@@ -214,38 +214,41 @@ fn key(namespace: &str, name: &str) -> String {
 /// The last MachineDeployment event of each Cluster (by [`key`]), as a number from one counter for all of them, so
 /// that a value is never seen twice: part of the fingerprint, so a MachineDeployment change is never skipped.
 #[derive(Default)]
-struct MdEvents {
-    counter: std::sync::atomic::AtomicU64,
+struct MdEvents(std::sync::Mutex<MdNumbers>);
+
+#[derive(Default)]
+struct MdNumbers {
+    /// The last number given.
+    counter: u64,
     /// Numbers by Cluster key, emptied at [`Seen::MAX`] entries.
-    last: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    last: std::collections::HashMap<String, u64>,
     /// The counter when `last` was last emptied: the number of every Cluster not bumped since, so that emptying
     /// changes every Cluster's number instead of setting some back to an old one.
-    floor: std::sync::atomic::AtomicU64,
+    floor: u64,
 }
 
 impl MdEvents {
-    fn bump(&self, key: &str) {
-        use std::sync::atomic::Ordering::SeqCst;
-        let mut last = self
-            .last
+    fn numbers(&self) -> std::sync::MutexGuard<'_, MdNumbers> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.len() >= Seen::MAX && !last.contains_key(key) {
-            last.clear();
-            self.floor
-                .store(self.counter.fetch_add(1, SeqCst) + 1, SeqCst);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn bump(&self, key: &str) {
+        let mut n = self.numbers();
+        n.counter += 1;
+        if n.last.len() >= Seen::MAX && !n.last.contains_key(key) {
+            n.last.clear();
+            n.floor = n.counter;
+            n.counter += 1;
         }
-        last.insert(key.to_string(), self.counter.fetch_add(1, SeqCst) + 1);
+        let number = n.counter;
+        n.last.insert(key.to_string(), number);
     }
 
     fn get(&self, key: &str) -> u64 {
-        let last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.get(key)
-            .copied()
-            .unwrap_or_else(|| self.floor.load(std::sync::atomic::Ordering::SeqCst))
+        let n = self.numbers();
+        n.last.get(key).copied().unwrap_or(n.floor)
     }
 }
 
@@ -343,7 +346,7 @@ mod tests {
         }
         events.bump("ns/a");
         assert!(events.get("ns/a") > first + 1);
-        assert!(events.last.lock().unwrap().len() <= Seen::MAX);
+        assert!(events.numbers().last.len() <= Seen::MAX);
         // A Cluster never bumped since the map was emptied no longer reads 0, the number it may be remembered with.
         assert_ne!(events.get("ns/never"), 0);
     }

@@ -291,7 +291,7 @@ pub const OPERATOR_CONTAINER: &str = "tigera-operator";
 /// [`bundle`] reads like the upstream file.
 pub fn set_operator_image(operator_yaml: &str, image: &str) -> Result<String, DeliveryError> {
     const INPUT: &str = "tigera-operator.yaml";
-    crate::settings::values::check_image_reference(image)
+    let tag = crate::settings::values::check_image_reference(image)
         .map_err(|why| DeliveryError::OperatorImage(format!("--operator-image {image:?} {why}")))?;
     let mut objects = parse_objects(INPUT, operator_yaml)?;
     let mut found = 0;
@@ -302,7 +302,7 @@ pub fn set_operator_image(operator_yaml: &str, image: &str) -> Result<String, De
         for container in containers.into_iter().flatten() {
             // Indexing by name is safe: only an object has a name equal to a string.
             if container["name"] == OPERATOR_CONTAINER {
-                check_init_image_version(container, image)?;
+                check_init_image_version(container, image, tag)?;
                 container["image"] = Value::from(image);
                 found += 1;
             }
@@ -324,16 +324,11 @@ pub fn set_operator_image(operator_yaml: &str, image: &str) -> Result<String, De
 
 /// The operator's environment names its own version (`TIGERA_OPERATOR_INIT_IMAGE_VERSION`), which it uses for the
 /// image of its init step: a mirror image with another tag would run one operator version with another's init.
-fn check_init_image_version(container: &Value, image: &str) -> Result<(), DeliveryError> {
-    let tag = image
-        .split('@')
-        .next()
-        .and_then(|name| {
-            name.rsplit_once('/')
-                .map_or(Some(name), |(_, last)| Some(last))
-        })
-        .and_then(|last| last.split_once(':'))
-        .map(|(_, tag)| tag);
+fn check_init_image_version(
+    container: &Value,
+    image: &str,
+    tag: Option<&str>,
+) -> Result<(), DeliveryError> {
     let pinned = container["env"]
         .as_array()
         .into_iter()

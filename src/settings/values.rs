@@ -703,8 +703,9 @@ fn is_registry_host(first: &str) -> bool {
 /// `CALICO_REGISTRY`: where the operator pulls Calico's images from, `host[:port][/path]`, as the Installation's
 /// `spec.registry`. Returned with the one trailing `/` the operator requires (added when missing).
 ///
-/// The host needs a `.` or a `:port`, or must be `localhost`: container runtimes read a first path part without
-/// either as a Docker Hub namespace, so `mirror/calico/node` would be pulled from `docker.io/mirror/calico/node`.
+/// The host must be one container runtimes read as a host (with a `.` or a `:port`, `localhost`, or upper case):
+/// they read any other first path part as a Docker Hub namespace, so `mirror/calico/node` would be pulled from
+/// `docker.io/mirror/calico/node`.
 pub fn parse_registry(raw: &str) -> Result<String, ValueError> {
     let err = image_location_error(
         raw,
@@ -761,9 +762,9 @@ pub fn parse_image_path(raw: &str) -> Result<String, ValueError> {
 }
 
 /// A container image reference with a tag or a digest: `[host[:port]/]path[:tag][@sha256:<64 hex>]` (for
-/// `bundle --operator-image`). The first path part is a host when it has a `.` or a `:`, or is `localhost`, as
-/// container runtimes read it. `Err` says what is wrong, phrased to follow the value.
-pub fn check_image_reference(raw: &str) -> Result<(), String> {
+/// `bundle --operator-image`); returns its tag, if it has one. The first path part is a host as container runtimes
+/// decide (a `.` or a `:`, `localhost`, or upper case). `Err` says what is wrong, phrased to follow the value.
+pub fn check_image_reference(raw: &str) -> Result<Option<&str>, String> {
     // The name, a tag of up to 128 characters or a digest of 71.
     if raw.len() > MAX_IMAGE_NAME_LEN + 200 {
         return Err(format!(
@@ -830,7 +831,8 @@ pub fn check_image_reference(raw: &str) -> Result<(), String> {
         }
         None => name,
     };
-    check_image_path(path).map_err(|why| format!("has an image name that is not valid: {why}"))
+    check_image_path(path).map_err(|why| format!("has an image name that is not valid: {why}"))?;
+    Ok(tag)
 }
 
 /// For `CALICO_REGISTRY` and `CALICO_IMAGE_PATH`: the error maker ("is not {what}: {why}; expected {expected}"),
@@ -1439,18 +1441,21 @@ mod tests {
         let digest = format!("sha256:{}", "0a".repeat(32));
         let with_digest = format!("quay.io/tigera/operator@{digest}");
         let tag_and_digest = format!("quay.io/tigera/operator:v1.40.3@{digest}");
-        for raw in [
-            "quay.io/tigera/operator:v1.40.3",
-            "registry.example.internal:5000/mirror/tigera/operator:v1.40.3",
-            "localhost/operator:dev",
-            "[2001:db8::5]:5000/tigera/operator:v1",
-            "tigera/operator:v1.40.3",
-            "operator:latest",
-            "Registry/tigera/operator:v1",
-            with_digest.as_str(),
-            tag_and_digest.as_str(),
+        for (raw, tag) in [
+            ("quay.io/tigera/operator:v1.40.3", Some("v1.40.3")),
+            (
+                "registry.example.internal:5000/mirror/tigera/operator:v1.40.3",
+                Some("v1.40.3"),
+            ),
+            ("localhost/operator:dev", Some("dev")),
+            ("[2001:db8::5]:5000/tigera/operator:v1", Some("v1")),
+            ("tigera/operator:v1.40.3", Some("v1.40.3")),
+            ("operator:latest", Some("latest")),
+            ("Registry/tigera/operator:v1", Some("v1")),
+            (with_digest.as_str(), None),
+            (tag_and_digest.as_str(), Some("v1.40.3")),
         ] {
-            assert_eq!(check_image_reference(raw), Ok(()), "{raw}");
+            assert_eq!(check_image_reference(raw), Ok(tag), "{raw}");
         }
         let bad: &[(&str, &str)] = &[
             ("quay.io/tigera/operator", "no tag or digest"),
