@@ -238,8 +238,10 @@ impl ServeArgs {
             };
         if self.max_body_memory_bytes / 2 < self.max_body_bytes {
             return Err(format!(
-                "--max-body-memory-bytes {} is less than twice --max-body-bytes {}: a body of the largest size, counted twice while it is read, could never be read",
-                self.max_body_memory_bytes, self.max_body_bytes
+                "--max-body-memory-bytes {} is less than twice --max-body-bytes {}: a body of the largest size, counted twice while it is read, could never be read; set --max-body-memory-bytes to at least {} or lower --max-body-bytes",
+                self.max_body_memory_bytes,
+                self.max_body_bytes,
+                self.max_body_bytes.saturating_mul(2)
             ));
         }
         Ok(ServerConfig {

@@ -455,6 +455,10 @@ fn serve_refuses_a_body_memory_budget_smaller_than_one_body() {
         err.contains("--max-body-memory-bytes 2097151 is less than twice --max-body-bytes 1048576"),
         "{err}"
     );
+    assert!(
+        err.contains("set --max-body-memory-bytes to at least 2097152"),
+        "{err}"
+    );
 }
 
 /// The Cluster API example templates, opted in: every KCP/KCT they contain is mutated, everything else unchanged.

@@ -3,7 +3,8 @@
 //!
 //! A review request goes through, in order: content type (`application/json` only, parameters such as
 //! `charset` allowed, else 415), declared length (over the limit: 413 at once), body read (bounded in size: 413,
-//! in time: 408, and by the memory all bodies share: 503, see [`super::body`]), a handler slot (bounded concurrency; waiting is bounded by the request deadline: 503), the
+//! in time: 408, and by the memory all bodies share: 503, see [`super::body`]), a handler slot (bounded
+//! concurrency; waiting is bounded by the request deadline: 503), the
 //! handler (bounded by the request deadline: 503; a panic: 500). Transport refusals answer a short `text/plain`
 //! reason, are logged at warn and counted as `outcome="error"`.
 
