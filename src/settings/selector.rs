@@ -174,13 +174,22 @@ impl<'a> Parser<'a> {
         }
         let ident = &self.rest()[..ident_len];
         self.pos += ident_len;
-        // Function call syntax: all(), global(), has(key).
+        // Function call syntax: all(), global(), has(key). Calico's tokenizer recognises a call only when "(" follows
+        // the name directly: `has (key)` is a label named `has` followed by a parenthesis, which its parser refuses.
         let mut lookahead = self.pos;
         while matches!(self.src.as_bytes().get(lookahead), Some(b' ' | b'\t')) {
             lookahead += 1;
         }
-        if self.src.as_bytes().get(lookahead) == Some(&b'(') {
-            self.pos = lookahead + 1;
+        if lookahead > self.pos
+            && self.src.as_bytes().get(lookahead) == Some(&b'(')
+            && matches!(ident, "all" | "global" | "has")
+        {
+            return Err(self.error(&format!(
+                "write {ident}( with no space before \"(\" (Calico reads `{ident} (` as a label)"
+            )));
+        }
+        if self.src.as_bytes().get(self.pos) == Some(&b'(') {
+            self.pos += 1;
             return match ident {
                 "all" | "global" => {
                     if self.eat(")") {
@@ -385,6 +394,9 @@ mod tests {
             ("has()", 5, "expected a label key"),
             ("all(x)", 5, "all() takes no arguments"),
             ("foo()", 1, "unknown function"),
+            ("has (rr)", 4, "no space before"),
+            ("all ()", 4, "no space before"),
+            ("!global\t()", 8, "no space before"),
             ("rack = 'a'", 6, "use \"==\""),
             ("rack == a", 9, "quoted string"),
             ("rack == 'a", 9, "unterminated"),
