@@ -864,7 +864,11 @@ fn make_certs_renews_with_the_same_ca_and_rotates_the_ca_with_overlap() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--namespace must be a DNS label"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--namespace is not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -274,7 +274,7 @@ fn string_spellings_are_copied_verbatim_for_the_webhook_to_judge() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(
         &dir,
-        "CLUSTER_NAME: c\nCUSTOM_CALICO_DEPLOYMENT: \"true\"\nCALICO_BGP_OPTION: enabled\nCALICO_BGP_AS_NUMBER: 64512\n",
+        "CLUSTER_NAME: c\nCNI: none\nCUSTOM_CALICO_DEPLOYMENT: \"true\"\nCALICO_BGP_OPTION: enabled\nCALICO_BGP_AS_NUMBER: 64512\n",
     );
     let docs = render("cluster-template.yaml", Overlay::With, &config);
     let ann = calico_annotations(of_kind(&docs, "Cluster")[0]);
@@ -289,7 +289,7 @@ fn an_unquoted_asdot_as_number_is_refused_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(
         &dir,
-        "CLUSTER_NAME: c\nCUSTOM_CALICO_DEPLOYMENT: true\nCALICO_BGP_AS_NUMBER: 65000.100\n",
+        "CLUSTER_NAME: c\nCNI: none\nCUSTOM_CALICO_DEPLOYMENT: true\nCALICO_BGP_AS_NUMBER: 65000.100\n",
     );
     let out = ytt_run("cluster-template.yaml", Overlay::With, &config);
     assert!(!out.status.success(), "ytt must fail");
@@ -298,6 +298,37 @@ fn an_unquoted_asdot_as_number_is_refused_with_a_hint() {
         err.contains("CALICO_BGP_AS_NUMBER") && err.contains("quote it in the cluster config file"),
         "{err}"
     );
+}
+
+/// TKG installs its default CNI unless told otherwise, and the ClusterResourceSet would add Calico beside it: an
+/// opted-in cluster that keeps TKG's CNI fails to render, naming both variables. Not opted in, CNI is not checked.
+#[test]
+fn an_opted_in_cluster_must_set_cni_none() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, fails) in [
+        ("CLUSTER_NAME: c\nCUSTOM_CALICO_DEPLOYMENT: true\n", true),
+        (
+            "CLUSTER_NAME: c\nCUSTOM_CALICO_DEPLOYMENT: true\nCNI: calico\n",
+            true,
+        ),
+        (
+            "CLUSTER_NAME: c\nCUSTOM_CALICO_DEPLOYMENT: true\nCNI: none\n",
+            false,
+        ),
+        ("CLUSTER_NAME: c\nCUSTOM_CALICO_DEPLOYMENT: false\n", false),
+    ] {
+        for template in ["cluster-template.yaml", "cluster-template-classy.yaml"] {
+            let out = ytt_run(template, Overlay::With, &config_file(&dir, body));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(!out.status.success(), fails, "{template} {body:?}: {err}");
+            if fails {
+                assert!(
+                    err.contains("with CUSTOM_CALICO_DEPLOYMENT: true. Set CNI: none"),
+                    "{err}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

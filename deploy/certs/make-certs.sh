@@ -9,14 +9,18 @@
 #   ca-bundle.crt         what the API server trusts: the CA, plus the previous CA after --rotate-ca
 #   kustomization.yaml    a kustomize Component: a secretGenerator for the Secret capi-calico-webhook-tls
 #   cabundle-patch.yaml   the patch that fills clientConfig.caBundle in both webhook configurations
-# then: kubectl apply -k deploy/overlays/static-certs
+# then: kubectl apply -k deploy/overlays/static-certs. With another OUTDIR, list OUTDIR under `components:` of an
+# overlay of your own (next to `resources: [.../deploy/base]`) and apply that overlay; the script prints it.
+#
+# The certificate is for the Service capi-calico-webhook in the namespace capi-calico-system, the names deploy/ uses
+# (Secret capi-calico-webhook-tls, the webhooks' clientConfig). They are fixed here on purpose: changing them means
+# changing those manifests too.
 #
 # Options:
 #   --days N          validity of the serving certificate in days (default 365)
 #   --ca-days N       validity of a new CA in days (default 3650)
 #   --rotate-ca       make a new CA even if OUTDIR has one; the old CA stays in ca-bundle.crt (as ca-previous.crt)
 #                     so that Pods still serving the old certificate are trusted until they reload
-#   --namespace NS    (default capi-calico-system)   --service NAME   (default capi-calico-webhook)
 #
 # Run again before the serving certificate expires: the CA is reused, so caBundle does not change and the running
 # Pods pick up the new pair from the updated Secret without a restart. Needs openssl (1.1.1 or 3.x) and base64.
@@ -25,6 +29,7 @@ set -euo pipefail
 days=365
 ca_days=3650
 rotate_ca=0
+# Fixed: the names in deploy/base (Service, Secret, Deployment volume, webhook clientConfig).
 namespace=capi-calico-system
 service=capi-calico-webhook
 outdir=""
@@ -37,8 +42,8 @@ while [ $# -gt 0 ]; do
     --days) [ $# -ge 2 ] || die "--days needs a value"; days=$2; shift 2 ;;
     --ca-days) [ $# -ge 2 ] || die "--ca-days needs a value"; ca_days=$2; shift 2 ;;
     --rotate-ca) rotate_ca=1; shift ;;
-    --namespace) [ $# -ge 2 ] || die "--namespace needs a value"; namespace=$2; shift 2 ;;
-    --service) [ $# -ge 2 ] || die "--service needs a value"; service=$2; shift 2 ;;
+    --namespace|--service)
+      die "$1 is not supported: the manifests in deploy/ fix the Service $service in $namespace" ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$outdir" ] || die "only one OUTDIR"; outdir=$1; shift ;;
@@ -46,16 +51,19 @@ while [ $# -gt 0 ]; do
 done
 
 case "$days$ca_days" in *[!0-9]*|"") die "--days and --ca-days take a number of days" ;; esac
-dns_label='^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'
-[[ $namespace =~ $dns_label ]] || die "--namespace must be a DNS label, got '$namespace'"
-[[ $service =~ $dns_label ]] || die "--service must be a DNS label, got '$service'"
 command -v openssl >/dev/null || die "openssl not found"
 
+# Physical paths (pwd -P): kustomize resolves "../" on the file system, so the relative paths printed at the end must
+# be computed without symlinks.
+start_dir=$(pwd -P)
+deploy_dir=$(cd "$(dirname "$0")/.." && pwd -P)
+default_outdir="$deploy_dir/overlays/static-certs/certs"
 if [ -z "$outdir" ]; then
-  outdir="$(cd "$(dirname "$0")/.." && pwd)/overlays/static-certs/certs"
+  outdir=$default_outdir
 fi
 mkdir -p "$outdir"
 cd "$outdir"
+outdir=$(pwd -P)
 umask 077
 
 svc_dns="$service.$namespace.svc"
@@ -63,6 +71,22 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 serial() { echo "0x7$(openssl rand -hex 15)"; }
+
+# relpath FROM TO: TO relative to the directory FROM; both absolute, without symlinks, "." or ".." parts.
+relpath() {
+  local from=$1 to=$2 up="" rest
+  while [ "$from" != / ] && [ "$to" != "$from" ] && [ "${to#"$from"/}" = "$to" ]; do
+    from=$(dirname "$from")
+    up="../$up"
+  done
+  if [ "$to" = "$from" ]; then rest=""
+  elif [ "$from" = / ]; then rest=${to#/}
+  else rest=${to#"$from"/}
+  fi
+  rest="$up$rest"
+  rest=${rest%/}
+  echo "${rest:-.}"
+}
 
 if [ "$rotate_ca" = 1 ] && [ -f ca.crt ]; then
   cp ca.crt ca-previous.crt
@@ -151,4 +175,26 @@ PATCH
 
 not_after=$(openssl x509 -in tls.crt -noout -enddate | cut -d= -f2)
 echo "make-certs.sh: serving certificate for $svc_dns (+ .cluster.local) valid until $not_after" >&2
-echo "make-certs.sh: wrote $outdir; now: kubectl apply -k $(cd "$outdir/.." && pwd)" >&2
+if [ "$outdir" = "$default_outdir" ]; then
+  echo "make-certs.sh: wrote $outdir; now: kubectl apply -k $(relpath "$start_dir" "$deploy_dir/overlays/static-certs")" >&2
+else
+  # deploy/overlays/static-certs only reads its ./certs: a Component elsewhere needs an overlay that lists it.
+  # kustomize refuses absolute paths, hence paths relative to the suggested overlay folder.
+  overlay="$start_dir/my-webhook"
+  cat >&2 <<NEXT
+make-certs.sh: wrote $outdir, a kustomize Component.
+  deploy/overlays/static-certs does not read it (it reads only its ./certs). Use it from an overlay of your own:
+  $(relpath "$start_dir" "$overlay")/kustomization.yaml, with your image (docs/deploy.md, step 1):
+    apiVersion: kustomize.config.k8s.io/v1beta1
+    kind: Kustomization
+    resources:
+      - $(relpath "$overlay" "$deploy_dir/base")
+    components:
+      - $(relpath "$overlay" "$outdir")
+    images:
+      - name: capi-calico-webhook
+        newName: REGISTRY/capi-calico-webhook
+        newTag: TAG
+make-certs.sh: then: kubectl apply -k $(relpath "$start_dir" "$overlay")
+NEXT
+fi

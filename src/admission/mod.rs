@@ -41,6 +41,15 @@ impl Verdict {
         }
     }
 
+    /// Add a warning, whatever the verdict.
+    pub fn push_warning(&mut self, warning: String) {
+        match self {
+            Verdict::Allow { warnings, .. } | Verdict::Deny { warnings, .. } => {
+                warnings.push(warning)
+            }
+        }
+    }
+
     /// The outcome label of this verdict.
     pub fn outcome(&self) -> Outcome {
         match self {

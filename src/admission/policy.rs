@@ -162,10 +162,43 @@ pub async fn decide_with<S: ClusterSource, P: Prepare>(
         ));
     };
 
-    let own = settings::has_settings(&annotations);
+    let mut decided = decide_target(
+        source,
+        prepare,
+        endpoint,
+        object,
+        &annotations,
+        target,
+        subject_kind,
+    )
+    .await;
+    // A key whose prefix is spelt in another case is never read; say so here, where the object is named.
+    if let Some(key) = annotations
+        .keys()
+        .find(|k| settings::is_prefix_in_other_case(k))
+        && !settings::has_settings(&annotations)
+    {
+        decided.verdict.push_warning(fit_warning(&format!(
+            "capi-calico: {key} is not read: write the prefix capi-calico.io/ in lower case"
+        )));
+    }
+    decided
+}
+
+/// [`decide_with`] for a KCP or KCT.
+async fn decide_target<S: ClusterSource, P: Prepare>(
+    source: &S,
+    prepare: &P,
+    endpoint: Endpoint,
+    object: &Value,
+    annotations: &BTreeMap<String, String>,
+    target: Target,
+    subject_kind: SubjectKind,
+) -> Decided {
+    let own = settings::has_settings(annotations);
     let (resolution, origin, lookup) = if own {
         (
-            prepare.resolve(&annotations, None),
+            prepare.resolve(annotations, None),
             Origin::Own(subject_kind),
             "",
         )
@@ -226,7 +259,19 @@ pub async fn decide_with<S: ClusterSource, P: Prepare>(
     };
 
     let verdict = match &*resolution {
-        Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
+        Resolution::NotOptedIn { warnings } => {
+            let mut warnings = fit_all(warnings);
+            if own {
+                warnings.push(fit_warning(&format!(
+                    "capi-calico: this {} has its own capi-calico.io/ annotations, so its Cluster's are not used",
+                    subject_kind.kind()
+                )));
+                warnings.push(fit_warning(
+                    "capi-calico: remove them, or give it CUSTOM_CALICO_DEPLOYMENT \"true\" and its full settings",
+                ));
+            }
+            Verdict::allow(warnings)
+        }
         Resolution::Invalid { problems } => {
             let rules = problems.iter().map(|p| p.rule.to_string()).collect();
             let message = format!(
@@ -493,6 +538,57 @@ mod tests {
         let mut out = object.clone();
         json_patch::patch(&mut out, patch_of(verdict)).expect("patch applies");
         out
+    }
+
+    fn warnings_of(verdict: &Verdict) -> &[String] {
+        match verdict {
+            Verdict::Allow { warnings, .. } | Verdict::Deny { warnings, .. } => warnings,
+        }
+    }
+
+    /// A key with the prefix in another case is not a setting of the KCP: the Cluster's settings still apply, and a
+    /// warning names the key.
+    #[test]
+    fn a_kcp_key_with_the_prefix_in_another_case_keeps_the_cluster_settings() {
+        let source = FixedSource::found(&cluster(calico_on()));
+        let object = kcp(json!({"Capi-Calico.io/note": "x"}));
+        let verdict = run(&source, Endpoint::Mutate, &object).verdict;
+        assert!(!patch_of(&verdict).is_empty(), "{verdict:?}");
+        let warnings = warnings_of(&verdict);
+        assert!(
+            warnings.iter().any(|w| w
+                == "capi-calico: Capi-Calico.io/note is not read: write the prefix capi-calico.io/ in lower case"),
+            "{warnings:?}"
+        );
+        assert_eq!(source.asked.lock().expect("lock").len(), 1);
+    }
+
+    /// A KCP with its own annotations but no master switch is not injected, and the warnings say why and what to do.
+    #[test]
+    fn own_annotations_without_the_switch_say_the_cluster_settings_are_not_used() {
+        let source = FixedSource::found(&cluster(calico_on()));
+        let object = kcp(json!({"capi-calico.io/CALICO_VERSION": "v3.31.7"}));
+        let verdict = run(&source, Endpoint::Mutate, &object).verdict;
+        assert!(patch_of(&verdict).is_empty(), "{verdict:?}");
+        let warnings = warnings_of(&verdict);
+        assert!(
+            warnings.iter().any(|w| w
+                .contains("its own capi-calico.io/ annotations, so its Cluster's are not used")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("capi-calico: remove them")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .all(|w| w.chars().count() <= MAX_WARNING_CHARS),
+            "{warnings:?}"
+        );
+        assert!(source.asked.lock().expect("lock").is_empty());
     }
 
     #[test]

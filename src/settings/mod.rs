@@ -225,12 +225,11 @@ pub fn resolve(
     }
 }
 
-/// True when any annotation key starts with [`PREFIX`], in any case (the API server accepts `Capi-Calico.io/...`:
-/// it validates annotation keys lower-cased; [`resolve`] then says that such a key is not read).
+/// True when any annotation key starts with [`PREFIX`] exactly. A key spelt `Capi-Calico.io/...` (the API server
+/// accepts it: it validates annotation keys lower-cased) does not count: it is never read, and [`resolve`] and the
+/// policy say so in a warning or a problem.
 pub fn has_settings(annotations: &BTreeMap<String, String>) -> bool {
-    annotations
-        .keys()
-        .any(|k| k.starts_with(PREFIX) || is_prefix_in_other_case(k))
+    annotations.keys().any(|k| k.starts_with(PREFIX))
 }
 
 /// What is wrong with a key whose prefix is spelt in another case.
@@ -384,6 +383,16 @@ impl<'a> Resolver<'a> {
             values::parse_image_path(raw).map(Some)
         });
         let route_reflectors = self.route_reflectors(as_number.flatten());
+        if let (Some(peers), Some(version)) = (&route_reflectors, version) {
+            for e in peers::fields_newer_than(peers, version) {
+                self.problems.push(Problem::new(
+                    &problem::full_key(keys::CALICO_ROUTE_REFLECTORS),
+                    None,
+                    e.rule,
+                    e.message,
+                ));
+            }
+        }
 
         // Combinations.
         let pod_pool = self.pod_pool(explicit_cidr, explicit_block);
@@ -717,18 +726,28 @@ impl<'a> Resolver<'a> {
                 keys::CALICOCTL_SHA256_ARM64,
             ),
         ] {
+            // A mirror serves the very same file, so for a version with a built-in checksum any other digest names
+            // another binary, which every node would run as root: refused, not just reported.
             if let (Some(given), Some(builtin)) = (given, checksums::builtin(version, arch))
                 && given.0 != builtin
             {
-                self.warnings.push(format!(
-                    "{PREFIX}{variable} differs from the built-in checksum of calicoctl {version}"
+                self.problems.push(Problem::with_value(
+                    variable,
+                    self.get(variable).unwrap_or_default(),
+                    rules::SHA256_NOT_BUILTIN,
+                    format!(
+                        "is not the SHA-256 of calicoctl {version} for {} ({builtin}); mirrors serve the same file, so \
+                         remove the annotation to use the built-in checksum",
+                        arch.as_str()
+                    ),
                 ));
             }
         }
         let amd64 = pick(sha_amd64, checksums::Arch::Amd64);
         let arm64 = pick(sha_arm64, checksums::Arch::Arm64);
         match (&amd64, &arm64) {
-            (None, None) => {
+            // Nothing is downloaded unless INSTALL_CALICOCTL is "true": a version without checksums is fine then.
+            (None, None) if install == Some(true) => {
                 let known = checksums::known_versions()
                     .iter()
                     .map(ToString::to_string)

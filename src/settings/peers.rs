@@ -20,7 +20,6 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use serde_saphyr::granit_parser::{self, Event, ScalarStyle};
 
-use super::BgpPeer;
 use super::keys::closest;
 use super::problem::{display_value, escape, rules};
 use super::selector;
@@ -28,6 +27,7 @@ use super::values::{
     Family, ValueError, is_dns1123_subdomain, parse_as_number_allow_zero, parse_go_duration,
     parse_peer_ip,
 };
+use super::{BgpPeer, CalicoVersion};
 
 /// Longest accepted encoded value (bytes).
 pub const MAX_ENCODED_LEN: usize = 96 * 1024;
@@ -63,6 +63,37 @@ pub const KNOWN_SPEC_FIELDS: [&str; 18] = [
     "localWorkloadSelector",
     "reversePeering",
 ];
+
+/// The BGPPeer `spec` fields that appeared after Calico v3.29, with the first minor release that has them
+/// (`reference/calico.md` §2.4, read from `bgppeer.go` at each tag). calicoctl reads its files strictly into its own
+/// version's types, so an older calicoctl refuses a document carrying a newer field.
+pub const FIELDS_SINCE: [(&str, (u16, u16)); 5] = [
+    ("localWorkloadSelector", (3, 30)),
+    ("localASNumber", (3, 31)),
+    ("nextHopMode", (3, 31)),
+    ("reversePeering", (3, 31)),
+    ("keepaliveTime", (3, 32)),
+];
+
+/// The fields of `peers` that `version`'s calicoctl does not know, one error per peer and field.
+pub fn fields_newer_than(peers: &[BgpPeer], version: CalicoVersion) -> Vec<PeerError> {
+    let mut errors = Vec::new();
+    for peer in peers {
+        for (field, (major, minor)) in FIELDS_SINCE {
+            if peer.spec.contains_key(field) && (version.major, version.minor) < (major, minor) {
+                errors.push(PeerError::doc(
+                    rules::BGP_PEER_FIELD_VERSION,
+                    format!(
+                        "BGPPeer {:?}: spec.{field} needs Calico v{major}.{minor} or later, and CALICO_VERSION is \
+                         {version} (its calicoctl refuses the field): remove it, or raise CALICO_VERSION",
+                        peer.name
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
 
 /// One thing wrong with `CALICO_ROUTE_REFLECTORS`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -56,6 +56,8 @@ pub mod rules {
     pub const URL_TEMPLATE: &str = "url-template";
     /// `CALICOCTL_SHA256_*` is not 64 hex digits.
     pub const SHA256_FORMAT: &str = "sha256-format";
+    /// A checksum annotation that differs from the built-in checksum of a known version.
+    pub const SHA256_NOT_BUILTIN: &str = "sha256-not-builtin";
     /// `CALICO_REGISTRY` is not `host[:port][/path]`.
     pub const REGISTRY_FORMAT: &str = "registry-format";
     /// `CALICO_IMAGE_PATH` is not a path of image-name components.
@@ -88,6 +90,8 @@ pub mod rules {
     pub const BGP_PEER_AS_NUMBER: &str = "bgp-peer-as-number";
     /// A violated cross-field rule (mutually exclusive or dependent fields).
     pub const BGP_PEER_CONFLICT: &str = "bgp-peer-conflict";
+    /// A peer field newer than `CALICO_VERSION`'s calicoctl.
+    pub const BGP_PEER_FIELD_VERSION: &str = "bgp-peer-field-version";
 }
 
 /// Escape a value for display on one terminal line: quotes, backslashes, control characters, newlines and

@@ -199,7 +199,7 @@ fn a_prefix_in_another_case_is_reported_not_read() {
         "Capi-Calico.io/CUSTOM_CALICO_DEPLOYMENT".to_string(),
         "true".to_string(),
     );
-    assert!(has_settings(&off));
+    assert!(!has_settings(&off));
     match resolve(&off, None) {
         Resolution::NotOptedIn { warnings } => {
             assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -878,6 +878,67 @@ fn route_reflectors_through_resolve() {
 // ------------------------------------------------------------------------------------------------------------
 // Version, URL, checksums
 
+/// A peer field newer than `CALICO_VERSION` is refused (that version's calicoctl would refuse the file on the
+/// node); the same field with a version that has it is accepted.
+#[test]
+fn peer_fields_newer_than_the_calico_version_are_refused() {
+    let peer = |extra: &str| {
+        rr_b64(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-1\nspec:\n{extra}"
+        ))
+    };
+    let ip_peer = |field: &str| peer(&format!("  peerIP: 10.0.0.1\n  asNumber: 64512\n{field}"));
+    let cases: Vec<(&str, String, bool)> = vec![
+        ("v3.31.7", ip_peer("  keepaliveTime: 30s\n"), false),
+        ("v3.32.3", ip_peer("  keepaliveTime: 30s\n"), true),
+        ("v3.31.7", ip_peer("  nextHopMode: Self\n"), true),
+        ("v3.30.7", ip_peer("  nextHopMode: Self\n"), false),
+        ("v3.30.7", ip_peer("  localASNumber: 64999\n"), false),
+        ("v3.30.7", ip_peer("  reversePeering: Manual\n"), false),
+        ("v3.31.7", ip_peer("  reversePeering: Manual\n"), true),
+        (
+            "v3.29.7",
+            peer("  localWorkloadSelector: has(a)\n  asNumber: 64512\n"),
+            false,
+        ),
+        (
+            "v3.30.7",
+            peer("  localWorkloadSelector: has(a)\n  asNumber: 64512\n"),
+            true,
+        ),
+        ("v3.29.7", ip_peer(""), true),
+    ];
+    for (version, rr, accepted) in cases {
+        let pairs = [
+            ("CALICO_VERSION", version),
+            ("CALICO_ROUTE_REFLECTORS", rr.as_str()),
+        ];
+        match resolve(&opted_in(&pairs), None) {
+            Resolution::OptedIn { .. } => assert!(accepted, "{version} {rr}: accepted"),
+            Resolution::Invalid { problems } => {
+                assert!(!accepted, "{version}: {problems:?}");
+                assert_eq!(
+                    rules_of(&problems),
+                    [rules::BGP_PEER_FIELD_VERSION],
+                    "{problems:?}"
+                );
+                assert_eq!(problems[0].key, format!("{PREFIX}CALICO_ROUTE_REFLECTORS"));
+                assert!(
+                    problems[0]
+                        .message
+                        .contains(&format!("CALICO_VERSION is {version}")),
+                    "{problems:?}"
+                );
+                assert!(
+                    problems[0].message.contains("BGPPeer \"rr-1\""),
+                    "{problems:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[test]
 fn version_and_checksums_table() {
     let sha = "AB".repeat(32);
@@ -902,9 +963,11 @@ fn version_and_checksums_table() {
             )),
         ),
         (
-            vec![("CALICO_VERSION", "v3.32.3")],
+            vec![("CALICO_VERSION", "v3.32.3"), ("INSTALL_CALICOCTL", "true")],
             Err(rules::VERSION_UNVERIFIED),
         ),
+        // Nothing is installed: no checksum needed.
+        (vec![("CALICO_VERSION", "v3.32.3")], Ok((None, None))),
         (
             vec![
                 ("CALICO_VERSION", "v3.32.3"),
@@ -938,10 +1001,26 @@ fn version_and_checksums_table() {
             vec![("CALICO_VERSION", "3.31.7")],
             Err(rules::VERSION_FORMAT),
         ),
+        // A known version: only its own digest is accepted (in any case).
         (
             vec![("CALICOCTL_SHA256_AMD64", &sha)],
+            Err(rules::SHA256_NOT_BUILTIN),
+        ),
+        (
+            vec![
+                ("CALICO_VERSION", "v3.30.7"),
+                ("CALICOCTL_SHA256_ARM64", &sha),
+                ("INSTALL_CALICOCTL", "true"),
+            ],
+            Err(rules::SHA256_NOT_BUILTIN),
+        ),
+        (
+            vec![(
+                "CALICOCTL_SHA256_AMD64",
+                "1B91928ADC39861BA5E04D8D15C4CE489731269B07A8E7444C0FDF677F041113",
+            )],
             Ok((
-                Some(&lower),
+                Some("1b91928adc39861ba5e04d8d15c4ce489731269b07a8e7444c0fdf677f041113"),
                 Some("d7adff41398cb77b97451bf238022376382725ff231228f78b3ebc35d9fb9fda"),
             )),
         ),
@@ -964,7 +1043,10 @@ fn version_and_checksums_table() {
             Err(rule) => assert_eq!(rules_of(&problems(&pairs, None)), vec![rule], "{pairs:?}"),
         }
     }
-    let p = problems(&[("CALICO_VERSION", "v3.32.3")], None);
+    let p = problems(
+        &[("CALICO_VERSION", "v3.32.3"), ("INSTALL_CALICOCTL", "true")],
+        None,
+    );
     assert!(
         p[0].message.contains("built in: v3.31.7, v3.30.7, v3.29.7"),
         "{}",
@@ -991,19 +1073,23 @@ fn version_and_checksums_table() {
         warnings[0].contains("no arm64 calicoctl checksum for v3.32.3: arm64 nodes will refuse"),
         "{warnings:?}"
     );
-    // Overriding a built-in checksum: warning.
-    let (_, warnings) = settings(
+    // Overriding a built-in checksum: refused, and the message names the built-in digest and what to do.
+    let p = problems(
         &[
             ("CALICOCTL_SHA256_AMD64", &sha),
             ("INSTALL_CALICOCTL", "true"),
         ],
         None,
     );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, format!("{PREFIX}CALICOCTL_SHA256_AMD64"));
     assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("differs from the built-in checksum")),
-        "{warnings:?}"
+        p[0].message.contains(
+            "is not the SHA-256 of calicoctl v3.31.7 for amd64 \
+             (1b91928adc39861ba5e04d8d15c4ce489731269b07a8e7444c0fdf677f041113)"
+        ) && p[0].message.contains("remove the annotation"),
+        "{}",
+        p[0]
     );
 }
 
@@ -1065,6 +1151,7 @@ fn every_warning_is_short() {
             ("CALICO_ROUTE_REFLECTORS", &rr),
             ("CALICO_BGP_AS_NUMBER", "65100"),
             ("CALICOCTL_URL", "http://m/{version}/{arch}"),
+            ("CALICO_VERSION", "v3.32.3"),
             ("CALICOCTL_SHA256_AMD64", &sha),
             ("CALICOCTL_SHA256_ARM64", &sha),
             ("CALICO_BLOCK_SIZE", "122"),

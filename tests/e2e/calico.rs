@@ -1602,6 +1602,12 @@ fn s11_bgp_files_accepted_by_calico_crds(h: &mut Harness) -> TestResult {
         cluster["spec"]["controlPlaneRef"]["name"] = json!(format!("{name}-cp"));
         cluster["metadata"]["annotations"]["capi-calico.io/CALICO_ROUTE_REFLECTORS"] = json!(b64);
         cluster["metadata"]["annotations"]["capi-calico.io/CALICO_BGP_AS_NUMBER"] = json!(asn);
+        // The CRDs are v3.32.1's, and some shapes use fields only v3.32 has (keepaliveTime): the webhook refuses
+        // them for an older CALICO_VERSION. Not a built-in version, so the checksums are given (never used here).
+        let annotations = &mut cluster["metadata"]["annotations"];
+        annotations["capi-calico.io/CALICO_VERSION"] = json!("v3.32.1");
+        annotations["capi-calico.io/CALICOCTL_SHA256_AMD64"] = json!("ab".repeat(32));
+        annotations["capi-calico.io/CALICOCTL_SHA256_ARM64"] = json!("cd".repeat(32));
         let mut kcp = by_kind(&all, "KubeadmControlPlane")?.clone();
         kcp["metadata"]["name"] = json!(format!("{name}-cp"));
         let out = h.kubectl(
