@@ -1,31 +1,80 @@
 //! The JSON patch that puts an [`Injection`] into a KCP/KCT, the verification of an object against it, and a
 //! helper to apply a patch.
 //!
-//! Ownership: a `files[]` entry is ours when its `path` starts with `/etc/capi-calico/`; a command is ours when it
-//! mentions `/etc/capi-calico/`. Everything else belongs to the user and is never modified or reordered.
+//! Ownership: a `files[]` entry is ours when its `path` is one we inject (or injected in an earlier release) under
+//! `/etc/capi-calico/`; a command is ours when it is exactly one we inject (or injected before). Everything else
+//! belongs to the user and is never modified or reordered. The directory is reserved: a user file in it, or a user
+//! command that mentions it, is refused with a message rather than taken over or dropped.
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
 use super::{
-    CALICOCTL_BINARY_PATH, DIR, INSTALL_SCRIPT_PATH, Injection, MAX_COMMANDS, MAX_CONTENT_CHARS,
-    MAX_FILES, MutationError, Target,
+    APPLY_COMMAND, APPLY_SCRIPT_PATH, BGP_CONFIGURATION_PATH, BGP_PEERS_PATH,
+    CALICOCTL_BINARY_PATH, CALICOCTL_CONF_PATH, DIR, INSTALL_COMMAND, INSTALL_SCRIPT_PATH,
+    Injection, MAX_COMMANDS, MAX_CONTENT_CHARS, MAX_FILES, MutationError, Target,
 };
 
 const FILES: &str = "files";
 const PRE: &str = "preKubeadmCommands";
 const POST: &str = "postKubeadmCommands";
 
-/// True for a file path the webhook owns (everything under `/etc/capi-calico/`).
+/// Commands an earlier release injected. They stay ours, so an object injected by that release gets them replaced
+/// in place by the current ones, never left behind beside them. When `INSTALL_COMMAND` or `APPLY_COMMAND` changes,
+/// the old text goes here.
+pub(super) const RETIRED_COMMANDS: &[&str] = &[
+    // APPLY_COMMAND before the unit got RuntimeMaxSec.
+    "if command -v systemd-run >/dev/null 2>&1; then systemd-run --no-block --unit=capi-calico-apply-bgp \
+     --description='capi-calico: apply BGPPeers then BGPConfiguration' /bin/bash /etc/capi-calico/apply-bgp.sh; \
+     else nohup setsid /bin/bash /etc/capi-calico/apply-bgp.sh </dev/null >/dev/null 2>&1 & fi",
+];
+
+/// Files an earlier release injected that the current one does not (same rule as [`RETIRED_COMMANDS`]).
+const RETIRED_PATHS: &[&str] = &[];
+
+/// True for a file path the webhook owns: one of the files it injects, or injected in an earlier release.
 pub fn is_ours_path(path: &str) -> bool {
-    path.starts_with(DIR)
+    [
+        INSTALL_SCRIPT_PATH,
+        CALICOCTL_CONF_PATH,
+        BGP_PEERS_PATH,
+        BGP_CONFIGURATION_PATH,
+        APPLY_SCRIPT_PATH,
+    ]
+    .contains(&path)
+        || RETIRED_PATHS.contains(&path)
+        || is_split_peers_path(path)
 }
 
-/// True for a command the webhook owns (any command mentioning `/etc/capi-calico/`, which covers every constant
-/// command we have ever injected).
+/// `/etc/capi-calico/bgppeers-N.yaml` with N ≥ 2 in plain decimal: the further peers files of a large peer set.
+pub(super) fn is_split_peers_path(path: &str) -> bool {
+    path.strip_prefix(DIR)
+        .and_then(|name| name.strip_prefix("bgppeers-"))
+        .and_then(|name| name.strip_suffix(".yaml"))
+        .is_some_and(|n| {
+            !n.is_empty()
+                && !n.starts_with('0')
+                && n.len() <= 4
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && n != "1"
+        })
+}
+
+/// True for a command the webhook owns: exactly one of the constant commands it injects, or injected before.
 pub fn is_ours_command(cmd: &str) -> bool {
-    cmd.contains(DIR)
+    cmd == INSTALL_COMMAND || cmd == APPLY_COMMAND || RETIRED_COMMANDS.contains(&cmd)
+}
+
+/// The message for a user command that mentions the reserved directory, if `cmd` is one.
+fn reserved_command(field: &str, cmd: &str) -> Option<String> {
+    (cmd.contains(DIR) && !is_ours_command(cmd)).then(|| {
+        format!(
+            "{field}: the command `{}` mentions {DIR}, which capi-calico-webhook reserves for its own files and \
+             commands; remove the command or use paths outside {DIR}",
+            short(cmd)
+        )
+    })
 }
 
 /// Lexical normalisation (`//`, `.`, `..`) of an absolute path, for collision checks only.
@@ -50,6 +99,12 @@ fn collision(path: &str, injection: &Injection) -> Option<String> {
     }
     let n = normalize(path);
     let dir = DIR.trim_end_matches('/');
+    if path.starts_with(DIR) {
+        return Some(format!(
+            "file {path:?} is in {DIR}, which capi-calico-webhook reserves for its own files; use a path outside \
+             {DIR}"
+        ));
+    }
     if n == dir || n.starts_with(DIR) {
         return Some(format!(
             "file {path:?} resolves into {DIR}, which capi-calico-webhook reserves for its own files; \
@@ -128,7 +183,18 @@ fn plan_files(existing: &[Value], injection: &Injection) -> Result<ListPlan, Mut
     Ok(plan)
 }
 
-fn plan_commands(existing: &[Value], desired: &[&'static str]) -> ListPlan {
+fn plan_commands(
+    field: &str,
+    existing: &[Value],
+    desired: &[&'static str],
+) -> Result<ListPlan, MutationError> {
+    if let Some(msg) = existing
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|cmd| reserved_command(field, cmd))
+    {
+        return Err(MutationError::Conflict(msg));
+    }
     let mut placed = vec![false; desired.len()];
     let mut handled = vec![false; existing.len()];
     // Pass 1: exact matches stay where they are.
@@ -168,7 +234,7 @@ fn plan_commands(existing: &[Value], desired: &[&'static str]) -> ListPlan {
         }
     }
     plan.final_len = existing.len() - plan.remove.len() + plan.append.len();
-    plan
+    Ok(plan)
 }
 
 /// The kubeadm config spec of `object` for `target`: `Ok(Some(map))` when present, `Ok(None)` with the depth of the
@@ -289,8 +355,8 @@ pub fn patch(
         let plan = match (field, existing) {
             (_, None) => None,
             (FILES, Some(a)) => Some(plan_files(a, injection)?),
-            (PRE, Some(a)) => Some(plan_commands(a, &injection.pre_kubeadm_commands)),
-            (_, Some(a)) => Some(plan_commands(a, &injection.post_kubeadm_commands)),
+            (PRE, Some(a)) => Some(plan_commands(PRE, a, &injection.pre_kubeadm_commands)?),
+            (_, Some(a)) => Some(plan_commands(POST, a, &injection.post_kubeadm_commands)?),
         };
         let (desired_len, max) = match field {
             FILES => (injection.files.len(), MAX_FILES),
@@ -531,9 +597,11 @@ pub fn verify(object: &Value, target: Target, injection: &Injection) -> Vec<Stri
         for c in cmds.iter().filter_map(Value::as_str) {
             if is_ours_command(c) && !desired.contains(&c) {
                 problems.push(format!(
-                    "{where_cmds}: unexpected or altered command referring to {DIR}: `{}`",
+                    "{where_cmds}: unexpected command of capi-calico-webhook: `{}`",
                     short(c)
                 ));
+            } else if let Some(msg) = reserved_command(&where_cmds, c) {
+                problems.push(msg);
             }
         }
     }

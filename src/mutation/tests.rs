@@ -921,16 +921,16 @@ fn altered_entries_are_replaced_in_place() {
         0,
         json!({"path": INSTALL_SCRIPT_PATH, "owner": "root:root", "permissions": "0777", "content": "echo hacked", "append": true}),
     );
-    // An older version of our pre command in the middle of the user's commands.
+    // Our pre command in the middle of the user's commands.
     spec["preKubeadmCommands"]
         .as_array_mut()
         .unwrap()
-        .insert(1, json!("bash /etc/capi-calico/install-calicoctl.sh --old"));
-    // Our post command duplicated, and one with a different spelling.
+        .insert(1, json!(INSTALL_COMMAND));
+    // The post command of an earlier release, then ours duplicated around a user command.
     spec["postKubeadmCommands"] = json!([
+        patch::RETIRED_COMMANDS[0],
         APPLY_COMMAND,
         "echo user",
-        "/etc/capi-calico/apply-bgp.sh &",
         APPLY_COMMAND
     ]);
 
@@ -943,7 +943,10 @@ fn altered_entries_are_replaced_in_place() {
         "{text}"
     );
     assert!(text.contains("appears 2 times"), "{text}");
-    assert!(text.contains("unexpected or altered command referring to /etc/capi-calico/: `bash /etc/capi-calico/install-calicoctl.sh --old`"), "{text}");
+    assert!(
+        text.contains("unexpected command of capi-calico-webhook: `if command -v systemd-run"),
+        "{text}"
+    );
     assert!(
         text.contains("/etc/capi-calico/calicoctl.conf is missing"),
         "{text}"
@@ -963,6 +966,74 @@ fn altered_entries_are_replaced_in_place() {
         json!([APPLY_COMMAND, "echo user"])
     );
     roundtrip(&obj, Target::ControlPlane, &inj);
+
+    // The retired command alone is rewritten in place, before the user's command.
+    let mut obj = fixture("kcp-v1beta1.json");
+    obj["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"] =
+        json!([patch::RETIRED_COMMANDS[0], "echo user"]);
+    let after = apply(&obj, &patch(&obj, Target::ControlPlane, &inj).unwrap()).unwrap();
+    assert_eq!(
+        after["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"],
+        json!([APPLY_COMMAND, "echo user"])
+    );
+}
+
+/// The directory is reserved, and a user entry in it is refused with a message naming it: never taken over, never
+/// dropped. Commands are ours only when they are exactly one of ours.
+#[test]
+fn user_entries_in_the_reserved_directory_are_refused_not_taken_over() {
+    let inj = desired(&settings(true, true), Target::ControlPlane).unwrap();
+    let cases: [(&str, Value, &str); 4] = [
+        (
+            "preKubeadmCommands",
+            json!("grep -q proxy /etc/capi-calico/../environment && setup-proxy.sh"),
+            "preKubeadmCommands: the command `grep -q proxy /etc/capi-calico/../environment && setup-proxy.sh` \
+             mentions /etc/capi-calico/",
+        ),
+        (
+            "postKubeadmCommands",
+            json!("/etc/capi-calico/apply-bgp.sh &"),
+            "postKubeadmCommands: the command `/etc/capi-calico/apply-bgp.sh &` mentions /etc/capi-calico/",
+        ),
+        (
+            "files",
+            json!({"path": "/etc/capi-calico/my-notes.txt", "content": "x"}),
+            "file \"/etc/capi-calico/my-notes.txt\" is in /etc/capi-calico/, which capi-calico-webhook reserves",
+        ),
+        (
+            "files",
+            json!({"path": "/etc/capi-calico/bgppeers-01.yaml", "content": "x"}),
+            "file \"/etc/capi-calico/bgppeers-01.yaml\" is in /etc/capi-calico/",
+        ),
+    ];
+    for (field, entry, message) in cases {
+        let mut obj = fixture("kcp-v1beta1.json");
+        let list = obj["spec"]["kubeadmConfigSpec"][field]
+            .as_array_mut()
+            .expect("the fixture has the list");
+        list.insert(0, entry.clone());
+        match patch(&obj, Target::ControlPlane, &inj) {
+            Err(MutationError::Conflict(m)) => assert!(m.contains(message), "{m}"),
+            other => panic!("{entry}: expected a conflict, got {other:?}"),
+        }
+        let problems = verify(&obj, Target::ControlPlane, &inj).join("\n");
+        assert!(problems.contains(message), "{problems}");
+    }
+    for (path, ours) in [
+        ("/etc/capi-calico/bgppeers-2.yaml", true),
+        ("/etc/capi-calico/bgppeers-50.yaml", true),
+        ("/etc/capi-calico/bgppeers-1.yaml", false),
+        ("/etc/capi-calico/bgppeers-02.yaml", false),
+        ("/etc/capi-calico/bgppeers-.yaml", false),
+        ("/etc/capi-calico/bgppeers-2.yml", false),
+        ("/etc/capi-calico/bgppeers-2x.yaml", false),
+        ("/etc/capi-calico/bgppeers-99999.yaml", false),
+        ("/etc/other/bgppeers-2.yaml", false),
+    ] {
+        assert_eq!(is_ours_path(path), ours, "{path}");
+    }
+    assert!(!is_ours_command(&format!("{INSTALL_COMMAND} ")));
+    assert!(is_ours_command(patch::RETIRED_COMMANDS[0]));
 }
 
 #[test]
@@ -1265,7 +1336,7 @@ mod props {
             4 => "[a-z ]{1,12}".prop_map(|s| json!(format!("echo {s}"))),
             1 => Just(json!(INSTALL_COMMAND)),
             1 => Just(json!(APPLY_COMMAND)),
-            1 => "[a-z]{1,6}".prop_map(|s| json!(format!("/etc/capi-calico/{s}.sh"))),
+            1 => Just(json!(patch::RETIRED_COMMANDS[0])),
         ]
     }
 
@@ -1280,7 +1351,7 @@ mod props {
         prop_oneof![
             4 => "[a-z]{1,8}".prop_map(|s| json!({"path": format!("/etc/user/{s}"), "content": s})),
             2 => proptest::sample::select(ours),
-            1 => "[a-z]{1,6}".prop_map(|s| json!({"path": format!("/etc/capi-calico/{s}"), "content": "stale"})),
+            1 => (2u32..9).prop_map(|n| json!({"path": format!("/etc/capi-calico/bgppeers-{n}.yaml"), "content": "stale"})),
         ]
     }
 
