@@ -539,3 +539,60 @@ fn capi_example_templates_render_to_their_goldens() {
         golden(name, &stdout);
     }
 }
+
+/// `--log-format text` writes colour codes only to a terminal: logs piped to a file or a container runtime are plain.
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = bin()
+        .args([
+            "serve",
+            "--no-cluster-lookup",
+            "--metrics-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ])
+        .env("TMPDIR", dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        let listening = line.contains("trust the CA");
+        lines.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("serving admission reviews")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "{lines:#?}");
+    // The curl hint names the port actually bound, not the 0 asked for.
+    let hint = lines
+        .iter()
+        .find(|l| l.contains("trust the CA"))
+        .expect("the self-signed hint");
+    assert!(!hint.contains("https://localhost:0/"), "{hint}");
+}

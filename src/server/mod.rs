@@ -161,17 +161,11 @@ pub async fn start<H: ReviewHandler>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (cert, key) = match &config.tls {
-        TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+    let (cert, key, self_signed_ca) = match &config.tls {
+        TlsSource::Files { cert, key } => (cert.clone(), key.clone(), None),
         TlsSource::SelfSigned { dir } => {
             let paths = tls::ensure_self_signed(dir, &provider)?;
-            tracing::info!(
-                ca = %paths.ca.display(),
-                "self-signed serving certificate for localhost; trust the CA, e.g. curl --cacert {} https://localhost:{}/healthz",
-                paths.ca.display(),
-                config.listen.port()
-            );
-            (paths.cert, paths.key)
+            (paths.cert, paths.key, Some(paths.ca))
         }
     };
 
@@ -200,6 +194,15 @@ pub async fn start<H: ReviewHandler>(
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(%local_addr, metrics = ?metrics_addr, "serving admission reviews over HTTPS");
+    if let Some(ca) = self_signed_ca {
+        // Said once the port is known (`--listen 127.0.0.1:0` picks one).
+        tracing::info!(
+            ca = %ca.display(),
+            "self-signed serving certificate for localhost; trust the CA, e.g. curl --cacert {} https://localhost:{}/healthz",
+            ca.display(),
+            local_addr.port()
+        );
+    }
 
     let limits = conn::ConnLimits {
         max_connections: config.max_connections,
