@@ -269,7 +269,11 @@ pub enum Plan {
 }
 
 /// Decide from the Cluster object and the bundle namespace's ConfigMaps (as JSON).
-pub fn plan<'a>(cluster: &Value, bundle_configmaps: impl IntoIterator<Item = &'a Value>) -> Plan {
+pub fn plan<'a>(
+    cluster: &Value,
+    bundle_namespace: &str,
+    bundle_configmaps: impl IntoIterator<Item = &'a Value>,
+) -> Plan {
     let (Some(info), Some(cref)) = (
         ClusterInfo::from_object(cluster),
         ClusterRef::from_object(cluster),
@@ -290,6 +294,16 @@ pub fn plan<'a>(cluster: &Value, bundle_configmaps: impl IntoIterator<Item = &'a
             message: format!(
                 "spec.clusterNetwork.pods.cidrBlocks has entries that are not CIDRs: {}",
                 info.unparsable_pod_cidrs.join(", ")
+            ),
+        });
+    }
+    // The copies are named like the loaded bundle: in the bundle namespace they would overwrite it, and the
+    // Cluster would become an owner of it (deleting the Cluster would then delete every Cluster's bundle).
+    if cref.namespace == bundle_namespace {
+        return Plan::Report(DeliveryStatus::Unsupported {
+            message: format!(
+                "Clusters in {bundle_namespace}, the namespace of the loaded Calico bundles, get no delivery (the \
+                 copies would overwrite the bundles): create the Cluster in another namespace"
             ),
         });
     }
@@ -402,6 +416,8 @@ mod tests {
         installation::tests::settings,
     };
     use crate::settings::{BgpOption, Encapsulation, NatOutgoing};
+
+    const BUNDLES_NS: &str = crate::delivery::DEFAULT_BUNDLE_NAMESPACE;
 
     #[test]
     fn the_fingerprint_follows_the_cluster_and_the_bundles() {
@@ -629,11 +645,44 @@ mod tests {
             "metadata": { "name": "plain", "namespace": "default", "uid": "u1" },
             "spec": { "clusterNetwork": { "pods": { "cidrBlocks": ["10.0.0.0/16"] } } },
         });
-        assert_eq!(plan(&cluster, loaded_bundle().iter()), Plan::Ignore);
         assert_eq!(
-            plan(&json!({"kind": "Cluster"}), std::iter::empty()),
+            plan(&cluster, BUNDLES_NS, loaded_bundle().iter()),
             Plan::Ignore
         );
+        assert_eq!(
+            plan(&json!({"kind": "Cluster"}), BUNDLES_NS, std::iter::empty()),
+            Plan::Ignore
+        );
+    }
+
+    /// An opted-in Cluster in the bundle namespace is reported, and nothing is written over the loaded bundle.
+    #[test]
+    fn a_cluster_in_the_bundle_namespace_gets_no_delivery() {
+        let cluster = |namespace: &str| {
+            json!({
+                "apiVersion": "cluster.x-k8s.io/v1beta2",
+                "kind": "Cluster",
+                "metadata": { "name": "c1", "namespace": namespace, "uid": "u1",
+                              "annotations": {"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true"} },
+                "spec": { "clusterNetwork": { "pods": { "cidrBlocks": ["10.0.0.0/16"] } } },
+            })
+        };
+        let Plan::Report(status) = plan(&cluster(BUNDLES_NS), BUNDLES_NS, loaded_bundle().iter())
+        else {
+            panic!("expected Report");
+        };
+        assert_eq!(status.reason(), "Unsupported");
+        assert!(
+            status
+                .message()
+                .contains("create the Cluster in another namespace"),
+            "{}",
+            status.message()
+        );
+        assert!(matches!(
+            plan(&cluster("team-a"), BUNDLES_NS, loaded_bundle().iter()),
+            Plan::Apply { .. }
+        ));
     }
 
     #[test]

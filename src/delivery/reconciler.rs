@@ -207,7 +207,11 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     // followed by a revert to the remembered inputs would otherwise leave this pass's writes in place).
     ctx.applied.forget(&uid);
 
-    let status = match plan(&object, bundle_configmaps.iter()) {
+    let status = match plan(
+        &object,
+        &ctx.config.bundle_namespace,
+        bundle_configmaps.iter(),
+    ) {
         Plan::Ignore => {
             // Opted out (or never in): objects written earlier stay (see docs/delivery.md), only our status
             // annotation goes, so it does not claim a delivery that is no longer managed.
