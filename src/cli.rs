@@ -291,6 +291,9 @@ pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
         .into_iter()
         .map(|document| {
             let verdict = Kind::of_object(&document.object).map(|kind| {
+                if let Some(denial) = non_string_annotations(&document.object) {
+                    return denial;
+                }
                 futures::executor::block_on(policy::decide(
                     &source,
                     Endpoint::Mutate,
@@ -302,6 +305,33 @@ pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
             Checked { document, verdict }
         })
         .collect()
+}
+
+/// Annotation values a YAML file spells as numbers or booleans (`CALICO_BLOCK_SIZE: 26`, `...: true`). The API
+/// server never sees them (kubectl refuses the file), so the policy reads only strings; the CLI must say so rather
+/// than judge the object without them.
+fn non_string_annotations(object: &serde_json::Value) -> Option<Verdict> {
+    let annotations = object.pointer("/metadata/annotations")?.as_object()?;
+    let lines: Vec<String> = annotations
+        .iter()
+        .filter(|(_, v)| !v.is_string() && !v.is_null())
+        .map(|(k, v)| {
+            let shown = v.to_string();
+            let shown: String = shown.chars().take(60).collect();
+            format!("- {k}: {shown} is not a string: quote it, as {k}: \"{shown}\"")
+        })
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    Some(Verdict::Deny {
+        message: format!(
+            "annotation values must be strings, and kubectl refuses this manifest:\n{}",
+            lines.join("\n")
+        ),
+        rules: vec!["annotation-not-a-string".to_string()],
+        warnings: Vec::new(),
+    })
 }
 
 fn read_all(files: &[String], err: &mut dyn Write) -> Option<Vec<Document>> {

@@ -596,3 +596,28 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
         .expect("the self-signed hint");
     assert!(!hint.contains("https://localhost:0/"), "{hint}");
 }
+
+/// YAML numbers and booleans as annotation values: kubectl would refuse the file, so `check` does too, naming each
+/// value and how to quote it, instead of judging the Cluster without them (an unquoted `true` switch would
+/// otherwise read as "not opted in").
+#[test]
+fn unquoted_annotation_values_are_refused_with_the_quoted_spelling() {
+    let manifest = "apiVersion: cluster.x-k8s.io/v1beta2\nkind: Cluster\nmetadata:\n  name: c1\n  annotations:\n    \
+                    capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: true\n    capi-calico.io/CALICO_BLOCK_SIZE: 19\n    \
+                    note: null\nspec:\n  clusterNetwork:\n    pods:\n      cidrBlocks: [100.96.0.0/11]\n";
+    let out = run(&["check", "-"], Some(manifest));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "- capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: true is not a string: quote it, as \
+             capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: \"true\""
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("capi-calico.io/CALICO_BLOCK_SIZE: \"19\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("note"), "{stdout}");
+}

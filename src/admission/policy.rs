@@ -339,6 +339,9 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
     ]
 }
 
+/// The rule id of a Cluster pod block that is not a CIDR.
+const POD_CIDR_BLOCKS_RULE: &str = "pod-cidr-blocks-format";
+
 fn cluster_verdict<S: ClusterSource, P: Prepare>(
     source: &S,
     prepare: &P,
@@ -346,8 +349,31 @@ fn cluster_verdict<S: ClusterSource, P: Prepare>(
     object: &Value,
     annotations: &BTreeMap<String, String>,
 ) -> Verdict {
-    let (network, _) = cluster_network(object);
-    match &*prepare.resolve(annotations, Some(&network)) {
+    let (network, unparsable) = cluster_network(object);
+    let resolution = prepare.resolve(annotations, Some(&network));
+    // An opted-in Cluster's pod blocks are checked against CALICO_POD_CIDR and become the pool's default, and the
+    // reconciler refuses to deliver with blocks it cannot read: refuse them here, where they can be fixed.
+    if !unparsable.is_empty() && !matches!(&*resolution, Resolution::NotOptedIn { .. }) {
+        let line = format!(
+            "spec.clusterNetwork.pods.cidrBlocks: {} {} not a CIDR (like 100.96.0.0/11): fix the Cluster's pod blocks",
+            unparsable.join(", "),
+            if unparsable.len() == 1 { "is" } else { "are" }
+        );
+        let (message, mut rules) = match &*resolution {
+            Resolution::Invalid { problems } => (
+                format!("{}\n- {line}", settings::render_problems(problems)),
+                problems.iter().map(|p| p.rule.to_string()).collect(),
+            ),
+            _ => (line, Vec::new()),
+        };
+        rules.push(POD_CIDR_BLOCKS_RULE.to_string());
+        return Verdict::Deny {
+            message,
+            rules,
+            warnings: Vec::new(),
+        };
+    }
+    match &*resolution {
         Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
         Resolution::OptedIn { settings, warnings } => {
             // Settings its KubeadmControlPlane could never receive (a peer too large for one file, say) are refused
@@ -589,6 +615,53 @@ mod tests {
             "{warnings:?}"
         );
         assert!(source.asked.lock().expect("lock").is_empty());
+    }
+
+    /// A pod block that is not a CIDR (an unrendered template variable, say) is refused on an opted-in Cluster,
+    /// alongside any settings problems; a Cluster that is not opted in is not judged.
+    #[test]
+    fn unparsable_pod_blocks_deny_an_opted_in_cluster() {
+        let with_blocks = |annotations: Value| {
+            let mut c = cluster(annotations);
+            c["spec"]["clusterNetwork"]["pods"]["cidrBlocks"] =
+                json!(["${POD_CIDR}", "100.96.0.0/11"]);
+            c
+        };
+        match run(
+            &NoLookupPanics,
+            Endpoint::Validate,
+            &with_blocks(calico_on()),
+        )
+        .verdict
+        {
+            Verdict::Deny { message, rules, .. } => {
+                assert_eq!(
+                    message,
+                    "spec.clusterNetwork.pods.cidrBlocks: \"${POD_CIDR}\" is not a CIDR (like 100.96.0.0/11): fix the \
+                     Cluster's pod blocks"
+                );
+                assert_eq!(rules, ["pod-cidr-blocks-format"]);
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+        let mut bad = calico_on();
+        bad["capi-calico.io/CALICO_BLOCK_SIZE"] = json!("19");
+        match run(&NoLookupPanics, Endpoint::Mutate, &with_blocks(bad)).verdict {
+            Verdict::Deny { message, rules, .. } => {
+                assert!(
+                    message.contains("capi-calico.io/CALICO_BLOCK_SIZE"),
+                    "{message}"
+                );
+                assert!(message.ends_with("- spec.clusterNetwork.pods.cidrBlocks: \"${POD_CIDR}\" is not a CIDR (like \
+                     100.96.0.0/11): fix the Cluster's pod blocks"), "{message}");
+                assert_eq!(rules.len(), 2, "{rules:?}");
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+        assert_eq!(
+            run(&NoLookupPanics, Endpoint::Validate, &with_blocks(json!({}))).verdict,
+            Verdict::allow(Vec::new())
+        );
     }
 
     #[test]
