@@ -169,6 +169,36 @@ pub fn resolve(
         .map(String::as_str)
         .filter(|k| is_prefix_in_other_case(k))
         .collect();
+    // A misspelt switch set to "true" (`CUSTOM_CALICO_DEPLOYMNT`) says the user meant to opt in: without this the
+    // cluster would be created without Calico, and with CNI none, without a network.
+    let misspelt_switch: Vec<(&str, &str)> = ours
+        .iter()
+        .filter(|(k, v)| {
+            **v == "true"
+                && **k != keys::CUSTOM_CALICO_DEPLOYMENT
+                && keys::closest(k, &[keys::CUSTOM_CALICO_DEPLOYMENT]).is_some()
+        })
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    if !ours.contains_key(keys::CUSTOM_CALICO_DEPLOYMENT) && !misspelt_switch.is_empty() {
+        return Resolution::Invalid {
+            problems: misspelt_switch
+                .into_iter()
+                .map(|(k, v)| {
+                    Problem::new(
+                        &format!("{PREFIX}{k}"),
+                        Some(v),
+                        rules::UNKNOWN_KEY,
+                        format!(
+                            "is not a known setting: did you mean \"{PREFIX}{}\", the master switch? Without it \
+                             nothing is validated or applied",
+                            keys::CUSTOM_CALICO_DEPLOYMENT
+                        ),
+                    )
+                })
+                .collect(),
+        };
+    }
     match ours.get(keys::CUSTOM_CALICO_DEPLOYMENT).copied() {
         None | Some("false") => {
             let others: Vec<&str> = ours

@@ -250,6 +250,50 @@ fn a_prefix_in_another_case_is_reported_not_read() {
     }
 }
 
+/// A near miss of the master switch set to "true" is refused with the right name; other values of it, and other
+/// keys, only get the not-opted-in warning.
+#[test]
+fn a_misspelt_master_switch_set_to_true_is_refused() {
+    for key in [
+        "CUSTOM_CALICO_DEPLOYMNT",
+        "custom_calico_deployment",
+        "CUSTOM_CALICO_DEPLOY",
+    ] {
+        let p = match resolve(
+            &annotations(&[(key, "true"), ("CALICO_BLOCK_SIZE", "26")]),
+            None,
+        ) {
+            Resolution::Invalid { problems } => problems,
+            other => panic!("{key}: expected Invalid, got {other:?}"),
+        };
+        assert_eq!(rules_of(&p), [rules::UNKNOWN_KEY], "{p:?}");
+        assert_eq!(p[0].key, format!("{PREFIX}{key}"));
+        assert!(
+            p[0].message.contains(
+                "did you mean \"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT\", the master switch?"
+            ),
+            "{}",
+            p[0]
+        );
+    }
+    for pairs in [
+        vec![("CUSTOM_CALICO_DEPLOYMNT", "false")],
+        vec![("CALICO_VERSION", "true")],
+        vec![
+            ("CUSTOM_CALICO_DEPLOYMNT", "true"),
+            ("CUSTOM_CALICO_DEPLOYMENT", "false"),
+        ],
+    ] {
+        assert!(
+            matches!(
+                resolve(&annotations(&pairs), None),
+                Resolution::NotOptedIn { .. }
+            ),
+            "{pairs:?}"
+        );
+    }
+}
+
 #[test]
 fn has_settings_only_looks_at_the_prefix() {
     assert!(!has_settings(&BTreeMap::new()));
