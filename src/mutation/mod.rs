@@ -34,7 +34,7 @@ pub const INSTALL_SCRIPT_PATH: &str = "/etc/capi-calico/install-calicoctl.sh";
 pub const CALICOCTL_CONF_PATH: &str = "/etc/capi-calico/calicoctl.conf";
 /// The first (often only) BGPPeers file; further ones are `bgppeers-2.yaml`, `bgppeers-3.yaml`, ...
 pub const BGP_PEERS_PATH: &str = "/etc/capi-calico/bgppeers.yaml";
-/// The BGPConfiguration `default` (node-to-node mesh off, AS number).
+/// The BGPConfiguration `default` (node-to-node mesh off, AS number), one line of JSON (also valid YAML).
 pub const BGP_CONFIGURATION_PATH: &str = "/etc/capi-calico/bgpconfiguration.yaml";
 /// The script that waits for Calico and applies the peers, then the BGPConfiguration.
 pub const APPLY_SCRIPT_PATH: &str = "/etc/capi-calico/apply-bgp.sh";
@@ -46,8 +46,12 @@ pub const INSTALL_COMMAND: &str = "/bin/bash /etc/capi-calico/install-calicoctl.
 
 /// The `postKubeadmCommands` entry that starts the BGP apply in the background (a transient systemd unit, or a
 /// detached process when systemd-run is missing), so the bootstrap is never blocked. A constant.
+///
+/// `RuntimeMaxSec=1860` lets systemd stop the unit a minute after apply-bgp.sh's own 30-minute deadline (1800 s;
+/// its last calicoctl run may overrun that by a 10 s kill-after), should the script itself ever hang.
 pub const APPLY_COMMAND: &str = "if command -v systemd-run >/dev/null 2>&1; then \
-systemd-run --no-block --unit=capi-calico-apply-bgp --description='capi-calico: apply BGPPeers then BGPConfiguration' \
+systemd-run --no-block --unit=capi-calico-apply-bgp -p RuntimeMaxSec=1860 \
+--description='capi-calico: apply BGPPeers then BGPConfiguration' \
 /bin/bash /etc/capi-calico/apply-bgp.sh; \
 else nohup setsid /bin/bash /etc/capi-calico/apply-bgp.sh </dev/null >/dev/null 2>&1 & fi";
 

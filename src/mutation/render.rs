@@ -1,4 +1,4 @@
-//! File contents: the installer's data file and the canonical BGP YAML.
+//! File contents: the installer's data file, the canonical BGPPeers YAML and the one-line BGPConfiguration JSON.
 //!
 //! The YAML emitter is deliberately tiny and canonical: block style, mapping keys sorted, every string scalar
 //! double-quoted with ASCII-only escapes. Quoting every string removes the YAML 1.1 ambiguities (`on`, `no`, `0755`,
@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::{MAX_FILE_BYTES, MutationError};
 use crate::settings::{BgpPeer, Settings};
 
-/// Comment placed right after the first `---` of every rendered YAML file. It must not precede that marker:
+/// Comment placed right after the first `---` of every BGPPeers file. It must not precede that marker:
 /// calicoctl splits files at `"\n---"` and would parse a comment-only leading chunk as a resource without a kind.
 pub(crate) const YAML_HEADER: &str =
     "# Managed by capi-calico-webhook: generated from capi-calico.io/ annotations.\n";
@@ -117,24 +117,25 @@ pub(crate) fn peers_files(peers: &[BgpPeer]) -> Result<Vec<String>, MutationErro
     Ok(files)
 }
 
-/// `/etc/capi-calico/bgpconfiguration.yaml`: BGPConfiguration `default`, mesh off, the cluster's AS number.
+/// `/etc/capi-calico/bgpconfiguration.yaml`: BGPConfiguration `default`, mesh off, the cluster's AS number, as ONE
+/// line of JSON (keys in this fixed order) and a newline.
+///
+/// apply-bgp.sh uses the file twice: `calicoctl create -f` when `default` does not exist yet (JSON is YAML, and
+/// calicoctl reads both), and `calicoctl patch bgpconfiguration default --patch "$(<file)"` when it does.
+/// calicoctl's patch is a strategic merge patch that must be a JSON document (apimachinery's `StrategicMergePatch`
+/// `json.Unmarshal`s it): YAML, and so the "managed by" comment of the other files, would be rejected. Patched with
+/// the whole resource, only `spec.asNumber` and `spec.nodeToNodeMeshEnabled` can change (`apiVersion`, `kind` and
+/// `metadata.name` are the same as stored); every other field an operator set is kept.
 pub(crate) fn bgp_configuration(as_number: u32) -> String {
-    let mut meta = Map::new();
-    meta.insert("name".into(), Value::String("default".into()));
-    let mut spec = Map::new();
-    spec.insert("asNumber".into(), Value::from(as_number));
-    spec.insert("nodeToNodeMeshEnabled".into(), Value::Bool(false));
-    let mut doc = Map::new();
-    doc.insert(
-        "apiVersion".into(),
-        Value::String("projectcalico.org/v3".into()),
-    );
-    doc.insert("kind".into(), Value::String("BGPConfiguration".into()));
-    doc.insert("metadata".into(), Value::Object(meta));
-    doc.insert("spec".into(), Value::Object(spec));
-    let mut out = String::from("---\n");
-    emit_map(&mut out, 0, &doc);
-    with_header(&out)
+    let doc = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "BGPConfiguration",
+        "metadata": {"name": "default"},
+        "spec": {"asNumber": as_number, "nodeToNodeMeshEnabled": false},
+    });
+    let mut out = doc.to_string();
+    out.push('\n');
+    out
 }
 
 /// Emit a mapping in block style at `indent`, keys sorted.

@@ -25,6 +25,17 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// How the mirror delimits a response body.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    /// `Content-Length` (what the installer's `--max-filesize` can see).
+    Length,
+    /// No length: the body ends when the connection closes (a dropped connection looks like a complete reply).
+    Close,
+    /// `Transfer-Encoding: chunked`, no length.
+    Chunked,
+}
+
 /// A one-thread HTTP/1.1 server: answers request n with `responses[min(n, len-1)]`, records paths.
 struct Mirror {
     port: u16,
@@ -34,6 +45,15 @@ struct Mirror {
 
 impl Mirror {
     fn start(responses: Vec<(u16, Vec<u8>)>) -> Mirror {
+        Mirror::start_framed(
+            responses
+                .into_iter()
+                .map(|(code, body)| (code, body, Framing::Length))
+                .collect(),
+        )
+    }
+
+    fn start_framed(responses: Vec<(u16, Vec<u8>, Framing)>) -> Mirror {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -60,14 +80,30 @@ impl Mirror {
                     .unwrap()
                     .push(line.split(' ').nth(1).unwrap_or_default().to_string());
                 let n = h.fetch_add(1, Ordering::SeqCst);
-                let (code, body) = &responses[n.min(responses.len() - 1)];
+                let (code, body, framing) = &responses[n.min(responses.len() - 1)];
+                let length = match framing {
+                    Framing::Length => format!("Content-Length: {}\r\n", body.len()),
+                    Framing::Close => String::new(),
+                    Framing::Chunked => "Transfer-Encoding: chunked\r\n".to_string(),
+                };
                 let head = format!(
-                    "HTTP/1.1 {code} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {code} {}\r\n{length}Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
                     if *code == 200 { "OK" } else { "Error" },
-                    body.len()
                 );
                 let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(body);
+                if *framing == Framing::Chunked {
+                    // Stop at the first write error: the client gave up (as the installer does at its size limit).
+                    for chunk in body.chunks(64 * 1024) {
+                        let framed =
+                            [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+                        if stream.write_all(&framed).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = stream.write_all(b"0\r\n\r\n");
+                } else {
+                    let _ = stream.write_all(body);
+                }
             }
         });
         Mirror { port, hits, paths }
@@ -250,8 +286,10 @@ fn install_success_arm64_uses_the_arm64_checksum() {
     );
 }
 
+/// A wrong file is a failed attempt like a failed download: retried within the attempts, then exit 4 naming both
+/// digests. Nothing is installed.
 #[test]
-fn install_checksum_mismatch_fails_and_installs_nothing() {
+fn install_checksum_mismatch_is_retried_then_fails_and_installs_nothing() {
     let expected = sha256_hex(FAKE_CALICOCTL.as_bytes());
     let evil = b"#!/bin/sh\necho evil\n".to_vec();
     let actual = sha256_hex(&evil);
@@ -260,15 +298,92 @@ fn install_checksum_mismatch_fails_and_installs_nothing() {
     let out = inst.run();
     assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(err.contains("checksum mismatch"), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("ERROR: checksum mismatch"), "{err}");
     assert!(
-        err.contains(&format!("expected sha256 {expected}")),
+        last.contains(&format!("expected sha256 {expected}, got {actual}")),
         "{err}"
     );
-    assert!(err.contains(&format!("got {actual}")), "{err}");
+    assert!(last.contains("on the last of 5 attempts"), "{err}");
+    assert!(last.contains("calicoctl NOT installed"), "{err}");
+    // Logged for each of the 5 attempts, then in the final error.
+    assert_eq!(err.matches("checksum mismatch").count(), 6, "{err}");
     assert!(!inst.target().exists());
     assert_eq!(inst.leftovers(), Vec::<String>::new());
-    assert_eq!(mirror.hits(), 1, "a checksum mismatch is not retried");
+    assert_eq!(mirror.hits(), 5, "a checksum mismatch is a failed attempt");
+}
+
+/// A dropped connection on a reply without a length leaves a truncated file that curl reports as complete: the
+/// checksum catches it and the next attempt gets the whole binary.
+#[test]
+fn install_retries_a_truncated_download() {
+    let sha = sha256_hex(FAKE_CALICOCTL.as_bytes());
+    let truncated = FAKE_CALICOCTL.as_bytes()[..12].to_vec();
+    let mirror = Mirror::start_framed(vec![
+        (200, truncated.clone(), Framing::Close),
+        (200, FAKE_CALICOCTL.as_bytes().to_vec(), Framing::Close),
+    ]);
+    let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
+    let out = inst.run();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "stderr: {err}");
+    assert_eq!(mirror.hits(), 2);
+    assert_eq!(err.matches("checksum mismatch").count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "got {} (a truncated or wrong file)",
+            sha256_hex(&truncated)
+        )),
+        "{err}"
+    );
+    assert!(err.contains("attempt 1/5 failed; retrying"), "{err}");
+    assert_installed(&inst);
+}
+
+/// The size limit holds for replies that declare no length (chunked), where curl's --max-filesize sees nothing,
+/// and for ones that declare too large a length. The control run without the limit shows that the same reply is
+/// downloaded whole otherwise (it then fails the checksum).
+#[test]
+fn install_bounds_the_download_size_with_curl() {
+    let sha = sha256_hex(FAKE_CALICOCTL.as_bytes());
+    let big = vec![b'x'; 4 << 20];
+    for (framing, limit_kib, want_code) in [
+        (Framing::Chunked, Some("256"), 5),
+        (Framing::Length, Some("256"), 5),
+        (Framing::Chunked, None, 4),
+    ] {
+        let mirror = Mirror::start_framed(vec![(200, big.clone(), framing)]);
+        let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
+        let mut cmd = inst.command(&format!("{}:{BASE_PATH}", inst.bin.display()));
+        cmd.env("CAPI_CALICO_DOWNLOAD_ATTEMPTS", "2");
+        if let Some(kib) = limit_kib {
+            cmd.env("CAPI_CALICO_MAX_DOWNLOAD_KIB", kib);
+        }
+        let (out, _) = run(cmd, Duration::from_secs(60));
+        let err = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(want_code),
+            "{framing:?} {limit_kib:?}: {err}"
+        );
+        assert_eq!(mirror.hits(), 2, "{framing:?}: both attempts ran: {err}");
+        if limit_kib.is_some() {
+            assert_eq!(
+                err.matches("larger than the size limit of 256 KiB").count(),
+                2,
+                "{framing:?}: {err}"
+            );
+            assert!(!err.contains("checksum mismatch"), "{framing:?}: {err}");
+            assert!(
+                err.contains("failed after 2 attempts"),
+                "{framing:?}: {err}"
+            );
+        } else {
+            assert!(err.contains(&format!("got {}", sha256_hex(&big))), "{err}");
+        }
+        assert!(!inst.target().exists());
+        assert_eq!(inst.leftovers(), Vec::<String>::new());
+    }
 }
 
 #[test]
@@ -326,7 +441,8 @@ fn install_retries_transient_failures() {
     assert_eq!(mirror.hits(), 3);
     let err = text(&out.stderr);
     assert!(err.contains("(attempt 3/5)"), "{err}");
-    assert_eq!(err.matches("download failed; retrying").count(), 2, "{err}");
+    assert_eq!(err.matches("failed (exit 22)").count(), 2, "{err}");
+    assert_eq!(err.matches("failed; retrying").count(), 2, "{err}");
     assert_installed(&inst);
 }
 
@@ -413,6 +529,24 @@ fn install_rejects_a_malformed_data_file() {
     assert!(text(&out.stderr).contains("missing or unreadable"));
 }
 
+/// What install-calicoctl.sh needs with wget as its downloader (no curl, no timeout).
+const WGET_TOOLS: [&str; 14] = [
+    "bash",
+    "wget",
+    "sha256sum",
+    "cut",
+    "mktemp",
+    "chmod",
+    "mv",
+    "rm",
+    "date",
+    "mkdir",
+    "touch",
+    "tr",
+    "sleep",
+    "wc",
+];
+
 /// A PATH directory holding only the named tools (symlinks), so curl can be hidden.
 fn restricted_bin(dir: &Path, tools: &[&str]) -> Option<()> {
     for t in tools {
@@ -433,21 +567,7 @@ fn install_falls_back_to_wget() {
         (200, FAKE_CALICOCTL.as_bytes().to_vec()),
     ]);
     let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
-    let tools = [
-        "bash",
-        "wget",
-        "sha256sum",
-        "cut",
-        "mktemp",
-        "chmod",
-        "mv",
-        "rm",
-        "date",
-        "mkdir",
-        "touch",
-        "tr",
-        "sleep",
-    ];
+    let tools = WGET_TOOLS;
     if restricted_bin(&inst.bin, &tools).is_none() {
         eprintln!("NOTICE: install_falls_back_to_wget skipped: one of {tools:?} is not installed");
         return;
@@ -462,23 +582,61 @@ fn install_falls_back_to_wget() {
     assert_installed(&inst);
 }
 
+/// wget has no size option at all: the same file size limit bounds it.
+#[test]
+fn install_bounds_the_download_size_with_wget() {
+    let sha = sha256_hex(FAKE_CALICOCTL.as_bytes());
+    let mirror = Mirror::start_framed(vec![(200, vec![b'x'; 4 << 20], Framing::Close)]);
+    let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
+    let tools = WGET_TOOLS;
+    if restricted_bin(&inst.bin, &tools).is_none() {
+        eprintln!(
+            "NOTICE: install_bounds_the_download_size_with_wget skipped: one of {tools:?} is not installed"
+        );
+        return;
+    }
+    let mut cmd = inst.command(&inst.bin.display().to_string());
+    cmd.env("CAPI_CALICO_DOWNLOAD_ATTEMPTS", "2")
+        .env("CAPI_CALICO_MAX_DOWNLOAD_KIB", "256");
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert_eq!(mirror.hits(), 2, "{err}");
+    assert_eq!(
+        err.matches("larger than the size limit of 256 KiB").count(),
+        2,
+        "{err}"
+    );
+    assert!(!err.contains("checksum mismatch"), "{err}");
+    assert!(!inst.target().exists());
+    assert_eq!(inst.leftovers(), Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // apply-bgp.sh
 
-const STUB_CALICOCTL: &str = r#"#!/bin/bash
-# Test stub: records every call; fails `get clusterinformation` and `apply` a configurable number of times.
+const STUB_CALICOCTL: &str = r##"#!/bin/bash
+# Test stub: a tiny fake Calico datastore. Records every call (a line in calls; the arguments of call n,
+# NUL-separated, in args.n) and keeps BGPConfiguration "default" in $STUB_STATE/bgpconfiguration. Fails
+# `get clusterinformation`, `get bgpconfiguration` (with an API error, not "does not exist") and `apply` a
+# configurable number of times; the first STUB_HANG_CALLS calls hang. Messages as calicoctl's own.
 set -eu
 state="$STUB_STATE"
 printf '%s|%s|%s\n' "${KUBECONFIG:-}" "${DATASTORE_TYPE:-}" "$*" >>"$state/calls"
 bump() {
   n=0
-  if [ -f "$state/$1" ]; then n="$(cat "$state/$1")"; fi
+  if [ -f "$state/$1" ]; then n="$(<"$state/$1")"; fi
   n=$((n + 1))
   echo "$n" >"$state/$1"
   echo "$n"
 }
-case "$1" in
-  get)
+call="$(bump call)"
+printf '%s\0' "$@" >"$state/args.$call"
+if [ "$call" -le "${STUB_HANG_CALLS:-0}" ]; then
+  sleep 1000
+fi
+case "$1 ${2:-}" in
+  "get clusterinformation")
     n="$(bump get)"
     if [ "$n" -le "${STUB_GET_FAILURES:-0}" ]; then
       echo "connection is unauthorized: clusterinformations.crd.projectcalico.org \"default\" not found" >&2
@@ -486,7 +644,41 @@ case "$1" in
     fi
     echo "NAME      CALICOVERSION"
     ;;
-  apply)
+  "get bgpconfiguration")
+    n="$(bump getconf)"
+    if [ "$n" -le "${STUB_GETCONF_FAILURES:-0}" ]; then
+      echo "Failed to get resources: Get \"https://192.0.2.1:6443/apis/crd.projectcalico.org/v1/bgpconfigurations/default\": dial tcp 192.0.2.1:6443: connect: connection refused" >&2
+      exit 1
+    fi
+    if [ ! -f "$state/bgpconfiguration" ]; then
+      echo "resource does not exist: BGPConfiguration(default) with error: bgpconfigurations.crd.projectcalico.org \"default\" not found" >&2
+      exit 1
+    fi
+    echo "NAME      LOGSEVERITY   MESHENABLED   ASNUMBER"
+    echo "default                 true          -"
+    ;;
+  "create -f")
+    if [ -n "${STUB_CREATE_RACE:-}" ] && [ ! -f "$state/raced" ]; then
+      # Another control-plane machine creates it between our get and our create.
+      : >"$state/raced"
+      echo 'created by another machine' >"$state/bgpconfiguration"
+    fi
+    if [ -f "$state/bgpconfiguration" ]; then
+      echo "Failed to create 'BGPConfiguration' resource: [resource already exists: BGPConfiguration(default)]" >&2
+      exit 1
+    fi
+    printf '%s\n' "$(<"$3")" >"$state/bgpconfiguration"
+    echo "Successfully created 1 'BGPConfiguration' resource(s)"
+    ;;
+  "patch bgpconfiguration")
+    if [ ! -f "$state/bgpconfiguration" ]; then
+      echo "Hit error: resource does not exist: BGPConfiguration(default) with error: not found" >&2
+      exit 1
+    fi
+    printf '%s' "$5" >"$state/patch"
+    echo "Successfully patched 1 'BGPConfiguration' resource"
+    ;;
+  "apply -f")
     n="$(bump apply)"
     if [ "$n" -le "${STUB_APPLY_FAILURES:-0}" ]; then
       echo "failed to apply: the server is currently unable to handle the request" >&2
@@ -494,9 +686,12 @@ case "$1" in
     fi
     echo "Successfully applied resources"
     ;;
-  *) exit 2 ;;
+  *)
+    echo "stub: unexpected call: $*" >&2
+    exit 2
+    ;;
 esac
-"#;
+"##;
 
 struct Apply {
     tmp: TempDir,
@@ -587,6 +782,46 @@ impl Apply {
             .map(str::to_string)
             .collect()
     }
+
+    /// The calls without the environment part: `get clusterinformation default`, `apply -f ...`, ...
+    fn verbs(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .map(|c| c.rsplit('|').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// The argument vector of the `n`-th call (1-based), exactly as calicoctl received it.
+    fn args(&self, n: usize) -> Vec<String> {
+        let raw = std::fs::read(self.state.join(format!("args.{n}"))).unwrap();
+        let mut v: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8(a.to_vec()).unwrap())
+            .collect();
+        assert_eq!(v.pop().as_deref(), Some(""), "NUL-terminated");
+        v
+    }
+
+    fn conf_path(&self) -> PathBuf {
+        self.dir.join("bgpconfiguration.yaml")
+    }
+
+    /// The BGPConfiguration data file as desired() renders it for the node.
+    fn conf_text(&self) -> String {
+        std::fs::read_to_string(self.conf_path()).unwrap()
+    }
+
+    /// What the stub's datastore holds as BGPConfiguration "default", if anything.
+    fn stored_configuration(&self) -> Option<String> {
+        std::fs::read_to_string(self.state.join("bgpconfiguration")).ok()
+    }
+}
+
+fn bgp_configuration_tail(a: &Apply) -> [String; 2] {
+    [
+        "get bgpconfiguration default".to_string(),
+        format!("create -f {}", a.conf_path().display()),
+    ]
 }
 
 #[test]
@@ -611,11 +846,20 @@ fn apply_waits_then_applies_peers_before_configuration() {
     for f in &a.peer_files {
         want.push(format!("{kc}|kubernetes|apply -f {f}"));
     }
-    want.push(format!(
-        "{kc}|kubernetes|apply -f {}",
-        a.dir.join("bgpconfiguration.yaml").display()
-    ));
+    for c in bgp_configuration_tail(&a) {
+        want.push(format!("{kc}|kubernetes|{c}"));
+    }
     assert_eq!(a.calls(), want);
+    // Not there yet: created from the data file, as rendered.
+    assert_eq!(a.stored_configuration().unwrap(), a.conf_text());
+    assert!(
+        stdout.contains("BGPConfiguration default does not exist: creating it"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Successfully created 1 'BGPConfiguration' resource(s)"),
+        "{stdout}"
+    );
     // The stub's complaint is logged, with timestamps, to stdout (the journal) and the log file.
     assert!(stdout.contains("not found"), "{stdout}");
     let log = std::fs::read_to_string(a.log_dir.join("apply-bgp.log")).unwrap();
@@ -625,7 +869,9 @@ fn apply_waits_then_applies_peers_before_configuration() {
             .all(|l| l.starts_with("20") && l.contains("T") && l.contains(" apply-bgp: ")),
         "{log}"
     );
-    assert!(log.contains("done: BGPPeers applied, then BGPConfiguration default"));
+    assert!(
+        log.contains("done: BGPPeers applied, then BGPConfiguration default created or patched")
+    );
 }
 
 #[test]
@@ -634,22 +880,125 @@ fn apply_retries_failed_applies_and_keeps_the_order() {
     assert_eq!(a.peer_files.len(), 1);
     let (out, _) = run(a.command(120, 0, 0, 2), Duration::from_secs(60));
     assert!(out.status.success(), "stdout: {}", text(&out.stdout));
-    let calls: Vec<String> = a
-        .calls()
-        .into_iter()
-        .map(|c| c.rsplit('|').next().unwrap().to_string())
-        .collect();
     let peers = format!("apply -f {}", a.peer_files[0]);
-    let conf = format!("apply -f {}", a.dir.join("bgpconfiguration.yaml").display());
+    let [get, create] = bgp_configuration_tail(&a);
     assert_eq!(
-        calls,
+        a.verbs(),
         vec![
             "get clusterinformation default".to_string(),
             peers.clone(),
             peers.clone(),
             peers,
-            conf
+            get,
+            create
         ]
+    );
+}
+
+/// An existing BGPConfiguration "default" is patched, never applied (which would replace it and drop every field an
+/// operator set): one `--patch` argument, the data file's JSON verbatim, holding nothing but our fields.
+#[test]
+fn apply_patches_an_existing_bgp_configuration() {
+    let a = Apply::new(1);
+    let operators = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\n\
+                     spec:\n  listenPort: 1790\n  serviceClusterIPs:\n  - cidr: 10.96.0.0/12\n";
+    std::fs::write(a.state.join("bgpconfiguration"), operators).unwrap();
+    let (out, _) = run(a.command(60, 0, 0, 0), Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let verbs = a.verbs();
+    assert_eq!(verbs.len(), 4, "{verbs:?}");
+    assert_eq!(verbs[2], "get bgpconfiguration default");
+    assert!(
+        verbs
+            .iter()
+            .all(|v| !v.starts_with("create") && !v.contains("bgpconfiguration.yaml")),
+        "created or applied over an existing BGPConfiguration: {verbs:?}"
+    );
+    let patch_args = a.args(4);
+    let conf = a.conf_text();
+    assert_eq!(
+        patch_args,
+        vec![
+            "patch",
+            "bgpconfiguration",
+            "default",
+            "--patch",
+            conf.trim_end_matches('\n')
+        ]
+    );
+    // calicoctl's patch is a strategic merge patch that must be JSON: only spec.asNumber and
+    // spec.nodeToNodeMeshEnabled differ from what is stored (apiVersion, kind and the name are the stored ones).
+    let patch: serde_json::Value = serde_json::from_str(&patch_args[4]).unwrap();
+    assert_eq!(
+        patch,
+        serde_json::json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "BGPConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": false}
+        })
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.state.join("patch")).unwrap(),
+        patch_args[4]
+    );
+    assert_eq!(a.stored_configuration().unwrap(), operators);
+    assert!(
+        stdout.contains("BGPConfiguration default exists: patching only the fields set in"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Successfully patched 1 'BGPConfiguration' resource"),
+        "{stdout}"
+    );
+}
+
+/// Only calicoctl's "resource does not exist" means "create": any other failure of the get (API server not
+/// answering) is retried, and nothing is created meanwhile.
+#[test]
+fn apply_creates_the_bgp_configuration_only_when_it_does_not_exist() {
+    let a = Apply::new(1);
+    let mut cmd = a.command(60, 0, 0, 0);
+    cmd.env("STUB_GETCONF_FAILURES", "2");
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let [get, create] = bgp_configuration_tail(&a);
+    assert_eq!(&a.verbs()[2..], [get.clone(), get.clone(), get, create]);
+    assert_eq!(stdout.matches("connection refused").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("(attempt 3): BGPConfiguration default does not exist: creating it"),
+        "{stdout}"
+    );
+}
+
+/// Two control-plane machines creating it at once: the one that loses gets "already exists" and patches on its
+/// next attempt.
+#[test]
+fn apply_patches_after_losing_the_create_race() {
+    let a = Apply::new(1);
+    let mut cmd = a.command(60, 0, 0, 0);
+    cmd.env("STUB_CREATE_RACE", "1");
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let [get, create] = bgp_configuration_tail(&a);
+    let verbs = a.verbs();
+    assert_eq!(verbs[2..5], [get.clone(), create, get]);
+    assert!(
+        verbs[5].starts_with("patch bgpconfiguration default --patch {"),
+        "{verbs:?}"
+    );
+    assert_eq!(verbs.len(), 6, "{verbs:?}");
+    assert!(
+        stdout.contains("resource already exists: BGPConfiguration(default)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the next attempt patches it"), "{stdout}");
+    assert_eq!(
+        a.stored_configuration().unwrap(),
+        "created by another machine\n"
     );
 }
 
@@ -705,6 +1054,93 @@ fn apply_respects_the_deadline() {
     );
 }
 
+/// A calicoctl that never returns (a hung API connection) is stopped at the deadline: the script does not hang.
+#[test]
+fn apply_stops_a_hung_calicoctl_at_the_deadline() {
+    let a = Apply::new(1);
+    let mut cmd = a.command(3, 1, 0, 0);
+    cmd.env("STUB_HANG_CALLS", "1000");
+    let (out, elapsed) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "a hung calicoctl outlasted the deadline: {elapsed:?}"
+    );
+    assert!(
+        stdout.contains(
+            "calicoctl get clusterinformation did not finish within 3s and was stopped (exit 124)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("deadline of 3s passed while waiting for: Calico ready"),
+        "{stdout}"
+    );
+}
+
+/// Each run is bounded by CAPI_CALICO_ATTEMPT_TIMEOUT too: a hung run is stopped and the next attempt goes on.
+#[test]
+fn apply_stops_a_hung_attempt_and_retries() {
+    let a = Apply::new(1);
+    let mut cmd = a.command(120, 0, 0, 0);
+    cmd.env("STUB_HANG_CALLS", "2")
+        .env("CAPI_CALICO_ATTEMPT_TIMEOUT", "1");
+    let (out, elapsed) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    assert_eq!(
+        stdout
+            .matches("calicoctl get clusterinformation did not finish within 1s and was stopped")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    let [get, create] = bgp_configuration_tail(&a);
+    assert_eq!(
+        a.verbs()[2..],
+        [
+            "get clusterinformation default".to_string(),
+            format!("apply -f {}", a.peer_files[0]),
+            get,
+            create
+        ]
+    );
+}
+
+/// Without coreutils' timeout the script still works, and says that runs are not bounded.
+#[test]
+fn apply_works_without_timeout() {
+    let a = Apply::new(1);
+    let tools = ["bash", "date", "mkdir", "touch", "tr", "cut", "sleep"];
+    if restricted_bin(&a.bin, &tools).is_none() {
+        eprintln!("NOTICE: apply_works_without_timeout skipped: one of {tools:?} is not installed");
+        return;
+    }
+    let mut cmd = a.command(60, 0, 1, 0);
+    cmd.env("PATH", a.bin.display().to_string());
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains(
+            "WARNING: timeout (coreutils) not found: a hung calicoctl run is not stopped"
+        ),
+        "{stdout}"
+    );
+    let [get, create] = bgp_configuration_tail(&a);
+    assert_eq!(
+        a.verbs()[1..],
+        [
+            "get clusterinformation default".to_string(),
+            format!("apply -f {}", a.peer_files[0]),
+            get,
+            create
+        ]
+    );
+}
+
 #[test]
 fn apply_waits_for_the_admin_kubeconfig() {
     let a = Apply::new(1);
@@ -722,8 +1158,8 @@ fn apply_waits_for_the_admin_kubeconfig() {
     assert!(elapsed >= Duration::from_millis(1500));
     assert_eq!(
         a.calls().len(),
-        3,
-        "get, peers, configuration: {:?}",
+        4,
+        "get, peers, get and create configuration: {:?}",
         a.calls()
     );
 }
@@ -777,11 +1213,47 @@ fn apply_command_starts_a_transient_unit_without_blocking() {
         vec![
             "--no-block",
             "--unit=capi-calico-apply-bgp",
+            "-p",
+            "RuntimeMaxSec=1860",
             "--description=capi-calico: apply BGPPeers then BGPConfiguration",
             "/bin/bash",
             "/etc/capi-calico/apply-bgp.sh"
         ]
     );
+}
+
+/// systemd stops the unit only a little after the script's own deadline and the kill-after of its last calicoctl
+/// run, never before.
+#[test]
+fn apply_command_runtime_limit_is_just_above_the_script_deadline() {
+    let number_after = |text: &str, prefix: &str| -> u64 {
+        let rest = &text[text.find(prefix).unwrap_or_else(|| panic!("{prefix}")) + prefix.len()..];
+        rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()]
+            .parse()
+            .unwrap()
+    };
+    let runtime_max = number_after(APPLY_COMMAND, "RuntimeMaxSec=");
+    let deadline = number_after(APPLY_SCRIPT, "CAPI_CALICO_DEADLINE_SECONDS:-");
+    let kill_after = number_after(APPLY_SCRIPT, "\nkill_after=");
+    assert_eq!(deadline, 1800);
+    assert!(
+        runtime_max > deadline + kill_after && runtime_max <= deadline + 120,
+        "RuntimeMaxSec={runtime_max}, deadline {deadline}s, kill-after {kill_after}s"
+    );
+}
+
+/// The BGPConfiguration file is one line of JSON: `calicoctl create -f` reads it (JSON is YAML) and
+/// `calicoctl patch --patch` takes it (a strategic merge patch must be JSON, so no comment and no `---`).
+#[test]
+fn bgp_configuration_file_is_one_line_of_json() {
+    let inj = desired(&settings(true, true), Target::ControlPlane).unwrap();
+    let text = node_text(inj.file(BGP_CONFIGURATION_PATH).unwrap());
+    assert_eq!(
+        text,
+        "{\"apiVersion\":\"projectcalico.org/v3\",\"kind\":\"BGPConfiguration\",\"metadata\":{\"name\":\"default\"},\
+         \"spec\":{\"asNumber\":64512,\"nodeToNodeMeshEnabled\":false}}\n"
+    );
+    let _: serde_json::Value = serde_json::from_str(&text).unwrap();
 }
 
 #[test]

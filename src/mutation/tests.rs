@@ -484,13 +484,11 @@ fn canonical_yaml_is_exact() {
          asNumber: 64513\n  filters:\n    - \"a\"\n    - \"b\"\n  nodeSelector: \"\"\n  password:\n    \
          secretKeyRef:\n      key: \"pw\"\n      name: \"bgp\"\n  peerIP: \"192.0.2.10\"\n"
     );
+    // One line of JSON (calicoctl's patch takes JSON only; `create -f` reads it as YAML).
     assert_eq!(
         render::bgp_configuration(65000),
-        format!(
-            "---\n{}apiVersion: \"projectcalico.org/v3\"\nkind: \"BGPConfiguration\"\nmetadata:\n  name: \"default\"\n\
-             spec:\n  asNumber: 65000\n  nodeToNodeMeshEnabled: false\n",
-            render::YAML_HEADER
-        )
+        "{\"apiVersion\":\"projectcalico.org/v3\",\"kind\":\"BGPConfiguration\",\"metadata\":{\"name\":\"default\"},\
+         \"spec\":{\"asNumber\":65000,\"nodeToNodeMeshEnabled\":false}}\n"
     );
 }
 

@@ -4,16 +4,19 @@
 # bootstrap.
 #
 # It waits until the API server answers with the admin kubeconfig and Calico is installed (ClusterInformation
-# "default" exists), then applies the BGPPeers FIRST and the BGPConfiguration (node-to-node mesh off) SECOND:
+# "default" exists), then applies the BGPPeers FIRST and sets up the BGPConfiguration (node-to-node mesh off) SECOND:
 # turning the mesh off before the route-reflector peerings exist would cut every BGP session.
 # Peers are in bgppeers.yaml, then bgppeers-2.yaml, bgppeers-3.yaml, ... (applied in that order, stopping at the first
-# number that does not exist). Every failure is retried until an overall deadline.
+# number that does not exist). The BGPConfiguration is never applied (that would replace it whole, dropping what an
+# operator set since): created from bgpconfiguration.yaml (one line of JSON) if missing, else patched with it.
+# Every failure is retried until an overall deadline; every calicoctl run is bounded by `timeout`.
 #
 # Environment (for tests; unset on a node):
-#   CAPI_CALICO_DIR               directory of the YAML files (default /etc/capi-calico)
+#   CAPI_CALICO_DIR               directory of the data files (default /etc/capi-calico)
 #   CAPI_CALICO_KUBECONFIG        admin kubeconfig          (default /etc/kubernetes/admin.conf)
 #   CAPI_CALICO_LOG_DIR           log directory             (default /var/log/capi-calico)
 #   CAPI_CALICO_DEADLINE_SECONDS  overall deadline          (default 1800)
+#   CAPI_CALICO_ATTEMPT_TIMEOUT   longest calicoctl run, s  (default 120)
 #   CAPI_CALICO_RETRY_SLEEP       first back-off, seconds   (default 5; doubled per failure, at most 60)
 #   CAPI_CALICO_CALICOCTL         calicoctl binary          (default /usr/local/bin/calicoctl, the pinned one
 #                                 install-calicoctl.sh verified; never another calicoctl found on PATH)
@@ -26,8 +29,11 @@ dir="${CAPI_CALICO_DIR:-/etc/capi-calico}"
 kubeconfig="${CAPI_CALICO_KUBECONFIG:-/etc/kubernetes/admin.conf}"
 log_dir="${CAPI_CALICO_LOG_DIR:-/var/log/capi-calico}"
 deadline_seconds="${CAPI_CALICO_DEADLINE_SECONDS:-1800}"
+attempt_timeout="${CAPI_CALICO_ATTEMPT_TIMEOUT:-120}"
 retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-5}"
 calicoctl="${CAPI_CALICO_CALICOCTL:-/usr/local/bin/calicoctl}"
+# Seconds from the TERM of a timed-out calicoctl run to its KILL.
+kill_after=10
 log_file=""
 
 PATH="${PATH:-/usr/bin:/bin}"
@@ -52,14 +58,22 @@ die() {
   exit "$code"
 }
 
-for pair in "CAPI_CALICO_DEADLINE_SECONDS=$deadline_seconds" "CAPI_CALICO_RETRY_SLEEP=$retry_sleep"; do
+# One line of at most 500 characters, for the log.
+squash() {
+  printf '%s' "$1" | tr '\n' ' ' | cut -c 1-500
+}
+
+for pair in "CAPI_CALICO_DEADLINE_SECONDS=$deadline_seconds" "CAPI_CALICO_RETRY_SLEEP=$retry_sleep" \
+  "CAPI_CALICO_ATTEMPT_TIMEOUT=$attempt_timeout"; do
   case "${pair#*=}" in
     '' | *[!0-9]*) die 2 "${pair%%=*} must be a non-negative integer, got '${pair#*=}'" ;;
   esac
 done
+[ "$attempt_timeout" -ge 1 ] || die 2 "CAPI_CALICO_ATTEMPT_TIMEOUT must be at least 1"
 
+conf_file="$dir/bgpconfiguration.yaml"
 [ -r "$dir/bgppeers.yaml" ] || die 2 "$dir/bgppeers.yaml is missing"
-[ -r "$dir/bgpconfiguration.yaml" ] || die 2 "$dir/bgpconfiguration.yaml is missing"
+[ -r "$conf_file" ] || die 2 "$conf_file is missing"
 
 peer_files=("$dir/bgppeers.yaml")
 n=2
@@ -83,11 +97,15 @@ retry() {
   tries=1
   while :; do
     if output="$("$@" 2>&1)"; then
-      log "$what: ok (attempt $tries)"
+      if [ -n "$output" ]; then
+        log "$what: ok (attempt $tries): $(squash "$output")"
+      else
+        log "$what: ok (attempt $tries)"
+      fi
       return 0
     fi
     left="$(remaining)"
-    log "$what: not yet (attempt $tries): $(printf '%s' "$output" | tr '\n' ' ' | cut -c 1-500)"
+    log "$what: not yet (attempt $tries): $(squash "$output")"
     if [ "$left" -le 0 ]; then
       die 1 "deadline of ${deadline_seconds}s passed while waiting for: $what"
     fi
@@ -117,20 +135,74 @@ have_kubeconfig() {
   return 1
 }
 
+have_timeout=""
+if command -v timeout >/dev/null 2>&1; then
+  have_timeout=1
+fi
+
+# The pinned calicoctl, with `timeout` stopped after min(time left, CAPI_CALICO_ATTEMPT_TIMEOUT) seconds.
 calicoctl_() {
+  local bound rc
   if [ ! -x "$calicoctl" ]; then
     echo "calicoctl is not installed at $calicoctl"
     return 127
   fi
-  KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes "$calicoctl" "$@"
+  if [ -z "$have_timeout" ]; then
+    KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes "$calicoctl" "$@"
+    return
+  fi
+  bound="$(remaining)"
+  if [ "$bound" -gt "$attempt_timeout" ]; then
+    bound="$attempt_timeout"
+  fi
+  if [ "$bound" -lt 1 ]; then
+    bound=1
+  fi
+  rc=0
+  KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes timeout --kill-after="$kill_after" "$bound" "$calicoctl" "$@" ||
+    rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "calicoctl $1 ${2:-} did not finish within ${bound}s and was stopped (exit $rc)"
+  fi
+  return "$rc"
+}
+
+# Create "default" only when `get` fails with "... does not exist: BGPConfiguration(default) ..." (any other failure:
+# retry). Losing a create race to another machine ("already exists") fails this attempt; the next one patches.
+bgp_configuration() {
+  local out
+  if out="$(calicoctl_ get bgpconfiguration default 2>&1)"; then
+    echo "BGPConfiguration default exists: patching only the fields set in $conf_file."
+    calicoctl_ patch bgpconfiguration default --patch "$(<"$conf_file")"
+    return
+  fi
+  case "$out" in
+    *"does not exist"*) ;;
+    *)
+      printf '%s\n' "$out"
+      return 1
+      ;;
+  esac
+  echo "BGPConfiguration default does not exist: creating it from $conf_file."
+  if out="$(calicoctl_ create -f "$conf_file" 2>&1)"; then
+    printf '%s\n' "$out"
+    return 0
+  fi
+  printf '%s\n' "$out"
+  case "$out" in
+    *"already exists"*) echo "Created meanwhile by another control-plane machine: the next attempt patches it." ;;
+  esac
+  return 1
 }
 
 log "start: ${#peer_files[@]} peer file(s), deadline ${deadline_seconds}s"
+if [ -z "$have_timeout" ]; then
+  log "WARNING: timeout (coreutils) not found: a hung calicoctl run is not stopped, the deadline is only checked between runs"
+fi
 retry "admin kubeconfig $kubeconfig" have_kubeconfig
 retry "Calico ready (calicoctl get clusterinformation default)" calicoctl_ get clusterinformation default
 for f in "${peer_files[@]}"; do
   retry "apply BGPPeers from $f" calicoctl_ apply -f "$f"
 done
-retry "apply BGPConfiguration default (node-to-node mesh off) from $dir/bgpconfiguration.yaml" \
-  calicoctl_ apply -f "$dir/bgpconfiguration.yaml"
-log "done: BGPPeers applied, then BGPConfiguration default"
+retry "BGPConfiguration default (node-to-node mesh off): create or patch from $conf_file" bgp_configuration
+log "done: BGPPeers applied, then BGPConfiguration default created or patched"

@@ -2,17 +2,18 @@
 # Installed by capi-calico-webhook as /etc/capi-calico/install-calicoctl.sh and run from preKubeadmCommands.
 #
 # Installs a pinned calicoctl whose SHA-256 is verified before it is put in place. Every value comes from the data
-# file (key=value lines, parsed with `read`; the file is never sourced or evaluated). The environment variables
-# below exist for tests; on a node they are unset and the defaults apply.
+# file (key=value lines, parsed with `read`; the file is never sourced or evaluated). The environment is for tests:
 #
 #   CAPI_CALICO_CONF              data file                 (default /etc/capi-calico/calicoctl.conf)
 #   CAPI_CALICO_INSTALL_DIR       where calicoctl goes      (default /usr/local/bin)
 #   CAPI_CALICO_LOG_DIR           log directory             (default /var/log/capi-calico)
 #   CAPI_CALICO_DOWNLOAD_ATTEMPTS download attempts         (default 5)
 #   CAPI_CALICO_RETRY_SLEEP       first back-off, seconds   (default 2; doubled per attempt, at most 60)
+#   CAPI_CALICO_MAX_DOWNLOAD_KIB  largest download, KiB     (default 262144 = 256 MiB)
 #
+# A failed download and a wrong SHA-256 (say a truncated file) are both failed attempts, and retried.
 # Exit codes: 0 installed or already present, 2 bad data file, 3 unsupported architecture or no checksum for it,
-# 4 checksum mismatch, 5 download failed, 6 no downloader / install failure.
+# 4 checksum mismatch, 5 download failed (both on the last attempt), 6 no downloader / install failure.
 set -eu
 set -o pipefail
 
@@ -21,6 +22,7 @@ install_dir="${CAPI_CALICO_INSTALL_DIR:-/usr/local/bin}"
 log_dir="${CAPI_CALICO_LOG_DIR:-/var/log/capi-calico}"
 attempts="${CAPI_CALICO_DOWNLOAD_ATTEMPTS:-5}"
 retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-2}"
+max_kib="${CAPI_CALICO_MAX_DOWNLOAD_KIB:-262144}"
 target="${install_dir}/calicoctl"
 log_file=""
 tmp_file=""
@@ -52,13 +54,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-case "$attempts" in
-  '' | *[!0-9]*) die 2 "CAPI_CALICO_DOWNLOAD_ATTEMPTS must be a positive integer, got '$attempts'" ;;
-esac
-case "$retry_sleep" in
-  '' | *[!0-9]*) die 2 "CAPI_CALICO_RETRY_SLEEP must be a non-negative integer, got '$retry_sleep'" ;;
-esac
-[ "$attempts" -ge 1 ] || die 2 "CAPI_CALICO_DOWNLOAD_ATTEMPTS must be at least 1"
+for pair in "CAPI_CALICO_DOWNLOAD_ATTEMPTS=$attempts" "CAPI_CALICO_MAX_DOWNLOAD_KIB=$max_kib" \
+  "CAPI_CALICO_RETRY_SLEEP=$retry_sleep"; do
+  case "${pair#*=}" in
+    '' | *[!0-9]*) die 2 "${pair%%=*} must be a non-negative integer, got '${pair#*=}'" ;;
+  esac
+done
+if [ "$attempts" -lt 1 ] || [ "$max_kib" -lt 1 ]; then
+  die 2 "CAPI_CALICO_DOWNLOAD_ATTEMPTS and CAPI_CALICO_MAX_DOWNLOAD_KIB must be at least 1"
+fi
+max_bytes=$((max_kib * 1024))
 
 [ -r "$conf" ] || die 2 "data file $conf is missing or unreadable"
 
@@ -124,9 +129,9 @@ fi
 
 if command -v curl >/dev/null 2>&1; then
   fetch() {
-    # A calicoctl binary is well under 256 MiB: a mirror serving more cannot fill the disk before the checksum.
+    # --max-filesize sees only a declared Content-Length; fetch_bounded's limit bounds every reply.
     curl --fail --location --silent --show-error --proto '=http,https' --proto-redir '=http,https' \
-      --connect-timeout 15 --max-time 900 --speed-limit 1024 --speed-time 60 --max-filesize 268435456 \
+      --connect-timeout 15 --max-time 900 --speed-limit 1024 --speed-time 60 --max-filesize "$max_bytes" \
       --output "$2" -- "$1"
   }
 elif command -v wget >/dev/null 2>&1; then
@@ -142,6 +147,18 @@ else
   die 6 "neither curl nor wget is available to download $url"
 fi
 
+# fetch with FILE limited to max_kib KiB (ulimit -f: 1024-byte blocks in bash), in a subshell: a mirror serving
+# more, with or without a length, cannot fill the disk. SIGXFSZ ignored: the write fails, curl/wget exit.
+fetch_bounded() {
+  (
+    trap '' XFSZ
+    if ! ulimit -f "$max_kib" 2>/dev/null; then
+      log "cannot set the file size limit to $max_kib KiB; it stays $(ulimit -f)"
+    fi
+    fetch "$1" "$2"
+  )
+}
+
 mkdir -p -- "$install_dir" || die 6 "cannot create $install_dir"
 # The temporary file lives in the target directory so that the final mv is an atomic rename.
 tmp_file="$(mktemp "$install_dir/.calicoctl.XXXXXX")" || die 6 "cannot create a temporary file in $install_dir"
@@ -150,13 +167,30 @@ attempt=1
 delay="$retry_sleep"
 while :; do
   log "downloading calicoctl $version ($arch) from $url (attempt $attempt/$attempts)"
-  if fetch "$url" "$tmp_file"; then
-    break
+  rc=0
+  fetch_bounded "$url" "$tmp_file" || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    actual="$(digest_of "$tmp_file")"
+    if [ "$actual" = "$expected" ]; then
+      break
+    fi
+    failure="checksum mismatch for $url: expected sha256 $expected, got $actual"
+    log "$failure (a truncated or wrong file)"
+  else
+    failure="download of $url failed (exit $rc)"
+    size="$(wc -c <"$tmp_file" 2>/dev/null || echo 0)"
+    if [ "$rc" -eq 63 ] || [ "$size" -ge "$max_bytes" ]; then
+      failure="$failure: larger than the size limit of $max_kib KiB"
+    fi
+    log "$failure"
   fi
   if [ "$attempt" -ge "$attempts" ]; then
-    die 5 "download of $url failed after $attempts attempts"
+    case "$rc" in
+      0) die 4 "$failure, on the last of $attempts attempts; calicoctl NOT installed" ;;
+      *) die 5 "download of $url failed after $attempts attempts; calicoctl NOT installed" ;;
+    esac
   fi
-  log "download failed; retrying in ${delay}s"
+  log "attempt $attempt/$attempts failed; retrying in ${delay}s"
   sleep "$delay"
   attempt=$((attempt + 1))
   delay=$((delay * 2))
@@ -164,11 +198,6 @@ while :; do
     delay=60
   fi
 done
-
-actual="$(digest_of "$tmp_file")"
-if [ "$actual" != "$expected" ]; then
-  die 4 "checksum mismatch for $url: expected sha256 $expected, got $actual; calicoctl NOT installed"
-fi
 
 chmod 0755 -- "$tmp_file"
 mv -f -- "$tmp_file" "$target" || die 6 "cannot move the verified binary to $target"
