@@ -1,7 +1,7 @@
 //! The Cluster lookup when the API server is unreachable: `serve --kubeconfig` pointing at a 127.0.0.1 port that
 //! accepts connections and never answers (slow / hung API server), or at a closed port (refused). A KCP or KCT
 //! without its own settings needs the lookup; its review must still be answered well inside the webhook timeout
-//! (here: under 2 s, with the default `--lookup-timeout` of 1.5 s), admitted unchanged with a warning, as
+//! (here: under 2 s, with the default `--lookup-timeout` of 1.5 s), denied with the reason and "retry in a moment" (fail closed), as
 //! documented. Readiness stays false (the caches never sync), and reviews that need no lookup are answered at once.
 
 mod load_support;
@@ -72,17 +72,16 @@ async fn check_unreachable(port: u16, what: &str) {
     for t in tasks {
         let (response, took) = t.await.unwrap();
         slowest = slowest.max(took);
-        assert_eq!(response["allowed"], true, "{what}: {response}");
+        // Denied (fail closed), with the reason and a retry, never admitted without the Cluster's settings.
+        assert_eq!(response["allowed"], false, "{what}: {response}");
         assert!(response.get("patch").is_none(), "{what}: {response}");
-        let warnings = response["warnings"].to_string();
+        assert_eq!(response["status"]["code"], 403, "{what}: {response}");
+        let message = response["status"]["message"].to_string();
         assert!(
-            warnings.contains("could not look up the Cluster"),
+            message.contains("could not look up the Cluster of"),
             "{what}: {response}"
         );
-        assert!(
-            warnings.contains("admitted without Calico changes"),
-            "{what}: {response}"
-        );
+        assert!(message.contains("retry in a moment"), "{what}: {response}");
     }
     eprintln!("{what}: slowest lookup review answered in {slowest:?}");
     assert!(slowest < Duration::from_secs(2), "{what}: {slowest:?}");

@@ -243,15 +243,20 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
                 };
             }
             Lookup::Failed { reason } => {
+                // Fail closed, like the webhook's failurePolicy: admitted without the Cluster's settings, the object
+                // would lose (or never get) its injection, and getting it later rolls the control plane.
                 return Decided {
-                    verdict: Verdict::allow(vec![
-                        fit_warning(&format!(
-                            "capi-calico: could not look up the Cluster of {} {}; admitted without Calico changes",
+                    verdict: Verdict::Deny {
+                        message: format!(
+                            "could not look up the Cluster of {} {} ({reason}); retry in a moment: admitted without \
+                             its Cluster's Calico settings it could lose its injection, and getting it back later \
+                             would roll the control plane",
                             subject_kind.kind(),
                             subject.name
-                        )),
-                        fit_warning(&format!("capi-calico: {reason}")),
-                    ]),
+                        ),
+                        rules: vec![LOOKUP_FAILED_RULE.to_string()],
+                        warnings: Vec::new(),
+                    },
                     lookup: label,
                 };
             }
@@ -338,6 +343,9 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
         }),
     ]
 }
+
+/// The rule id of a denial because the Cluster could not be looked up (API error or timeout).
+const LOOKUP_FAILED_RULE: &str = "cluster-lookup-failed";
 
 /// The rule id of a Cluster pod block that is not a CIDR.
 const POD_CIDR_BLOCKS_RULE: &str = "pod-cidr-blocks-format";
@@ -857,6 +865,31 @@ mod tests {
         }
     }
 
+    /// A lookup that fails (API error, timeout) denies: retrying is cheap, a KCP admitted without its injection is
+    /// not.
+    #[test]
+    fn a_failed_lookup_denies_with_the_reason_and_a_retry() {
+        let answer = Lookup::Failed {
+            reason: "reading Cluster team-a/wl-1 timed out after 1.5s".to_string(),
+        };
+        let label = answer.label();
+        let decided = run(&FixedSource::new(answer), Endpoint::Mutate, &kcp(json!({})));
+        assert_eq!(decided.lookup, label);
+        match decided.verdict {
+            Verdict::Deny { message, rules, .. } => {
+                assert!(
+                    message.starts_with(
+                        "could not look up the Cluster of KubeadmControlPlane wl-1-cp (reading Cluster team-a/wl-1 \
+                         timed out after 1.5s); retry in a moment"
+                    ),
+                    "{message}"
+                );
+                assert_eq!(rules, [LOOKUP_FAILED_RULE]);
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
     #[test]
     fn lookup_misses_admit_with_short_warnings() {
         let cases = [
@@ -866,9 +899,6 @@ mod tests {
                     .to_string(),
             },
             Lookup::Disabled,
-            Lookup::Failed {
-                reason: "listing clusters timed out".to_string(),
-            },
         ];
         for answer in cases {
             let label = answer.label();
