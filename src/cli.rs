@@ -353,9 +353,9 @@ fn report(checked: &[Checked], out: &mut dyn Write) -> bool {
     let mut denied = false;
     for c in checked {
         let place = format!(
-            "{} (document {}, {})",
+            "{} ({}, {})",
             c.document.path,
-            c.document.index,
+            c.document.position(),
             c.document.describe()
         );
         match &c.verdict {
@@ -391,8 +391,9 @@ pub fn run_check(args: &FilesArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
     let acted = checked.iter().filter(|c| c.verdict.is_some()).count();
     let _ = writeln!(
         out,
-        "ok: {} documents, {acted} checked by capi-calico",
-        checked.len()
+        "ok: {} document{}, {acted} checked by capi-calico",
+        checked.len(),
+        if checked.len() == 1 { "" } else { "s" }
     );
     0
 }

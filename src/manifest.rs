@@ -24,10 +24,20 @@ pub struct Document {
     pub path: String,
     /// 1-based position in the file.
     pub index: usize,
+    /// 1-based position among the `items` of a `kind: List` document; `None` for a plain document.
+    pub item: Option<usize>,
     pub object: Value,
 }
 
 impl Document {
+    /// `document N` or `document N, item M`, for messages.
+    pub fn position(&self) -> String {
+        match self.item {
+            Some(item) => format!("document {}, item {item}", self.index),
+            None => format!("document {}", self.index),
+        }
+    }
+
     /// `Kind namespace/name`, for messages.
     pub fn describe(&self) -> String {
         let field = |p: &str| self.object.pointer(p).and_then(Value::as_str).unwrap_or("");
@@ -66,14 +76,15 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             continue;
         }
         index += 1;
-        let items = match value {
-            Value::Object(ref map) if map.get("kind").and_then(Value::as_str) == Some("List") => {
+        let (items, listed) = match value {
+            Value::Object(ref map) if map.get("kind").and_then(Value::as_str) == Some("List") => (
                 map.get("items")
                     .and_then(Value::as_array)
                     .cloned()
-                    .unwrap_or_default()
-            }
-            Value::Object(_) => vec![value],
+                    .unwrap_or_default(),
+                true,
+            ),
+            Value::Object(_) => (vec![value], false),
             _ => {
                 return Err(ManifestError::NotAnObject {
                     path: path.to_string(),
@@ -81,7 +92,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                 });
             }
         };
-        for object in items {
+        for (n, object) in items.into_iter().enumerate() {
             if !object.is_object() {
                 return Err(ManifestError::NotAnObject {
                     path: path.to_string(),
@@ -91,6 +102,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             docs.push(Document {
                 path: path.to_string(),
                 index,
+                item: listed.then_some(n + 1),
                 object,
             });
         }
@@ -129,6 +141,17 @@ mod tests {
             let docs = parse("t", text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
             assert_eq!(docs.len(), count, "{text:?}");
         }
+        // Messages tell the items of a List apart.
+        let docs = parse(
+            "t",
+            "kind: X\n---\nkind: List\nitems:\n- kind: A\n- kind: B\n",
+        )
+        .expect("parses");
+        let positions: Vec<String> = docs.iter().map(Document::position).collect();
+        assert_eq!(
+            positions,
+            ["document 1", "document 2, item 1", "document 2, item 2"]
+        );
     }
 
     #[test]

@@ -159,16 +159,18 @@ pub fn parse_route_reflectors(
             name: None,
             problems: &mut problems,
         };
-        if let Some(peer) = doc.check(value, cluster_as) {
-            if !names.insert(peer.name.clone()) {
-                let context = doc.context();
-                doc.problems.push(PeerError::doc(
-                    rules::BGP_PEER_DUPLICATE_NAME,
-                    format!("{context}: metadata.name is used by an earlier document; BGPPeer names must be unique"),
-                ));
-            }
-            peers.push(peer);
+        let peer = doc.check(value, cluster_as);
+        // Reported whether or not the documents are otherwise valid, so one pass shows every problem.
+        if let Some(name) = doc.name.clone()
+            && !names.insert(name)
+        {
+            let context = doc.context();
+            doc.problems.push(PeerError::doc(
+                rules::BGP_PEER_DUPLICATE_NAME,
+                format!("{context}: metadata.name is used by an earlier document; BGPPeer names must be unique"),
+            ));
         }
+        peers.extend(peer);
     }
     if problems.is_empty() {
         Ok(peers)
@@ -316,7 +318,13 @@ fn scan_yaml(text: &str) -> Result<Vec<usize>, PeerError> {
 }
 
 fn yaml_error(detail: &str) -> PeerError {
-    let mut detail = escape(detail);
+    // serde-saphyr addresses its caller in one message ("..., set DuplicateKeyPolicy in Options if acceptable"):
+    // not for the user, who needs to know the key is given twice.
+    let detail = match detail.split_once(", set DuplicateKeyPolicy") {
+        Some((head, _)) => format!("{head} (a key is given twice in one mapping)"),
+        None => detail.to_string(),
+    };
+    let mut detail = escape(&detail);
     if detail.chars().count() > 160 {
         detail = detail.chars().take(160).collect::<String>() + "…";
     }
@@ -1391,6 +1399,39 @@ spec:
             assert_eq!(e.rule, rule, "{text}\n{}", e.message);
             assert!(e.message.contains(needle), "{}", e.message);
         }
+    }
+
+    /// A duplicate name is reported even when a document has other problems, so one pass lists everything; a key
+    /// given twice is explained without the YAML library's advice to its caller.
+    #[test]
+    fn duplicates_are_reported_with_the_other_problems() {
+        let text = format!(
+            "{}---\n{}",
+            peer_doc("rr1", "  peerIP: 10.0.0.1\n  asNumber: 0\n"),
+            peer_doc("rr1", "  peerIP: 10.0.0.2\n  asNumber: 64512\n")
+        );
+        let rules_seen: Vec<&str> = errors(&text).iter().map(|e| e.rule).collect();
+        assert!(
+            rules_seen.contains(&rules::BGP_PEER_AS_NUMBER),
+            "{rules_seen:?}"
+        );
+        assert!(
+            rules_seen.contains(&rules::BGP_PEER_DUPLICATE_NAME),
+            "{rules_seen:?}"
+        );
+
+        let e = one_error(&peer_doc(
+            "rr1",
+            "  peerIP: 10.0.0.1\n  peerIP: 10.0.0.2\n  asNumber: 1\n",
+        ));
+        assert_eq!(e.rule, rules::ROUTE_REFLECTORS_YAML);
+        assert!(e.message.contains("duplicate mapping key"), "{}", e.message);
+        assert!(
+            e.message.contains("(a key is given twice in one mapping)"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("DuplicateKeyPolicy"), "{}", e.message);
     }
 
     #[test]

@@ -208,6 +208,15 @@ impl fmt::Display for Problem {
 /// keep it.
 pub const MAX_LISTED_PROBLEMS: usize = 25;
 
+/// The number of problems a [`cap`] line stands for (its message starts with `and N more`).
+fn omitted_count(more: &Problem) -> usize {
+    more.message
+        .strip_prefix("and ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Keep the first [`MAX_LISTED_PROBLEMS`] - 1 problems and replace the rest by one that counts them.
 pub(crate) fn cap(mut problems: Vec<Problem>) -> Vec<Problem> {
     if problems.len() <= MAX_LISTED_PROBLEMS {
@@ -232,11 +241,19 @@ pub(crate) fn cap(mut problems: Vec<Problem>) -> Vec<Problem> {
 /// lines indented).
 pub fn render_problems(problems: &[Problem]) -> String {
     const WIDTH: usize = 110;
-    let mut out = format!(
-        "{} problem{} with the capi-calico.io annotations:",
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" }
-    );
+    let mut out = match problems.split_last() {
+        // Capped by [`cap`]: count every problem, and say how many are listed.
+        Some((last, listed)) if last.rule == rules::MORE_PROBLEMS => format!(
+            "{} problems with the capi-calico.io annotations (the first {} are listed):",
+            listed.len() + omitted_count(last),
+            listed.len()
+        ),
+        _ => format!(
+            "{} problem{} with the capi-calico.io annotations:",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        ),
+    };
     for problem in problems {
         out.push('\n');
         out.push_str(&wrap(&format!("- {problem}"), WIDTH, "    "));

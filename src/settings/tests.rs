@@ -177,6 +177,15 @@ fn problems_beyond_the_listed_maximum_are_counted_not_listed() {
     assert!(omitted >= 3000 - problem::MAX_LISTED_PROBLEMS, "{omitted}");
     let text = render_problems(&got);
     assert!(
+        text.starts_with(&format!(
+            "{} problems with the capi-calico.io annotations (the first {} are listed):",
+            omitted + problem::MAX_LISTED_PROBLEMS - 1,
+            problem::MAX_LISTED_PROBLEMS - 1
+        )),
+        "{}",
+        &text[..200]
+    );
+    assert!(
         text.len() < 16 * 1024,
         "{} bytes:\n{}",
         text.len(),
