@@ -266,6 +266,17 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
     let verdict = match &*resolution {
         Resolution::NotOptedIn { warnings } => {
             let mut warnings = fit_all(warnings);
+            // Opting out changes nothing on the object (removing our entries would roll the control plane
+            // unasked); say that they stay and how to remove them.
+            if mutation::carries_injection(object, target) {
+                warnings.push(fit_warning(&format!(
+                    "capi-calico: this {} keeps capi-calico's files and commands: not opted in, they are left as they are",
+                    subject_kind.kind()
+                )));
+                warnings.push(fit_warning(
+                    "capi-calico: to remove them, set INSTALL_CALICOCTL and CONFIGURE_CALICO_BGP_SETTINGS \"false\" first",
+                ));
+            }
             if own {
                 warnings.push(fit_warning(&format!(
                     "capi-calico: this {} has its own capi-calico.io/ annotations, so its Cluster's are not used",
@@ -670,6 +681,55 @@ mod tests {
             run(&NoLookupPanics, Endpoint::Validate, &with_blocks(json!({}))).verdict,
             Verdict::allow(Vec::new())
         );
+    }
+
+    /// Opting out leaves an injected KCP as it is, and the warnings say so and how to remove the entries.
+    #[test]
+    fn an_injected_kcp_of_an_opted_out_cluster_is_kept_with_a_warning() {
+        let injected = applied(
+            &kcp(json!({})),
+            &run(
+                &FixedSource::found(&cluster(calico_on())),
+                Endpoint::Mutate,
+                &kcp(json!({})),
+            )
+            .verdict,
+        );
+        let off = json!({"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "false"});
+        let verdict = run(
+            &FixedSource::found(&cluster(off)),
+            Endpoint::Mutate,
+            &injected,
+        )
+        .verdict;
+        assert!(patch_of(&verdict).is_empty(), "{verdict:?}");
+        let warnings = warnings_of(&verdict);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("keeps capi-calico's files and commands")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("CONFIGURE_CALICO_BGP_SETTINGS \"false\" first")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .all(|w| w.chars().count() <= MAX_WARNING_CHARS),
+            "{warnings:?}"
+        );
+        // A KCP that never had them gets no such warning.
+        let plain = run(
+            &FixedSource::found(&cluster(json!({}))),
+            Endpoint::Mutate,
+            &kcp(json!({})),
+        )
+        .verdict;
+        assert_eq!(plain, Verdict::allow(Vec::new()));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::settings::Settings;
 
-pub use patch::{apply, is_ours_command, is_ours_path, patch, verify};
+pub use patch::{apply, carries_injection, is_ours_command, is_ours_path, patch, verify};
 
 /// Every path the webhook injects starts with this directory. The whole directory is reserved: any file under it
 /// and any command mentioning it is treated as ours.

@@ -507,6 +507,25 @@ fn create_missing(path: &[&str], depth: usize, injection: &Injection) -> Vec<Pat
     })]
 }
 
+/// True when `object` carries any file or command of ours (for a warning when its Cluster no longer asks for them).
+pub fn carries_injection(object: &Value, target: Target) -> bool {
+    let Ok(Container::Present(spec)) = container(object, target) else {
+        return false;
+    };
+    let ours = |field: &str, is_ours: &dyn Fn(&Value) -> bool| {
+        list(spec, target, field)
+            .ok()
+            .flatten()
+            .is_some_and(|entries| entries.iter().any(is_ours))
+    };
+    ours(FILES, &|f| {
+        f.get("path")
+            .and_then(Value::as_str)
+            .is_some_and(is_ours_path)
+    }) || ours(PRE, &|c| c.as_str().is_some_and(is_ours_command))
+        || ours(POST, &|c| c.as_str().is_some_and(is_ours_command))
+}
+
 /// Problems that make `object` differ from `injection`: our files or commands missing, altered, duplicated or
 /// stale, and user entries that collide with ours. Empty when [`patch`] would return no operation.
 pub fn verify(object: &Value, target: Target, injection: &Injection) -> Vec<String> {
