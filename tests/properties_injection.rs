@@ -618,3 +618,52 @@ fn generator_mostly_produces_accepted_settings() {
         "only {ok}/{total} accepted; rules: {rejected:?}"
     );
 }
+
+/// Through the whole handler: a Cluster UPDATE whose stored object (`oldObject`) had another pool gets the warning;
+/// the same UPDATE without a pool change, and a CREATE, get none.
+#[test]
+fn a_cluster_update_that_changes_the_pool_is_warned_about() {
+    let fixture: Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/reviews/cluster-valid.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let old = fixture["request"]["object"].clone();
+    let block = format!("{PREFIX}CALICO_BLOCK_SIZE");
+    let mut changed = old.clone();
+    let was = old["metadata"]["annotations"][&block]
+        .as_str()
+        .unwrap_or("28")
+        .to_string();
+    let now = if was == "27" { "26" } else { "27" };
+    changed["metadata"]["annotations"][&block] = json!(now);
+    let with_old = |new: &Value| {
+        let mut review: Value = serde_json::from_slice(&review(new, "UPDATE")).unwrap();
+        review["request"]["oldObject"] = old.clone();
+        serde_json::to_vec(&review).unwrap()
+    };
+    let pool_warning = |answer: &Answer| {
+        answer.response["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| {
+                w.as_str()
+                    .unwrap_or_default()
+                    .contains("the Calico pool changes")
+            })
+    };
+    for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+        let answer = handle(endpoint, &with_old(&changed));
+        assert_eq!(answer.response["allowed"], true, "{}", answer.response);
+        assert!(pool_warning(&answer), "{}", answer.response);
+        assert!(!pool_warning(&handle(endpoint, &with_old(&old))));
+        assert!(!pool_warning(&handle(
+            endpoint,
+            &review(&changed, "CREATE")
+        )));
+    }
+}

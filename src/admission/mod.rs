@@ -102,7 +102,16 @@ impl<S: ClusterSource> Webhook<S> {
                 let decided =
                     policy::decide_with(&self.source, &self.settings, endpoint, kind, object).await;
                 decision.lookup = decided.lookup.to_string();
-                decided.verdict
+                let mut verdict = decided.verdict;
+                // Only the webhook sees the stored object: the offline CLI has no old Cluster to compare with.
+                if let (Kind::Cluster, Operation::Update, Some(old), Verdict::Allow { .. }) =
+                    (kind, &request.operation, &request.old_object, &verdict)
+                {
+                    for warning in policy::cluster_change_warnings(&self.settings, old, object) {
+                        verdict.push_warning(warning);
+                    }
+                }
+                verdict
             }
             _ => Verdict::allow(Vec::new()),
         };

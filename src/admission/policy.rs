@@ -355,6 +355,45 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
     ]
 }
 
+/// Warnings for a Cluster UPDATE (`old` is the stored Cluster, pruned to its settings and pod CIDRs) that changes
+/// what a running cluster cannot follow: its Calico pool (CIDR or block size: Calico's pools are immutable, and
+/// kubeadm's podSubnet too), or the opt-in itself (Calico is then delivered to a cluster that may run another CNI).
+/// Warnings, not denials: a Cluster whose workload cluster does not exist yet may still change them freely.
+pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value) -> Vec<String> {
+    let resolve = |object: &Value| {
+        let annotations = string_map(object.pointer("/metadata/annotations"));
+        let (network, _) = cluster_network(object);
+        prepare.resolve(&annotations, Some(&network))
+    };
+    let (before, after) = (resolve(old), resolve(new));
+    let mut warnings = Vec::new();
+    match (&*before, &*after) {
+        (Resolution::OptedIn { settings: was, .. }, Resolution::OptedIn { settings: now, .. }) => {
+            if let (Some(was), Some(now)) = (was.pod_pool, now.pod_pool)
+                && was != now
+            {
+                warnings.push(fit_warning(&format!(
+                    "capi-calico: the Calico pool changes from {} (blocks /{}) to {} (blocks /{})",
+                    was.cidr, was.block_size, now.cidr, now.block_size
+                )));
+                warnings.push(fit_warning(
+                    "capi-calico: a running cluster cannot follow that (Calico's pools are immutable): create a new one",
+                ));
+            }
+        }
+        (Resolution::NotOptedIn { .. }, Resolution::OptedIn { .. }) => {
+            warnings.push(fit_warning(
+                "capi-calico: opted in after creation: Calico is delivered to the cluster as soon as it answers",
+            ));
+            warnings.push(fit_warning(
+                "capi-calico: if it already runs another CNI, both will run: opt in at creation, with CNI none",
+            ));
+        }
+        _ => {}
+    }
+    warnings
+}
+
 /// The rule id of a denial because the Cluster could not be looked up (API error or timeout).
 const LOOKUP_FAILED_RULE: &str = "cluster-lookup-failed";
 
@@ -730,6 +769,59 @@ mod tests {
         )
         .verdict;
         assert_eq!(plain, Verdict::allow(Vec::new()));
+    }
+
+    /// Changing the pool of an opted-in Cluster, or opting in an existing one, is warned about; other changes and
+    /// changes that keep the resolved pool (an explicit CIDR equal to the default) are not.
+    #[test]
+    fn cluster_changes_a_running_cluster_cannot_follow_are_warned_about() {
+        let with = |extra: Value| {
+            let mut annotations = calico_on();
+            for (k, v) in extra.as_object().expect("map") {
+                annotations[k] = v.clone();
+            }
+            cluster(annotations)
+        };
+        let base = with(json!({}));
+        let cases: [(Value, Value, &str); 6] = [
+            (
+                base.clone(),
+                with(json!({"capi-calico.io/CALICO_BLOCK_SIZE": "27"})),
+                "from 100.96.0.0/11 (blocks /28) to 100.96.0.0/11 (blocks /27)",
+            ),
+            (
+                base.clone(),
+                with(json!({"capi-calico.io/CALICO_POD_CIDR": "100.96.0.0/12"})),
+                "to 100.96.0.0/12 (blocks /28)",
+            ),
+            (cluster(json!({})), base.clone(), "opted in after creation"),
+            (
+                base.clone(),
+                with(json!({"capi-calico.io/CALICO_POD_CIDR": "100.96.0.0/11"})),
+                "",
+            ),
+            (
+                base.clone(),
+                with(json!({"capi-calico.io/CALICO_NAT_OUTGOING": "Disabled"})),
+                "",
+            ),
+            (base.clone(), cluster(json!({})), ""),
+        ];
+        for (old, new, wanted) in cases {
+            let warnings = cluster_change_warnings(&Compute, &old, &new);
+            if wanted.is_empty() {
+                assert!(warnings.is_empty(), "{warnings:?}");
+            } else {
+                assert_eq!(warnings.len(), 2, "{warnings:?}");
+                assert!(warnings[0].contains(wanted), "{warnings:?}");
+                assert!(
+                    warnings
+                        .iter()
+                        .all(|w| w.chars().count() <= MAX_WARNING_CHARS),
+                    "{warnings:?}"
+                );
+            }
+        }
     }
 
     #[test]

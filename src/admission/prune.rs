@@ -56,6 +56,12 @@ const KUBEADM_SPEC: Node = Node::Object {
     others: Others::Null,
 };
 
+/// `metadata.annotations`: only the `capi-calico.io/` keys (in any case).
+const SETTINGS_ANNOTATIONS: Node = Node::Object {
+    fields: &[],
+    others: Others::Prefixed(crate::settings::PREFIX),
+};
+
 /// What the policy reads of a Cluster, KubeadmControlPlane or KubeadmConfigTemplate (one tree for the three kinds:
 /// the object is read before the request's `kind` is known, and no path of one kind exists in another).
 pub const OBJECT: Node = Node::Object {
@@ -69,13 +75,7 @@ pub const OBJECT: Node = Node::Object {
                     ("name", Node::Keep),
                     ("namespace", Node::Keep),
                     ("labels", Node::Keep),
-                    (
-                        "annotations",
-                        Node::Object {
-                            fields: &[],
-                            others: Others::Prefixed(crate::settings::PREFIX),
-                        },
-                    ),
+                    ("annotations", SETTINGS_ANNOTATIONS),
                 ],
                 others: Others::Drop,
             },
@@ -104,9 +104,43 @@ pub const OBJECT: Node = Node::Object {
     others: Others::Drop,
 };
 
+/// What the policy reads of `oldObject`: a Cluster's settings and pod CIDRs, to warn about changes that a running
+/// cluster cannot follow. Everything else, the old kubeadm lists of a KCP included, is skipped.
+pub const OLD_OBJECT: Node = Node::Object {
+    fields: &[
+        (
+            "metadata",
+            Node::Object {
+                fields: &[("annotations", SETTINGS_ANNOTATIONS)],
+                others: Others::Drop,
+            },
+        ),
+        (
+            "spec",
+            Node::Object {
+                fields: &[("clusterNetwork", Node::Keep)],
+                others: Others::Drop,
+            },
+        ),
+    ],
+    others: Others::Drop,
+};
+
 /// `deserialize_with` for an optional admitted object, pruned by [`OBJECT`].
 pub fn object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
-    struct OptionVisitor;
+    optional(OBJECT, deserializer)
+}
+
+/// `deserialize_with` for the optional `oldObject`, pruned by [`OLD_OBJECT`].
+pub fn old_object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    optional(OLD_OBJECT, deserializer)
+}
+
+fn optional<'de, D: Deserializer<'de>>(
+    node: Node,
+    deserializer: D,
+) -> Result<Option<Value>, D::Error> {
+    struct OptionVisitor(Node);
     impl<'de> Visitor<'de> for OptionVisitor {
         type Value = Option<Value>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -119,10 +153,10 @@ pub fn object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value
             Ok(None)
         }
         fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            OBJECT.deserialize(d).map(Some)
+            self.0.deserialize(d).map(Some)
         }
     }
-    deserializer.deserialize_option(OptionVisitor)
+    deserializer.deserialize_option(OptionVisitor(node))
 }
 
 /// Read an object's JSON text pruned by [`OBJECT`], as the server reads `request.object` (for tests and tools that
@@ -308,6 +342,28 @@ mod tests {
         assert_eq!(
             read_str(text),
             json!({"metadata": {"name": "b"}, "kind": "L"})
+        );
+    }
+
+    /// Of `oldObject` only a Cluster's settings and pod CIDRs are kept: an old KCP's kubeadm lists, managedFields
+    /// and other annotations are skipped.
+    #[test]
+    fn old_objects_keep_only_the_settings_and_the_cluster_network() {
+        let old = json!({
+            "apiVersion": "x/v1", "kind": "KubeadmControlPlane",
+            "metadata": {"name": "n", "managedFields": [{"manager": "m"}],
+                         "annotations": {"capi-calico.io/A": "1", "other": "2"}},
+            "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["10.0.0.0/8"]}},
+                     "kubeadmConfigSpec": {"files": [{"path": "/etc/capi-calico/x", "content": "big"}]}},
+            "status": {"ready": true}
+        });
+        let text = old.to_string();
+        let mut deserializer = serde_json::Deserializer::from_slice(text.as_bytes());
+        let pruned = OLD_OBJECT.deserialize(&mut deserializer).expect("reads");
+        assert_eq!(
+            pruned,
+            json!({"metadata": {"annotations": {"capi-calico.io/A": "1"}},
+                   "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["10.0.0.0/8"]}}}})
         );
     }
 

@@ -1,8 +1,8 @@
 //! The AdmissionReview wire format: request parsing and response building.
 //!
 //! Requests are read into a lean view that keeps only what the policy uses (kube-core's `GroupVersionKind` and
-//! `Operation`, the object as JSON, pruned by [`super::prune`]) and skips the rest, `oldObject` included, without
-//! building it: reading the whole review into kube-core's `AdmissionReview<DynamicObject>` cost about a third of a
+//! `Operation`, the object as JSON, pruned by [`super::prune`], and of `oldObject` only a Cluster's settings and pod
+//! CIDRs) and skips the rest without building it: reading the whole review into kube-core's `AdmissionReview<DynamicObject>` cost about a third of a
 //! decision. Responses are built here, because kube-core serialises a patch as a number array and sets no status
 //! code on denials (see docs/architecture.md).
 
@@ -55,6 +55,9 @@ pub struct Request {
     /// The object being admitted (absent on DELETE), pruned to what the policy reads (see [`super::prune`]).
     #[serde(default, deserialize_with = "super::prune::object")]
     pub object: Option<Value>,
+    /// The stored object on UPDATE, pruned to a Cluster's settings and pod CIDRs (see [`super::prune::OLD_OBJECT`]).
+    #[serde(default, deserialize_with = "super::prune::old_object")]
+    pub old_object: Option<Value>,
     #[serde(default)]
     pub dry_run: Option<bool>,
 }

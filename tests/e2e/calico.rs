@@ -1058,6 +1058,28 @@ fn s5_unrelated_update_keeps_injection(h: &mut Harness) -> TestResult {
         before_kct["metadata"]["generation"],
         after_kct["metadata"]["generation"]
     );
+
+    // A pool change on the stored Cluster is admitted, with `Warning:` lines from the comparison with oldObject.
+    let out = h.kubectl(
+        &[
+            "annotate",
+            "--overwrite",
+            "-n",
+            &ns,
+            "cluster",
+            "calico",
+            "capi-calico.io/CALICO_BLOCK_SIZE=27",
+        ],
+        None,
+    )?;
+    ensure!(out.success, "{out:?}");
+    ensure!(
+        out.stderr.contains(
+            "Warning: capi-calico: the Calico pool changes from 192.168.0.0/17 (blocks /26) to 192.168.0.0/17 (blocks /27)"
+        ) && out.stderr.contains("Calico's pools are immutable"),
+        "stderr: {}",
+        out.stderr
+    );
     Ok(())
 }
 
