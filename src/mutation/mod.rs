@@ -25,8 +25,8 @@ use crate::settings::Settings;
 
 pub use patch::{apply, carries_injection, is_ours_command, is_ours_path, patch, verify};
 
-/// Every path the webhook injects starts with this directory. The whole directory is reserved: any file under it
-/// and any command mentioning it is treated as ours.
+/// Every path the webhook injects starts with this directory. The whole directory is reserved: a user file under
+/// it, or a user command mentioning it, is refused (see [`patch`]).
 pub const DIR: &str = "/etc/capi-calico/";
 /// The calicoctl installer script.
 pub const INSTALL_SCRIPT_PATH: &str = "/etc/capi-calico/install-calicoctl.sh";
@@ -38,27 +38,27 @@ pub const BGP_PEERS_PATH: &str = "/etc/capi-calico/bgppeers.yaml";
 pub const BGP_CONFIGURATION_PATH: &str = "/etc/capi-calico/bgpconfiguration.yaml";
 /// The script that waits for Calico and applies the peers, then the BGPConfiguration.
 pub const APPLY_SCRIPT_PATH: &str = "/etc/capi-calico/apply-bgp.sh";
+/// The systemd unit that runs the apply script, again after a failure and at boot, until it succeeds once.
+pub const APPLY_UNIT_PATH: &str = "/etc/capi-calico/capi-calico-apply-bgp.service";
 /// Where the installer puts calicoctl. A user file at this path conflicts with the installer.
 pub const CALICOCTL_BINARY_PATH: &str = "/usr/local/bin/calicoctl";
 
 /// The `preKubeadmCommands` entry that runs the installer. A constant: no setting ever reaches a command line.
 pub const INSTALL_COMMAND: &str = "/bin/bash /etc/capi-calico/install-calicoctl.sh";
 
-/// The `postKubeadmCommands` entry that starts the BGP apply in the background (a transient systemd unit, or a
-/// detached process when systemd-run is missing), so the bootstrap is never blocked. A constant.
-///
-/// `RuntimeMaxSec=1860` lets systemd stop the unit a minute after apply-bgp.sh's own 30-minute deadline (1800 s;
-/// its last calicoctl run may overrun that by a 10 s kill-after), should the script itself ever hang.
-pub const APPLY_COMMAND: &str = "if command -v systemd-run >/dev/null 2>&1; then \
-systemd-run --no-block --unit=capi-calico-apply-bgp -p RuntimeMaxSec=1860 \
---description='capi-calico: apply BGPPeers then BGPConfiguration' \
-/bin/bash /etc/capi-calico/apply-bgp.sh; \
+/// The `postKubeadmCommands` entry that starts the BGP apply in the background, so the bootstrap is never blocked:
+/// it enables and starts the systemd unit [`APPLY_UNIT`] (linked from [`APPLY_UNIT_PATH`]; `--no-block` returns at
+/// once), or, where systemctl is missing or fails (no systemd as PID 1), starts the script detached. A constant.
+pub const APPLY_COMMAND: &str = "if command -v systemctl >/dev/null 2>&1 && \
+systemctl enable --now --no-block /etc/capi-calico/capi-calico-apply-bgp.service; then :; \
 else nohup setsid /bin/bash /etc/capi-calico/apply-bgp.sh </dev/null >/dev/null 2>&1 & fi";
 
 /// The installer script (bash, `set -eu`).
 pub const INSTALL_SCRIPT: &str = include_str!("scripts/install-calicoctl.sh");
 /// The BGP apply script (bash, `set -eu`).
 pub const APPLY_SCRIPT: &str = include_str!("scripts/apply-bgp.sh");
+/// The systemd unit that runs [`APPLY_SCRIPT`] (`Restart=on-failure`, enabled for boot).
+pub const APPLY_UNIT: &str = include_str!("scripts/capi-calico-apply-bgp.service");
 /// Every node script, the constant bulk of an injection.
 pub const SCRIPTS: [&str; 2] = [INSTALL_SCRIPT, APPLY_SCRIPT];
 
@@ -273,6 +273,12 @@ pub fn desired(settings: &Settings, target: Target) -> Result<Injection, Mutatio
             OWNER,
             "0755",
             APPLY_SCRIPT.into(),
+        ));
+        inj.files.push(InjectedFile::new(
+            APPLY_UNIT_PATH,
+            OWNER,
+            "0644",
+            APPLY_UNIT.into(),
         ));
         inj.post_kubeadm_commands.push(APPLY_COMMAND);
     }

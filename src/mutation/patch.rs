@@ -11,7 +11,7 @@ use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation
 use serde_json::{Map, Value};
 
 use super::{
-    APPLY_COMMAND, APPLY_SCRIPT_PATH, BGP_CONFIGURATION_PATH, BGP_PEERS_PATH,
+    APPLY_COMMAND, APPLY_SCRIPT_PATH, APPLY_UNIT_PATH, BGP_CONFIGURATION_PATH, BGP_PEERS_PATH,
     CALICOCTL_BINARY_PATH, CALICOCTL_CONF_PATH, DIR, INSTALL_COMMAND, INSTALL_SCRIPT_PATH,
     Injection, MAX_COMMANDS, MAX_CONTENT_CHARS, MAX_FILES, MutationError, Target,
 };
@@ -24,6 +24,11 @@ const POST: &str = "postKubeadmCommands";
 /// in place by the current ones, never left behind beside them. When `INSTALL_COMMAND` or `APPLY_COMMAND` changes,
 /// the old text goes here.
 pub(super) const RETIRED_COMMANDS: &[&str] = &[
+    // APPLY_COMMAND before the persistent unit: a transient one, with RuntimeMaxSec.
+    "if command -v systemd-run >/dev/null 2>&1; then systemd-run --no-block --unit=capi-calico-apply-bgp \
+     -p RuntimeMaxSec=1860 --description='capi-calico: apply BGPPeers then BGPConfiguration' \
+     /bin/bash /etc/capi-calico/apply-bgp.sh; else nohup setsid /bin/bash /etc/capi-calico/apply-bgp.sh \
+     </dev/null >/dev/null 2>&1 & fi",
     // APPLY_COMMAND before the unit got RuntimeMaxSec.
     "if command -v systemd-run >/dev/null 2>&1; then systemd-run --no-block --unit=capi-calico-apply-bgp \
      --description='capi-calico: apply BGPPeers then BGPConfiguration' /bin/bash /etc/capi-calico/apply-bgp.sh; \
@@ -41,6 +46,7 @@ pub fn is_ours_path(path: &str) -> bool {
         BGP_PEERS_PATH,
         BGP_CONFIGURATION_PATH,
         APPLY_SCRIPT_PATH,
+        APPLY_UNIT_PATH,
     ]
     .contains(&path)
         || RETIRED_PATHS.contains(&path)

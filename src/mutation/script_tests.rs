@@ -766,6 +766,8 @@ impl Apply {
             .env("CAPI_CALICO_DIR", &self.dir)
             .env("CAPI_CALICO_KUBECONFIG", &self.kubeconfig)
             .env("CAPI_CALICO_LOG_DIR", &self.log_dir)
+            // Never the machine's /var/lib/capi-calico: a recorded digest would make later runs exit at once.
+            .env("CAPI_CALICO_STATE_DIR", self.tmp.path().join("var-lib"))
             .env("CAPI_CALICO_DEADLINE_SECONDS", deadline.to_string())
             .env("CAPI_CALICO_RETRY_SLEEP", sleep.to_string())
             .env("CAPI_CALICO_CALICOCTL", self.bin.join("calicoctl"))
@@ -1113,7 +1115,17 @@ fn apply_stops_a_hung_attempt_and_retries() {
 #[test]
 fn apply_works_without_timeout() {
     let a = Apply::new(1);
-    let tools = ["bash", "date", "mkdir", "touch", "tr", "cut", "sleep"];
+    let tools = [
+        "bash",
+        "date",
+        "mkdir",
+        "touch",
+        "tr",
+        "cut",
+        "sleep",
+        "cat",
+        "sha256sum",
+    ];
     if restricted_bin(&a.bin, &tools).is_none() {
         eprintln!("NOTICE: apply_works_without_timeout skipped: one of {tools:?} is not installed");
         return;
@@ -1187,58 +1199,170 @@ fn apply_refuses_missing_files() {
 // ---------------------------------------------------------------------------------------------------------------
 // The constant commands
 
-#[test]
-fn apply_command_starts_a_transient_unit_without_blocking() {
+/// A fake `systemctl` (exit code `systemctl_rc`) and a fake `nohup` that record their arguments, then the constant
+/// command: which of the two it ran, with which arguments.
+fn run_apply_command(systemctl_rc: i32) -> (Option<Vec<String>>, Option<Vec<String>>) {
     let tmp = TempDir::new().unwrap();
     let bin = tmp.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let record = tmp.path().join("systemd-run.args");
-    write_exec(
-        &bin.join("systemd-run"),
-        &format!(
-            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >{}\n",
-            record.display()
-        ),
-    );
+    let recorder = |name: &str, rc: i32| {
+        let record = tmp.path().join(format!("{name}.args"));
+        write_exec(
+            &bin.join(name),
+            &format!(
+                "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >{}.tmp\nmv {0}.tmp {0}\nexit {rc}\n",
+                record.display()
+            ),
+        );
+        record
+    };
+    let systemctl = recorder("systemctl", systemctl_rc);
+    let nohup = recorder("nohup", 0);
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(APPLY_COMMAND)
         .env_clear()
         .env("PATH", format!("{}:{BASE_PATH}", bin.display()));
-    let (out, _) = run(cmd, Duration::from_secs(10));
+    let (out, elapsed) = run(cmd, Duration::from_secs(10));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let args = std::fs::read_to_string(&record).unwrap();
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // The fallback runs in the background: give it a moment to write its record.
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while systemctl_rc != 0 && read(&nohup).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if systemctl_rc == 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (read(&systemctl), read(&nohup))
+}
+
+/// With systemd, the command enables and starts the persistent unit (`--no-block`: it returns at once) and starts
+/// nothing else.
+#[test]
+fn apply_command_enables_and_starts_the_unit_without_blocking() {
+    let (systemctl, nohup) = run_apply_command(0);
     assert_eq!(
-        args.lines().collect::<Vec<_>>(),
-        vec![
+        systemctl.expect("systemctl ran"),
+        [
+            "enable",
+            "--now",
             "--no-block",
-            "--unit=capi-calico-apply-bgp",
-            "-p",
-            "RuntimeMaxSec=1860",
-            "--description=capi-calico: apply BGPPeers then BGPConfiguration",
-            "/bin/bash",
-            "/etc/capi-calico/apply-bgp.sh"
+            "/etc/capi-calico/capi-calico-apply-bgp.service"
         ]
+    );
+    assert_eq!(nohup, None, "no detached run beside the unit");
+    assert!(APPLY_COMMAND.contains(APPLY_UNIT_PATH));
+}
+
+/// Where systemctl fails (no systemd as PID 1, say), the script is started detached instead, and the command still
+/// succeeds at once: the bootstrap is never blocked or failed by it.
+#[test]
+fn apply_command_falls_back_when_systemctl_fails() {
+    let (systemctl, nohup) = run_apply_command(1);
+    assert!(systemctl.is_some());
+    assert_eq!(
+        nohup.expect("the detached run"),
+        ["setsid", "/bin/bash", "/etc/capi-calico/apply-bgp.sh"]
     );
 }
 
-/// systemd stops the unit only a little after the script's own deadline and the kill-after of its last calicoctl
-/// run, never before.
+/// The unit: runs the script, restarts it after a failure (not after exit code 2, which a restart cannot fix),
+/// without a start limit, at boot, and stops it only a little after the script's own deadline and the kill-after of
+/// its last calicoctl run, never before.
 #[test]
-fn apply_command_runtime_limit_is_just_above_the_script_deadline() {
+fn apply_unit_restarts_failures_and_outlives_the_script_deadline() {
+    let mut section = "";
+    let mut entries: Vec<(String, String, String)> = Vec::new();
+    for line in APPLY_UNIT.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name;
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not key=value: {line}"));
+        entries.push((section.to_string(), key.to_string(), value.to_string()));
+    }
+    let get = |section: &str, key: &str| -> String {
+        let found: Vec<&String> = entries
+            .iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v)
+            .collect();
+        assert_eq!(found.len(), 1, "[{section}] {key}: {found:?}");
+        found[0].clone()
+    };
+    assert_eq!(
+        get("Service", "ExecStart"),
+        format!("/bin/bash {APPLY_SCRIPT_PATH}")
+    );
+    assert_eq!(get("Service", "Type"), "simple");
+    assert_eq!(get("Service", "Restart"), "on-failure");
+    assert_eq!(get("Service", "RestartPreventExitStatus"), "2");
+    assert!(
+        APPLY_SCRIPT.contains(
+            "# Exit codes: 0 applied (now or before), 1 deadline passed, 2 bad environment"
+        )
+    );
+    assert_eq!(get("Unit", "StartLimitIntervalSec"), "0");
+    assert_eq!(get("Install", "WantedBy"), "multi-user.target");
     let number_after = |text: &str, prefix: &str| -> u64 {
         let rest = &text[text.find(prefix).unwrap_or_else(|| panic!("{prefix}")) + prefix.len()..];
         rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()]
             .parse()
             .unwrap()
     };
-    let runtime_max = number_after(APPLY_COMMAND, "RuntimeMaxSec=");
+    let runtime_max: u64 = get("Service", "RuntimeMaxSec").parse().unwrap();
     let deadline = number_after(APPLY_SCRIPT, "CAPI_CALICO_DEADLINE_SECONDS:-");
     let kill_after = number_after(APPLY_SCRIPT, "\nkill_after=");
     assert_eq!(deadline, 1800);
     assert!(
         runtime_max > deadline + kill_after && runtime_max <= deadline + 120,
         "RuntimeMaxSec={runtime_max}, deadline {deadline}s, kill-after {kill_after}s"
+    );
+    let restart_sec: u64 = get("Service", "RestartSec").parse().unwrap();
+    assert!((60..=600).contains(&restart_sec), "{restart_sec}");
+}
+
+/// A run after a success with the same files (a reboot, a restart of the unit) exits at once without calling
+/// calicoctl; changed files are applied again.
+#[test]
+fn apply_records_what_it_applied_and_skips_the_same_files() {
+    let a = Apply::new(1);
+    let (out, _) = run(a.command(30, 0, 0, 0), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let first = a.calls().len();
+    assert!(first >= 3, "{:?}", a.calls());
+    let recorded = std::fs::read_to_string(a.tmp.path().join("var-lib/applied")).unwrap();
+    assert_eq!(recorded.trim().len(), 64, "{recorded}");
+
+    let (out, elapsed) = run(a.command(30, 0, 0, 0), Duration::from_secs(30));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("already applied (files sha256"), "{stdout}");
+    assert_eq!(a.calls().len(), first, "no calicoctl call the second time");
+    assert!(elapsed < Duration::from_secs(5));
+
+    let conf = a.dir.join("bgpconfiguration.yaml");
+    let changed = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("64512", "64513");
+    std::fs::write(&conf, changed).unwrap();
+    let (out, _) = run(a.command(30, 0, 0, 0), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(a.calls().len() > first, "changed files are applied again");
+    assert_ne!(
+        std::fs::read_to_string(a.tmp.path().join("var-lib/applied")).unwrap(),
+        recorded
     );
 }
 
@@ -1254,28 +1378,6 @@ fn bgp_configuration_file_is_one_line_of_json() {
          \"spec\":{\"asNumber\":64512,\"nodeToNodeMeshEnabled\":false}}\n"
     );
     let _: serde_json::Value = serde_json::from_str(&text).unwrap();
-}
-
-#[test]
-fn apply_command_falls_back_without_systemd_run() {
-    let tmp = TempDir::new().unwrap();
-    let bin = tmp.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    if restricted_bin(&bin, &["nohup", "setsid"]).is_none() {
-        eprintln!(
-            "NOTICE: apply_command_falls_back_without_systemd_run skipped: nohup or setsid missing"
-        );
-        return;
-    }
-    // PATH has no systemd-run: the script is started detached; the command returns at once and succeeds.
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(APPLY_COMMAND)
-        .env_clear()
-        .env("PATH", bin.display().to_string());
-    let (out, elapsed) = run(cmd, Duration::from_secs(10));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(elapsed < Duration::from_secs(5));
 }
 
 #[test]

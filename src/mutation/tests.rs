@@ -249,12 +249,14 @@ fn desired_bgp_only_for_control_plane() {
             CALICOCTL_CONF_PATH,
             BGP_PEERS_PATH,
             BGP_CONFIGURATION_PATH,
-            APPLY_SCRIPT_PATH
+            APPLY_SCRIPT_PATH,
+            APPLY_UNIT_PATH
         ]
     );
     assert_eq!(cp.file(BGP_PEERS_PATH).unwrap().permissions, "0600");
     assert_eq!(cp.file(BGP_CONFIGURATION_PATH).unwrap().permissions, "0600");
     assert_eq!(cp.file(APPLY_SCRIPT_PATH).unwrap().permissions, "0755");
+    assert_eq!(cp.file(APPLY_UNIT_PATH).unwrap().permissions, "0644");
     assert_eq!(cp.post_kubeadm_commands, vec![APPLY_COMMAND]);
 
     let workers = desired(&s, Target::Workers).unwrap();
@@ -657,13 +659,13 @@ fn large_peer_sets_are_split_in_order() {
         .collect();
     let want: Vec<String> = s.route_reflectors.iter().map(|p| p.name.clone()).collect();
     assert_eq!(names, want);
-    // File order: peers 1..n, then configuration, then the script (apply-bgp.sh reads peers first).
+    // File order: peers 1..n, then configuration, then the script and its unit (apply-bgp.sh reads peers first).
     let paths: Vec<&str> = inj.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths[2], BGP_PEERS_PATH);
     assert_eq!(paths[3], "/etc/capi-calico/bgppeers-2.yaml");
     assert_eq!(
-        &paths[paths.len() - 2..],
-        &[BGP_CONFIGURATION_PATH, APPLY_SCRIPT_PATH]
+        &paths[paths.len() - 3..],
+        &[BGP_CONFIGURATION_PATH, APPLY_SCRIPT_PATH, APPLY_UNIT_PATH]
     );
     // And it still patches cleanly.
     roundtrip(&fixture("kcp-v1beta2.json"), Target::ControlPlane, &inj);
@@ -747,6 +749,7 @@ fn minimal_ops_append_after_user_entries() {
     assert_eq!(
         op_paths(&ops),
         vec![
+            files.clone(),
             files.clone(),
             files.clone(),
             files.clone(),
@@ -871,10 +874,11 @@ fn stale_entries_are_removed_and_user_entries_kept() {
     let injected = roundtrip(&before, Target::ControlPlane, &full);
     let install_only = desired(&settings(true, false), Target::ControlPlane).unwrap();
     let ops = patch(&injected, Target::ControlPlane, &install_only).unwrap();
-    // Three BGP files (indices 4, 5, 6 after two user + two install files) and the post command, removed from the end.
+    // Four BGP files (indices 4 to 7 after two user + two install files) and the post command, removed from the end.
     assert_eq!(
         op_paths(&ops),
         vec![
+            "remove /spec/kubeadmConfigSpec/files/7",
             "remove /spec/kubeadmConfigSpec/files/6",
             "remove /spec/kubeadmConfigSpec/files/5",
             "remove /spec/kubeadmConfigSpec/files/4",
@@ -974,6 +978,48 @@ fn altered_entries_are_replaced_in_place() {
         after["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"],
         json!([APPLY_COMMAND, "echo user"])
     );
+}
+
+/// An object injected by the previous release (transient unit started by systemd-run) is upgraded in place: the
+/// retired post command becomes the current one at the same index, the unit file is added, the apply script
+/// replaced, nothing is duplicated, and the upgraded object needs no further patch.
+#[test]
+fn an_object_injected_by_the_previous_release_is_upgraded_in_place() {
+    let old = fixture("kcp-injected-before-the-apply-unit.json");
+    let annotations = crate::cluster::string_map(old.pointer("/metadata/annotations"));
+    let crate::settings::Resolution::OptedIn { settings, .. } =
+        crate::settings::resolve(&annotations, None)
+    else {
+        panic!("the fixture's own settings resolve");
+    };
+    let inj = desired(&settings, Target::ControlPlane).unwrap();
+    let post_before = old["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"].clone();
+    let retired_at = post_before
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| {
+            c.as_str()
+                .is_some_and(|c| patch::RETIRED_COMMANDS.contains(&c))
+        })
+        .expect("the fixture holds a retired command");
+    let upgraded = roundtrip(&old, Target::ControlPlane, &inj);
+    let spec = &upgraded["spec"]["kubeadmConfigSpec"];
+    let post = spec["postKubeadmCommands"].as_array().unwrap();
+    assert_eq!(post.len(), post_before.as_array().unwrap().len());
+    assert_eq!(post[retired_at], APPLY_COMMAND);
+    let paths: Vec<&str> = spec["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(
+        paths.iter().filter(|p| **p == APPLY_UNIT_PATH).count(),
+        1,
+        "{paths:?}"
+    );
+    assert!(verify(&upgraded, Target::ControlPlane, &inj).is_empty());
 }
 
 /// The directory is reserved, and a user entry in it is refused with a message naming it: never taken over, never

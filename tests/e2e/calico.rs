@@ -374,6 +374,7 @@ pub const KCP_FILES: &[&str] = &[
     "/etc/capi-calico/bgppeers.yaml",
     "/etc/capi-calico/bgpconfiguration.yaml",
     "/etc/capi-calico/apply-bgp.sh",
+    "/etc/capi-calico/capi-calico-apply-bgp.service",
 ];
 pub const KCT_FILES: &[&str] = &[
     "/etc/capi-calico/install-calicoctl.sh",

@@ -1,33 +1,24 @@
 #!/bin/bash
-# Installed by capi-calico-webhook as /etc/capi-calico/apply-bgp.sh on control-plane machines and started from
-# postKubeadmCommands in the background (a transient systemd unit, capi-calico-apply-bgp), so it never blocks the
-# bootstrap.
+# capi-calico-webhook: /etc/capi-calico/apply-bgp.sh, run on control-plane machines by the systemd unit
+# capi-calico-apply-bgp (again after a failure and at boot; see the webhook's docs/injection.md). Once Calico
+# answers, it applies the BGPPeers FIRST (bgppeers.yaml, bgppeers-2.yaml, ...) and the BGPConfiguration (mesh off)
+# SECOND: the mesh off before the peerings exist would cut every BGP session. The BGPConfiguration is created if missing, else patched, never
+# replaced whole. Failures are retried until a deadline; each calicoctl run is bounded by `timeout`. On success it
+# records a digest of its files: a later run with the same files exits at once.
 #
-# It waits until the API server answers with the admin kubeconfig and Calico is installed (ClusterInformation
-# "default" exists), then applies the BGPPeers FIRST and sets up the BGPConfiguration (node-to-node mesh off) SECOND:
-# turning the mesh off before the route-reflector peerings exist would cut every BGP session.
-# Peers are in bgppeers.yaml, then bgppeers-2.yaml, bgppeers-3.yaml, ... (applied in that order, stopping at the first
-# number that does not exist). The BGPConfiguration is never applied (that would replace it whole, dropping what an
-# operator set since): created from bgpconfiguration.yaml (one line of JSON) if missing, else patched with it.
-# Every failure is retried until an overall deadline; every calicoctl run is bounded by `timeout`.
+# Environment (tests only): CAPI_CALICO_DIR (/etc/capi-calico), CAPI_CALICO_KUBECONFIG (/etc/kubernetes/admin.conf),
+# CAPI_CALICO_LOG_DIR (/var/log/capi-calico), CAPI_CALICO_STATE_DIR (/var/lib/capi-calico),
+# CAPI_CALICO_DEADLINE_SECONDS (1800), CAPI_CALICO_ATTEMPT_TIMEOUT (120 s per calicoctl run), CAPI_CALICO_RETRY_SLEEP
+# (5, doubled per failure up to 60), CAPI_CALICO_CALICOCTL (/usr/local/bin/calicoctl, the verified one, never PATH's).
 #
-# Environment (for tests; unset on a node):
-#   CAPI_CALICO_DIR               directory of the data files (default /etc/capi-calico)
-#   CAPI_CALICO_KUBECONFIG        admin kubeconfig          (default /etc/kubernetes/admin.conf)
-#   CAPI_CALICO_LOG_DIR           log directory             (default /var/log/capi-calico)
-#   CAPI_CALICO_DEADLINE_SECONDS  overall deadline          (default 1800)
-#   CAPI_CALICO_ATTEMPT_TIMEOUT   longest calicoctl run, s  (default 120)
-#   CAPI_CALICO_RETRY_SLEEP       first back-off, seconds   (default 5; doubled per failure, at most 60)
-#   CAPI_CALICO_CALICOCTL         calicoctl binary          (default /usr/local/bin/calicoctl, the pinned one
-#                                 install-calicoctl.sh verified; never another calicoctl found on PATH)
-#
-# Exit codes: 0 applied, 1 deadline passed, 2 bad environment or missing files.
+# Exit codes: 0 applied (now or before), 1 deadline passed, 2 bad environment or missing files.
 set -eu
 set -o pipefail
 
 dir="${CAPI_CALICO_DIR:-/etc/capi-calico}"
 kubeconfig="${CAPI_CALICO_KUBECONFIG:-/etc/kubernetes/admin.conf}"
 log_dir="${CAPI_CALICO_LOG_DIR:-/var/log/capi-calico}"
+state_dir="${CAPI_CALICO_STATE_DIR:-/var/lib/capi-calico}"
 deadline_seconds="${CAPI_CALICO_DEADLINE_SECONDS:-1800}"
 attempt_timeout="${CAPI_CALICO_ATTEMPT_TIMEOUT:-120}"
 retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-5}"
@@ -81,6 +72,13 @@ while [ -e "$dir/bgppeers-$n.yaml" ]; do
   peer_files+=("$dir/bgppeers-$n.yaml")
   n=$((n + 1))
 done
+
+# What this machine applied last: the same files need no second run (a reboot, a restart of the unit).
+digest="$(cat -- "${peer_files[@]}" "$conf_file" | sha256sum | cut -d ' ' -f 1)"
+if [ "$(cat -- "$state_dir/applied" 2>/dev/null || true)" = "$digest" ]; then
+  log "already applied (files sha256 $digest); nothing to do"
+  exit 0
+fi
 
 start="$(date +%s)"
 deadline=$((start + deadline_seconds))
@@ -206,3 +204,8 @@ for f in "${peer_files[@]}"; do
 done
 retry "BGPConfiguration default (node-to-node mesh off): create or patch from $conf_file" bgp_configuration
 log "done: BGPPeers applied, then BGPConfiguration default created or patched"
+if mkdir -p -- "$state_dir" && printf '%s\n' "$digest" >"$state_dir/applied"; then
+  log "recorded in $state_dir/applied"
+else
+  log "WARNING: could not record the digest in $state_dir/applied: the next run applies again"
+fi
