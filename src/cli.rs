@@ -33,6 +33,8 @@ SETTINGS
     CALICOCTL_SHA256_AMD64/ARM64   64 hex digits (built in for the shipped versions)
     CALICO_REGISTRY                host[:port][/path] the Calico images are pulled from (default: the operator's)
     CALICO_IMAGE_PATH              image path under the registry, e.g. mirror/calico (default: the operator's)
+    CALICO_IMAGE_PULL_SECRET       Secret (type addons.cluster.x-k8s.io/resource-set) delivered with Calico for a
+                                   mirror that needs credentials; the Installation's imagePullSecrets
 
 EXAMPLE
   apiVersion: cluster.x-k8s.io/v1beta2
@@ -109,6 +111,13 @@ pub struct BundleArgs {
         help = "Replace the operator's image (container tigera-operator), for nodes that pull from a mirror: [host[:port]/]path:tag or ...@sha256:<digest>, with the upstream tag"
     )]
     pub operator_image: Option<String>,
+    /// A pull secret for the operator's pod, for a mirror that needs credentials.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "Give the operator's pod the image pull secret NAME (a Secret in namespace tigera-operator of each workload cluster; deliver it with capi-calico.io/CALICO_IMAGE_PULL_SECRET)"
+    )]
+    pub operator_pull_secret: Option<String>,
 }
 
 /// Input files.
@@ -457,6 +466,11 @@ pub fn run_bundle(args: &BundleArgs, out: &mut dyn Write, err: &mut dyn Write) -
     let result = read(&args.operator).and_then(|operator| {
         let operator = match &args.operator_image {
             Some(image) => crate::delivery::bundle::set_operator_image(&operator, image)
+                .map_err(|e| e.to_string())?,
+            None => operator,
+        };
+        let operator = match &args.operator_pull_secret {
+            Some(secret) => crate::delivery::bundle::set_operator_pull_secret(&operator, secret)
                 .map_err(|e| e.to_string())?,
             None => operator,
         };

@@ -7,7 +7,7 @@ use capi_calico_webhook::{
         CHUNK_DATA_LIMIT, COUNT_ANNOTATION, INDEX_ANNOTATION, ROLE_LABEL, VERSION_LABEL,
         bundle::{
             bundle, bundle_with_limit, data_size, parse_objects, reassemble, select_bundle,
-            set_operator_image,
+            set_operator_image, set_operator_pull_secret,
         },
     },
     settings::CalicoVersion,
@@ -189,6 +189,23 @@ fn upstream_calico_v3_31_7_bundle() {
     let containers = &changed[0]["spec"]["template"]["spec"]["containers"];
     assert_eq!(containers[0]["name"], "tigera-operator");
     assert_eq!(containers[0]["image"], image);
+
+    // `--operator-pull-secret`: likewise only the Deployment changes, by its pod's imagePullSecrets.
+    let with_secret = set_operator_pull_secret(&operator, "calico-pull").unwrap();
+    let edited_back =
+        reassemble(&bundle(&with_secret, &crds, &V3_31_7, "capi-calico-system").unwrap()).unwrap();
+    let changed: Vec<&Value> = back
+        .iter()
+        .zip(&edited_back)
+        .filter(|(a, b)| a != b)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(changed.len(), 1, "only the Deployment changes");
+    assert_eq!(changed[0]["kind"], "Deployment");
+    assert_eq!(
+        changed[0]["spec"]["template"]["spec"]["imagePullSecrets"],
+        serde_json::json!([{"name": "calico-pull"}])
+    );
 }
 
 #[test]

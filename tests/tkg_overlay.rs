@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 /// Every setting the webhook knows: the overlay and its defaults file must cover exactly these.
-const KEYS: [&str; 16] = capi_calico_webhook::settings::keys::KNOWN_KEYS;
+const KEYS: [&str; 17] = capi_calico_webhook::settings::keys::KNOWN_KEYS;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -140,6 +140,7 @@ fn every_setting_becomes_a_string_annotation_and_kcp_and_kcts_are_labelled() {
         ("CALICOCTL_SHA256_ARM64", "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"),
         ("CALICO_REGISTRY", "registry.example.internal:5000/mirror"),
         ("CALICO_IMAGE_PATH", "calico"),
+        ("CALICO_IMAGE_PULL_SECRET", "calico-pull"),
     ]
     .into_iter()
     .map(|(k, v)| (format!("capi-calico.io/{k}"), v.to_string()))

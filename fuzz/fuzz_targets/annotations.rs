@@ -100,6 +100,13 @@ fuzz_target!(|data: &[u8]| {
                     Some(path) => assert_eq!(spec["imagePath"], path.as_str()),
                     None => assert!(spec.get("imagePath").is_none()),
                 }
+                match &settings.images.pull_secret {
+                    Some(name) => {
+                        assert!(settings::values::is_dns1123_subdomain(name), "{name}");
+                        assert_eq!(spec["imagePullSecrets"], serde_json::json!([{ "name": name }]));
+                    }
+                    None => assert!(spec.get("imagePullSecrets").is_none()),
+                }
             }
         }
     }

@@ -290,27 +290,74 @@ pub const OPERATOR_CONTAINER: &str = "tigera-operator";
 /// has it. Everything else is unchanged. Returned as a YAML stream of JSON documents (JSON is YAML), which
 /// [`bundle`] reads like the upstream file.
 pub fn set_operator_image(operator_yaml: &str, image: &str) -> Result<String, DeliveryError> {
-    const INPUT: &str = "tigera-operator.yaml";
     let tag = crate::settings::values::check_image_reference(image)
         .map_err(|why| DeliveryError::OperatorImage(format!("--operator-image {image:?} {why}")))?;
+    edit_operator(operator_yaml, "--operator-image", |_, container| {
+        check_init_image_version(container, image, tag)?;
+        container["image"] = Value::from(image);
+        Ok(())
+    })
+}
+
+/// Give the operator's pod the image pull secret `secret` (`spec.template.spec.imagePullSecrets`), for a mirror that
+/// needs credentials: the Secret must then exist in the `tigera-operator` namespace of every workload cluster of this
+/// bundle (`CALICO_IMAGE_PULL_SECRET` delivers it there). Nothing else changes.
+pub fn set_operator_pull_secret(
+    operator_yaml: &str,
+    secret: &str,
+) -> Result<String, DeliveryError> {
+    if !crate::settings::values::is_dns1123_subdomain(secret) {
+        return Err(DeliveryError::OperatorImage(format!(
+            "--operator-pull-secret {secret:?} is not a Secret name: lower-case letters, digits, '-' and '.', at most \
+             253 characters"
+        )));
+    }
+    edit_operator(operator_yaml, "--operator-pull-secret", |pod, _| {
+        pod.insert(
+            "imagePullSecrets".into(),
+            serde_json::json!([{ "name": secret }]),
+        );
+        Ok(())
+    })
+}
+
+/// Apply `edit` to the pod spec and the container of the one Deployment container named [`OPERATOR_CONTAINER`] in
+/// `operator_yaml`, and write the documents back (compact JSON, in order). `flag` names the option in errors.
+fn edit_operator(
+    operator_yaml: &str,
+    flag: &str,
+    mut edit: impl FnMut(&mut serde_json::Map<String, Value>, &mut Value) -> Result<(), DeliveryError>,
+) -> Result<String, DeliveryError> {
+    const INPUT: &str = "tigera-operator.yaml";
     let mut objects = parse_objects(INPUT, operator_yaml)?;
     let mut found = 0;
     for object in objects.iter_mut().filter(|o| o["kind"] == "Deployment") {
-        let containers = object
-            .pointer_mut("/spec/template/spec/containers")
-            .and_then(Value::as_array_mut);
-        for container in containers.into_iter().flatten() {
+        let Some(pod) = object
+            .pointer_mut("/spec/template/spec")
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let count = pod
+            .get("containers")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        for k in 0..count {
             // Indexing by name is safe: only an object has a name equal to a string.
-            if container["name"] == OPERATOR_CONTAINER {
-                check_init_image_version(container, image, tag)?;
-                container["image"] = Value::from(image);
-                found += 1;
+            if pod["containers"][k]["name"] != OPERATOR_CONTAINER {
+                continue;
             }
+            found += 1;
+            // Taken out for the edit, which also gets the pod spec, and put back in place: the order is kept.
+            let mut container = std::mem::take(&mut pod["containers"][k]);
+            let result = edit(pod, &mut container);
+            pod["containers"][k] = container;
+            result?;
         }
     }
     if found != 1 {
         return Err(DeliveryError::OperatorImage(format!(
-            "{INPUT}: --operator-image needs exactly one Deployment container named {OPERATOR_CONTAINER}, found {found} (is this the upstream tigera-operator.yaml?)"
+            "{INPUT}: {flag} needs exactly one Deployment container named {OPERATOR_CONTAINER}, found {found} (is this the upstream tigera-operator.yaml?)"
         )));
     }
     let mut out = String::new();
@@ -622,6 +669,59 @@ mod tests {
         assert!(err.to_string().contains("no tag or digest"), "{err}");
         let err = set_operator_image(&crd("a.example.io", 10), image).unwrap_err();
         assert!(err.to_string().contains("found 0"), "{err}");
+    }
+
+    #[test]
+    fn operator_pull_secret_is_added_to_the_operator_pod_only() {
+        let operator = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tigera-operator\nspec:\n  template:\n    spec:\n      serviceAccountName: tigera-operator\n      containers:\n        - name: tigera-operator\n          image: quay.io/tigera/operator:v1.40.3\n      volumes: []\n";
+        let edited = set_operator_pull_secret(operator, "calico-pull").unwrap();
+        let before = parse_objects("a", operator).unwrap();
+        let after = parse_objects("b", &edited).unwrap();
+        assert_eq!(after[0], before[0]);
+        let pod = &after[1]["spec"]["template"]["spec"];
+        assert_eq!(pod["imagePullSecrets"], json!([{"name": "calico-pull"}]));
+        let mut back = after[1].clone();
+        back["spec"]["template"]["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("imagePullSecrets");
+        assert_eq!(back, before[1]);
+        // The pod spec's keys keep their order; the new one comes last.
+        let keys: Vec<&String> = pod.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "serviceAccountName",
+                "containers",
+                "volumes",
+                "imagePullSecrets"
+            ]
+        );
+        // Both edits compose, in either order, to the same documents.
+        let image = "r.example.com/tigera/operator:v1.40.3";
+        let a = set_operator_image(
+            &set_operator_pull_secret(operator, "calico-pull").unwrap(),
+            image,
+        )
+        .unwrap();
+        let b =
+            set_operator_pull_secret(&set_operator_image(operator, image).unwrap(), "calico-pull")
+                .unwrap();
+        assert_eq!(
+            parse_objects("a", &a).unwrap(),
+            parse_objects("b", &b).unwrap()
+        );
+
+        for bad in ["Calico", "a_b", "", "-a"] {
+            let err = set_operator_pull_secret(operator, bad).unwrap_err();
+            assert!(err.to_string().contains("is not a Secret name"), "{err}");
+        }
+        let err = set_operator_pull_secret(&crd("a.example.io", 10), "calico-pull").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--operator-pull-secret needs exactly one"),
+            "{err}"
+        );
     }
 
     #[test]

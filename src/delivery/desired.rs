@@ -162,6 +162,12 @@ pub fn desired_objects(
         .iter()
         .map(|c| json!({ "name": c.name, "kind": "ConfigMap" }))
         .collect();
+    // The pull secret after the operator chunks (which create the tigera-operator namespace it lives in) and before
+    // the Installation that names it. The user creates it (a Secret of type addons.cluster.x-k8s.io/resource-set);
+    // the reconciler only names it, so it needs no access to Secrets.
+    if let Some(secret) = &settings.images.pull_secret {
+        resources.push(json!({ "name": secret, "kind": "Secret" }));
+    }
     resources
         .push(json!({ "name": installation_configmap_name(&cluster.name), "kind": "ConfigMap" }));
     let cluster_resource_set = json!({
@@ -570,6 +576,42 @@ mod tests {
         // CRD chunks first, then the operator, then the Installation.
         assert!(names[0].contains("-crds-"));
         assert!(names[names.len() - 2].contains("-operator-"));
+    }
+
+    /// A pull secret is listed between the operator chunks (which create its namespace) and the Installation
+    /// (which names it), as a Secret; without the setting the list is unchanged.
+    #[test]
+    fn a_pull_secret_is_listed_after_the_operator_and_before_the_installation() {
+        let loaded = loaded_bundle();
+        let bundle = select_bundle(loaded.iter(), "v3.31.7").unwrap();
+        let mut with_secret = s();
+        with_secret.images.pull_secret = Some("calico-pull".into());
+        let resources = |settings: &Settings| -> Vec<(String, String)> {
+            desired_objects(&cluster(), settings, &bundle)
+                .unwrap()
+                .cluster_resource_set["spec"]["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["kind"].as_str().unwrap().to_string(),
+                        r["name"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let plain = resources(&s());
+        let listed = resources(&with_secret);
+        assert_eq!(listed.len(), plain.len() + 1);
+        let n = listed.len();
+        assert!(listed[n - 3].1.contains("-operator-"), "{listed:?}");
+        assert_eq!(
+            listed[n - 2],
+            ("Secret".to_string(), "calico-pull".to_string())
+        );
+        assert_eq!(listed[n - 1].1, "prod-1-calico-installation");
+        assert!(plain.iter().all(|(kind, _)| kind == "ConfigMap"));
     }
 
     #[test]

@@ -140,6 +140,10 @@ pub fn render_documents(settings: &Settings) -> Result<(Value, Value), DeliveryE
     if let Some(image_path) = &settings.images.image_path {
         spec.insert("imagePath".into(), json!(image_path));
     }
+    // The operator reads pull secrets from its own namespace, tigera-operator, where the ClusterResourceSet puts it.
+    if let Some(secret) = &settings.images.pull_secret {
+        spec.insert("imagePullSecrets".into(), json!([{ "name": secret }]));
+    }
     let installation = json!({
         "apiVersion": "operator.tigera.io/v1",
         "kind": "Installation",
@@ -343,7 +347,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn image_source_sets_registry_and_image_path_only_when_given() {
+    fn image_source_sets_registry_image_path_and_pull_secret_only_when_given() {
         let mut s = settings(
             BgpOption::Enabled,
             Encapsulation::VxlanCrossSubnet,
@@ -354,10 +358,12 @@ pub(crate) mod tests {
         let (plain, _) = render_documents(&s).unwrap();
         assert!(plain["spec"].get("registry").is_none());
         assert!(plain["spec"].get("imagePath").is_none());
+        assert!(plain["spec"].get("imagePullSecrets").is_none());
 
         s.images = ImageSource {
             registry: Some("registry.example.internal:5000/mirror/".into()),
             image_path: Some("calico-mirror".into()),
+            pull_secret: Some("calico-pull".into()),
         };
         let (inst, _) = render_documents(&s).unwrap();
         assert_eq!(
@@ -365,11 +371,16 @@ pub(crate) mod tests {
             json!("registry.example.internal:5000/mirror/")
         );
         assert_eq!(inst["spec"]["imagePath"], json!("calico-mirror"));
+        assert_eq!(
+            inst["spec"]["imagePullSecrets"],
+            json!([{ "name": "calico-pull" }])
+        );
         // The rest of the Installation is unchanged.
         let mut without = inst.clone();
         let spec = without["spec"].as_object_mut().unwrap();
         spec.remove("registry");
         spec.remove("imagePath");
+        spec.remove("imagePullSecrets");
         assert_eq!(without, plain);
     }
 }

@@ -33,9 +33,11 @@ pub const CALICOCTL_SHA256_ARM64: &str = "CALICOCTL_SHA256_ARM64";
 pub const CALICO_REGISTRY: &str = "CALICO_REGISTRY";
 /// `CALICO_IMAGE_PATH`.
 pub const CALICO_IMAGE_PATH: &str = "CALICO_IMAGE_PATH";
+/// `CALICO_IMAGE_PULL_SECRET`.
+pub const CALICO_IMAGE_PULL_SECRET: &str = "CALICO_IMAGE_PULL_SECRET";
 
 /// Every known variable name, in the order of the documentation table.
-pub const KNOWN_KEYS: [&str; 16] = [
+pub const KNOWN_KEYS: [&str; 17] = [
     CUSTOM_CALICO_DEPLOYMENT,
     CALICO_BGP_OPTION,
     CALICO_BLOCK_SIZE,
@@ -52,6 +54,7 @@ pub const KNOWN_KEYS: [&str; 16] = [
     CALICOCTL_SHA256_ARM64,
     CALICO_REGISTRY,
     CALICO_IMAGE_PATH,
+    CALICO_IMAGE_PULL_SECRET,
 ];
 
 /// True when `variable` (the part after the prefix) is a known setting.

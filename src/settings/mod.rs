@@ -92,6 +92,9 @@ pub struct ImageSource {
     pub registry: Option<String>,
     /// `CALICO_IMAGE_PATH`, validated.
     pub image_path: Option<String>,
+    /// `CALICO_IMAGE_PULL_SECRET`, validated (a DNS-1123 subdomain): the pull secret's name in the workload cluster's
+    /// `tigera-operator` namespace, and the name of the management cluster's ClusterResourceSet Secret that holds it.
+    pub pull_secret: Option<String>,
 }
 
 /// One validated BGPPeer from `CALICO_ROUTE_REFLECTORS`.
@@ -412,6 +415,9 @@ impl<'a> Resolver<'a> {
         let image_path = self.parse(keys::CALICO_IMAGE_PATH, None, |raw| {
             values::parse_image_path(raw).map(Some)
         });
+        let pull_secret = self.parse(keys::CALICO_IMAGE_PULL_SECRET, None, |raw| {
+            values::parse_pull_secret(raw).map(Some)
+        });
         let route_reflectors = self.route_reflectors(as_number.flatten());
         if let (Some(peers), Some(version)) = (&route_reflectors, version) {
             for e in peers::fields_newer_than(peers, version) {
@@ -458,6 +464,7 @@ impl<'a> Resolver<'a> {
             Some(calicoctl),
             Some(registry),
             Some(image_path),
+            Some(pull_secret),
         ) = (
             bgp,
             encapsulation,
@@ -470,6 +477,7 @@ impl<'a> Resolver<'a> {
             calicoctl,
             registry,
             image_path,
+            pull_secret,
         )
         else {
             // Unreachable: every `None` above recorded a problem.
@@ -492,6 +500,7 @@ impl<'a> Resolver<'a> {
                 images: ImageSource {
                     registry,
                     image_path,
+                    pull_secret,
                 },
             }),
             warnings: self.warnings,

@@ -62,6 +62,8 @@ pub mod rules {
     pub const REGISTRY_FORMAT: &str = "registry-format";
     /// `CALICO_IMAGE_PATH` is not a path of image-name components.
     pub const IMAGE_PATH_FORMAT: &str = "image-path-format";
+    /// `CALICO_IMAGE_PULL_SECRET` is not a Secret name.
+    pub const PULL_SECRET_FORMAT: &str = "pull-secret-format";
     /// `CALICO_ROUTE_REFLECTORS` is not standard base64 / too large / not UTF-8.
     pub const ROUTE_REFLECTORS_ENCODING: &str = "route-reflectors-encoding";
     /// More problems than a denial lists ([`super::MAX_LISTED_PROBLEMS`]): the rest are counted, not listed.

@@ -1252,6 +1252,7 @@ fn registry_and_image_path_reach_the_settings() {
         &[
             ("CALICO_REGISTRY", "registry.example.internal:5000"),
             ("CALICO_IMAGE_PATH", "mirror/calico"),
+            ("CALICO_IMAGE_PULL_SECRET", "calico-pull"),
         ],
         None,
     );
@@ -1260,6 +1261,7 @@ fn registry_and_image_path_reach_the_settings() {
         ImageSource {
             registry: Some("registry.example.internal:5000/".into()),
             image_path: Some("mirror/calico".into()),
+            pull_secret: Some("calico-pull".into()),
         }
     );
 }
@@ -1267,16 +1269,47 @@ fn registry_and_image_path_reach_the_settings() {
 #[test]
 fn bad_registry_and_image_path_are_problems_naming_their_keys() {
     let p = problems(
-        &[("CALICO_REGISTRY", "mirror"), ("CALICO_IMAGE_PATH", "a//b")],
+        &[
+            ("CALICO_REGISTRY", "mirror"),
+            ("CALICO_IMAGE_PATH", "a//b"),
+            ("CALICO_IMAGE_PULL_SECRET", "Calico_Pull"),
+        ],
         None,
     );
     assert_eq!(
         rules_of(&p),
-        vec![rules::REGISTRY_FORMAT, rules::IMAGE_PATH_FORMAT]
+        vec![
+            rules::REGISTRY_FORMAT,
+            rules::IMAGE_PATH_FORMAT,
+            rules::PULL_SECRET_FORMAT
+        ]
     );
     assert_eq!(p[0].key, "capi-calico.io/CALICO_REGISTRY");
     assert_eq!(p[0].value.as_deref(), Some("\"mirror\""));
     assert_eq!(p[1].key, "capi-calico.io/CALICO_IMAGE_PATH");
+    assert_eq!(p[2].key, "capi-calico.io/CALICO_IMAGE_PULL_SECRET");
+    assert!(p[2].message.contains("is not a Secret name"), "{}", p[2]);
+}
+
+#[test]
+fn pull_secret_names_table() {
+    for (raw, ok) in [
+        ("calico-pull", true),
+        ("pull.secret.v1", true),
+        ("a", true),
+        ("Calico", false),
+        ("-x", false),
+        ("x-", false),
+        ("a_b", false),
+        ("", false),
+        ("a/b", false),
+        ("a b", false),
+        ("$(id)", false),
+    ] {
+        assert_eq!(values::parse_pull_secret(raw).is_ok(), ok, "{raw:?}");
+    }
+    assert!(values::parse_pull_secret(&"a".repeat(253)).is_ok());
+    assert!(values::parse_pull_secret(&"a".repeat(254)).is_err());
 }
 
 // ------------------------------------------------------------------------------------------------------------

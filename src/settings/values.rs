@@ -922,6 +922,18 @@ pub fn parse_sha256(raw: &str) -> Result<Sha256Hex, ValueError> {
     ))
 }
 
+/// `CALICO_IMAGE_PULL_SECRET`: a Secret name (DNS-1123 subdomain). Returned unchanged.
+pub fn parse_pull_secret(raw: &str) -> Result<String, ValueError> {
+    if is_dns1123_subdomain(raw) {
+        return Ok(raw.to_string());
+    }
+    Err(ValueError::new(
+        rules::PULL_SECRET_FORMAT,
+        "is not a Secret name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, \
+         at most 253 characters (e.g. calico-pull-secret)",
+    ))
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Formats used by BGPPeer fields
 

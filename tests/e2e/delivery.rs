@@ -585,7 +585,12 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
         &dir.join("tigera-operator.yaml"),
         &dir.join("operator-crds.yaml"),
         version,
-        &["--operator-image", operator_image],
+        &[
+            "--operator-image",
+            operator_image,
+            "--operator-pull-secret",
+            "calico-pull",
+        ],
     )?;
     let sizes: Vec<usize> = bundle
         .iter()
@@ -611,12 +616,14 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
     annotations["capi-calico.io/CALICO_VERSION"] = json!(version);
     annotations["capi-calico.io/CALICO_REGISTRY"] = json!("registry.example.internal:5000");
     annotations["capi-calico.io/CALICO_IMAGE_PATH"] = json!("mirror/calico");
+    annotations["capi-calico.io/CALICO_IMAGE_PULL_SECRET"] = json!("calico-pull");
     h.apply(&ns, &cluster.to_string())?;
     poll("Delivered", 60, || {
         let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
         Ok(status_of(&c).filter(|s| s["reason"] == "Delivered"))
     })?;
     let mut images = Vec::new();
+    let mut pull_secrets = Vec::new();
     for b in &bundle {
         let copy = h.get_json("configmap", &ns, name_of(b))?;
         ensure!(copy["data"] == b["data"], "{}: copy differs", name_of(b));
@@ -627,6 +634,7 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
         {
             let doc: Value = serde_json::from_str(doc.as_str().unwrap_or("null"))?;
             if doc["kind"] == "Deployment" {
+                pull_secrets.push(doc["spec"]["template"]["spec"]["imagePullSecrets"].clone());
                 images.extend(
                     doc["spec"]["template"]["spec"]["containers"]
                         .as_array()
@@ -641,19 +649,34 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
         images == [operator_image],
         "operator image in the delivered copies: {images:?}"
     );
+    ensure!(
+        pull_secrets == [json!([{"name": "calico-pull"}])],
+        "operator pull secrets in the delivered copies: {pull_secrets:?}"
+    );
     let crs = h.get_json(
         "clusterresourcesets.addons.cluster.x-k8s.io",
         &ns,
         "calico-calico",
     )?;
-    let listed: Vec<&str> = crs["spec"]["resources"]
+    let listed: Vec<String> = crs["spec"]["resources"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|r| r["name"].as_str())
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["kind"].as_str().unwrap_or("?"),
+                r["name"].as_str().unwrap_or("?")
+            )
+        })
         .collect();
-    let mut want: Vec<&str> = bundle.iter().map(name_of).collect();
-    want.push("calico-calico-installation");
+    // The pull secret after the operator (its namespace) and before the Installation (which names it).
+    let mut want: Vec<String> = bundle
+        .iter()
+        .map(|b| format!("ConfigMap/{}", name_of(b)))
+        .collect();
+    want.push("Secret/calico-pull".into());
+    want.push("ConfigMap/calico-calico-installation".into());
     ensure!(listed == want, "CRS resources {listed:?}, want {want:?}");
     println!(
         "  delivered {listed:?} in {:.1}s",
@@ -671,7 +694,8 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
     }
     ensure!(
         docs[0]["spec"]["registry"] == "registry.example.internal:5000/"
-            && docs[0]["spec"]["imagePath"] == "mirror/calico",
+            && docs[0]["spec"]["imagePath"] == "mirror/calico"
+            && docs[0]["spec"]["imagePullSecrets"] == json!([{"name": "calico-pull"}]),
         "image source in the Installation: {}",
         docs[0]["spec"]
     );
