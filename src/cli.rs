@@ -324,10 +324,20 @@ fn non_string_annotations(object: &serde_json::Value) -> Option<Verdict> {
     let lines: Vec<String> = annotations
         .iter()
         .filter(|(_, v)| !v.is_string() && !v.is_null())
-        .map(|(k, v)| {
-            let shown = v.to_string();
-            let shown: String = shown.chars().take(60).collect();
-            format!("- {k}: {shown} is not a string: quote it, as {k}: \"{shown}\"")
+        .map(|(k, v)| match v {
+            // Safe to spell back: YAML reads only these words as booleans.
+            serde_json::Value::Bool(b) => {
+                format!("- {k}: {b} is a boolean, not a string: quote it, as {k}: \"{b}\"")
+            }
+            // A number is shown as YAML read it, which may not be what was written (1.10 reads as 1.1, 026 as 26):
+            // the user must quote their own spelling.
+            other => {
+                let shown: String = other.to_string().chars().take(60).collect();
+                format!(
+                    "- {k}: YAML reads this value as {shown}, not a string: put the value in quotes exactly as you \
+                     wrote it"
+                )
+            }
         })
         .collect();
     if lines.is_empty() {

@@ -604,19 +604,27 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
 fn unquoted_annotation_values_are_refused_with_the_quoted_spelling() {
     let manifest = "apiVersion: cluster.x-k8s.io/v1beta2\nkind: Cluster\nmetadata:\n  name: c1\n  annotations:\n    \
                     capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: true\n    capi-calico.io/CALICO_BLOCK_SIZE: 19\n    \
-                    note: null\nspec:\n  clusterNetwork:\n    pods:\n      cidrBlocks: [100.96.0.0/11]\n";
+                    capi-calico.io/CALICO_BGP_AS_NUMBER: 1.10\n    note: null\nspec:\n  clusterNetwork:\n    pods:\n      cidrBlocks: [100.96.0.0/11]\n";
     let out = run(&["check", "-"], Some(manifest));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains(
-            "- capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: true is not a string: quote it, as \
+            "- capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: true is a boolean, not a string: quote it, as \
              capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: \"true\""
         ),
         "{stdout}"
     );
+    // A number is never spelt back (YAML may have changed it: 1.10 reads as 1.1): the user quotes their own text.
     assert!(
-        stdout.contains("capi-calico.io/CALICO_BLOCK_SIZE: \"19\""),
+        stdout.contains(
+            "- capi-calico.io/CALICO_BLOCK_SIZE: YAML reads this value as 19, not a string: put the value in quotes \
+             exactly as you wrote it"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("capi-calico.io/CALICO_BGP_AS_NUMBER: YAML reads this value as 1.1,"),
         "{stdout}"
     );
     assert!(!stdout.contains("note"), "{stdout}");

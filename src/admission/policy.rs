@@ -274,7 +274,7 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
                     subject_kind.kind()
                 )));
                 warnings.push(fit_warning(
-                    "capi-calico: to remove them, set INSTALL_CALICOCTL and CONFIGURE_CALICO_BGP_SETTINGS \"false\" first",
+                    "capi-calico: to remove them, opt in again with INSTALL_CALICOCTL and CONFIGURE_CALICO_BGP_SETTINGS \"false\"",
                 ));
             }
             if own {
@@ -750,9 +750,8 @@ mod tests {
             "{warnings:?}"
         );
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("CONFIGURE_CALICO_BGP_SETTINGS \"false\" first")),
+            warnings.iter().any(|w| w
+                .contains("opt in again with INSTALL_CALICOCTL and CONFIGURE_CALICO_BGP_SETTINGS")),
             "{warnings:?}"
         );
         assert!(

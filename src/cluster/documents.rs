@@ -57,8 +57,11 @@ impl DocumentSource {
                 cluster: Box::new(info),
                 source: LookupSource::Documents,
             },
-            None => Lookup::Failed {
-                reason: "a Cluster document has no metadata.name".to_string(),
+            // Offline there is nothing to retry: a document to fix, reported like a Cluster that is not there.
+            None => Lookup::NotFound {
+                looked_for:
+                    "a Cluster document with a metadata.name (the one that refers to it has none)"
+                        .to_string(),
             },
         }
     }

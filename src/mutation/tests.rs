@@ -980,12 +980,23 @@ fn altered_entries_are_replaced_in_place() {
     );
 }
 
-/// An object injected by the previous release (transient unit started by systemd-run) is upgraded in place: the
-/// retired post command becomes the current one at the same index, the unit file is added, the apply script
-/// replaced, nothing is duplicated, and the upgraded object needs no further patch.
+/// An object injected by the previous release (d645e1e: a transient unit started by systemd-run, the BGP
+/// configuration applied whole) is upgraded in place: the retired post command becomes the current one at the same
+/// index, the unit file is added, the scripts replaced, nothing is duplicated, and the upgraded object needs no
+/// further patch. Every retired command is upgraded the same way.
 #[test]
 fn an_object_injected_by_the_previous_release_is_upgraded_in_place() {
     let old = fixture("kcp-injected-before-the-apply-unit.json");
+    for retired in patch::RETIRED_COMMANDS {
+        let mut other = fixture("kcp-v1beta1.json");
+        other["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"] = json!([retired, "echo user"]);
+        let inj = desired(&settings(true, true), Target::ControlPlane).unwrap();
+        let upgraded = roundtrip(&other, Target::ControlPlane, &inj);
+        assert_eq!(
+            upgraded["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"],
+            json!([APPLY_COMMAND, "echo user"])
+        );
+    }
     let annotations = crate::cluster::string_map(old.pointer("/metadata/annotations"));
     let crate::settings::Resolution::OptedIn { settings, .. } =
         crate::settings::resolve(&annotations, None)

@@ -419,7 +419,8 @@ impl<'a> Resolver<'a> {
             values::parse_pull_secret(raw).map(Some)
         });
         let route_reflectors = self.route_reflectors(as_number.flatten());
-        if let (Some(peers), Some(version)) = (&route_reflectors, version) {
+        // Only peers that will be applied: calicoctl of that version reads them only then.
+        if let (Some(peers), Some(version), Some(true)) = (&route_reflectors, version, configure) {
             for e in peers::fields_newer_than(peers, version) {
                 self.problems.push(Problem::new(
                     &problem::full_key(keys::CALICO_ROUTE_REFLECTORS),
@@ -767,7 +768,8 @@ impl<'a> Resolver<'a> {
         ] {
             // A mirror serves the very same file, so for a version with a built-in checksum any other digest names
             // another binary, which every node would run as root: refused, not just reported.
-            if let (Some(given), Some(builtin)) = (given, checksums::builtin(version, arch))
+            if let (Some(given), Some(builtin), Some(true)) =
+                (given, checksums::builtin(version, arch), install)
                 && given.0 != builtin
             {
                 self.problems.push(Problem::with_value(

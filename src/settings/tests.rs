@@ -961,11 +961,20 @@ fn peer_fields_newer_than_the_calico_version_are_refused() {
         ),
         ("v3.29.7", ip_peer(""), true),
     ];
+    let sha = "ab".repeat(32);
     for (version, rr, accepted) in cases {
-        let pairs = [
+        let mut pairs = vec![
             ("CALICO_VERSION", version),
             ("CALICO_ROUTE_REFLECTORS", rr.as_str()),
+            ("CONFIGURE_CALICO_BGP_SETTINGS", "true"),
+            ("INSTALL_CALICOCTL", "true"),
+            ("CALICO_BGP_OPTION", "Enabled"),
+            ("CALICO_BGP_AS_NUMBER", "64512"),
         ];
+        if version == "v3.32.3" {
+            pairs.push(("CALICOCTL_SHA256_AMD64", sha.as_str()));
+            pairs.push(("CALICOCTL_SHA256_ARM64", sha.as_str()));
+        }
         match resolve(&opted_in(&pairs), None) {
             Resolution::OptedIn { .. } => assert!(accepted, "{version} {rr}: accepted"),
             Resolution::Invalid { problems } => {
@@ -985,6 +994,15 @@ fn peer_fields_newer_than_the_calico_version_are_refused() {
                 assert!(
                     problems[0].message.contains("BGPPeer \"rr-1\""),
                     "{problems:?}"
+                );
+                // Peers that are not applied are not held to the version.
+                let unused: Vec<(&str, &str)> = pairs[..2].to_vec();
+                assert!(
+                    matches!(
+                        resolve(&opted_in(&unused), None),
+                        Resolution::OptedIn { .. }
+                    ),
+                    "{unused:?}"
                 );
             }
             other => panic!("{other:?}"),
@@ -1054,10 +1072,21 @@ fn version_and_checksums_table() {
             vec![("CALICO_VERSION", "3.31.7")],
             Err(rules::VERSION_FORMAT),
         ),
-        // A known version: only its own digest is accepted (in any case).
+        // A known version: only its own digest is accepted (in any case) when calicoctl is installed; otherwise
+        // the digest is not used (and a warning says so).
+        (
+            vec![
+                ("CALICOCTL_SHA256_AMD64", &sha),
+                ("INSTALL_CALICOCTL", "true"),
+            ],
+            Err(rules::SHA256_NOT_BUILTIN),
+        ),
         (
             vec![("CALICOCTL_SHA256_AMD64", &sha)],
-            Err(rules::SHA256_NOT_BUILTIN),
+            Ok((
+                Some(&lower),
+                Some("d7adff41398cb77b97451bf238022376382725ff231228f78b3ebc35d9fb9fda"),
+            )),
         ),
         (
             vec![
