@@ -1009,11 +1009,13 @@ fn apply_patches_after_losing_the_create_race() {
 fn apply_uses_only_the_installed_calicoctl() {
     let a = Apply::new(1);
     let missing = a.tmp.path().join("not-installed/calicoctl");
-    let mut cmd = a.command(2, 1, 0, 0);
+    let mut cmd = a.command(60, 1, 0, 0);
     cmd.env("CAPI_CALICO_CALICOCTL", &missing);
-    let (out, _) = run(cmd, Duration::from_secs(60));
+    let (out, elapsed) = run(cmd, Duration::from_secs(60));
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}");
+    // Exit code 2 at once: another run cannot install it, so the unit does not restart (RestartPreventExitStatus).
+    assert_eq!(out.status.code(), Some(2), "stdout: {stdout}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert!(
         stdout.contains(&format!(
             "calicoctl is not installed at {}",
@@ -1337,6 +1339,32 @@ fn apply_unit_restarts_failures_and_outlives_the_script_deadline() {
     assert!((60..=600).contains(&restart_sec), "{restart_sec}");
 }
 
+/// The log, appended to by every run of the unit, is kept under 1 MiB: a larger one is moved to `.1` first.
+#[test]
+fn apply_keeps_its_log_bounded() {
+    let a = Apply::new(1);
+    std::fs::create_dir_all(&a.log_dir).unwrap();
+    let log = a.log_dir.join("apply-bgp.log");
+    std::fs::write(&log, "x".repeat(1_100_000)).unwrap();
+    let (out, _) = run(a.command(30, 0, 0, 0), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(
+        std::fs::metadata(a.log_dir.join("apply-bgp.log.1"))
+            .unwrap()
+            .len(),
+        1_100_000
+    );
+    let now = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        now.len() < 10_000 && now.contains("apply-bgp: done"),
+        "{now}"
+    );
+    // A log under the bound is appended to.
+    let (out, _) = run(a.command(30, 0, 0, 0), Duration::from_secs(30));
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(&log).unwrap().starts_with(&now));
+}
+
 /// A run after a success with the same files (a reboot, a restart of the unit) exits at once without calling
 /// calicoctl; changed files are applied again.
 #[test]
@@ -1355,6 +1383,21 @@ fn apply_records_what_it_applied_and_skips_the_same_files() {
     assert!(stdout.contains("already applied (files sha256"), "{stdout}");
     assert_eq!(a.calls().len(), first, "no calicoctl call the second time");
     assert!(elapsed < Duration::from_secs(5));
+
+    // Another cluster (a reused host that joined another control plane): its CA differs, so the files are applied
+    // again although they are the same.
+    std::fs::write(
+        &a.kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: QU5PVEhFUg==\n",
+    )
+    .unwrap();
+    let (out, _) = run(a.command(30, 0, 0, 0), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(a.calls().len() > first, "another cluster is applied again");
+    let first = a.calls().len();
+    let recorded = std::fs::read_to_string(a.tmp.path().join("var-lib/applied")).unwrap();
+    let (_, _) = run(a.command(30, 0, 0, 0), Duration::from_secs(30));
+    assert_eq!(a.calls().len(), first, "and then skipped");
 
     let conf = a.dir.join("bgpconfiguration.yaml");
     let changed = std::fs::read_to_string(&conf)

@@ -2,16 +2,17 @@
 # capi-calico-webhook: /etc/capi-calico/apply-bgp.sh, run on control-plane machines by the systemd unit
 # capi-calico-apply-bgp (again after a failure and at boot; see the webhook's docs/injection.md). Once Calico
 # answers, it applies the BGPPeers FIRST (bgppeers.yaml, bgppeers-2.yaml, ...) and the BGPConfiguration (mesh off)
-# SECOND: the mesh off before the peerings exist would cut every BGP session. The BGPConfiguration is created if missing, else patched, never
-# replaced whole. Failures are retried until a deadline; each calicoctl run is bounded by `timeout`. On success it
-# records a digest of its files: a later run with the same files exits at once.
+# SECOND: the mesh off before the peerings exist would cut every BGP session. The BGPConfiguration is created if
+# missing, else patched, never replaced whole. Failures are retried until a deadline; each calicoctl run is bounded
+# by `timeout`. On success it records a digest of its files and the cluster's CA: a later run with the same exits at
+# once.
 #
 # Environment (tests only): CAPI_CALICO_DIR (/etc/capi-calico), CAPI_CALICO_KUBECONFIG (/etc/kubernetes/admin.conf),
 # CAPI_CALICO_LOG_DIR (/var/log/capi-calico), CAPI_CALICO_STATE_DIR (/var/lib/capi-calico),
 # CAPI_CALICO_DEADLINE_SECONDS (1800), CAPI_CALICO_ATTEMPT_TIMEOUT (120 s per calicoctl run), CAPI_CALICO_RETRY_SLEEP
 # (5, doubled per failure up to 60), CAPI_CALICO_CALICOCTL (/usr/local/bin/calicoctl, the verified one, never PATH's).
 #
-# Exit codes: 0 applied (now or before), 1 deadline passed, 2 bad environment or missing files.
+# Exit codes: 0 applied (now or before), 1 deadline passed, 2 bad environment, missing files or calicoctl.
 set -eu
 set -o pipefail
 
@@ -23,7 +24,7 @@ deadline_seconds="${CAPI_CALICO_DEADLINE_SECONDS:-1800}"
 attempt_timeout="${CAPI_CALICO_ATTEMPT_TIMEOUT:-120}"
 retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-5}"
 calicoctl="${CAPI_CALICO_CALICOCTL:-/usr/local/bin/calicoctl}"
-# Seconds from the TERM of a timed-out calicoctl run to its KILL.
+# From a timed-out run's TERM to its KILL, s.
 kill_after=10
 log_file=""
 
@@ -32,6 +33,10 @@ export PATH
 
 if mkdir -p "$log_dir" 2>/dev/null && touch "$log_dir/apply-bgp.log" 2>/dev/null; then
   log_file="$log_dir/apply-bgp.log"
+  # The unit may run many times: keep this log and one previous under 1 MiB each.
+  if [ "$(wc -c <"$log_file")" -gt 1048576 ]; then
+    mv -f -- "$log_file" "$log_file.1" && : >"$log_file"
+  fi
 fi
 
 log() {
@@ -65,6 +70,8 @@ done
 conf_file="$dir/bgpconfiguration.yaml"
 [ -r "$dir/bgppeers.yaml" ] || die 2 "$dir/bgppeers.yaml is missing"
 [ -r "$conf_file" ] || die 2 "$conf_file is missing"
+# Installed by the pre command (see its log); no later run of this script would install it.
+[ -x "$calicoctl" ] || die 2 "calicoctl is not installed at $calicoctl"
 
 peer_files=("$dir/bgppeers.yaml")
 n=2
@@ -72,13 +79,6 @@ while [ -e "$dir/bgppeers-$n.yaml" ]; do
   peer_files+=("$dir/bgppeers-$n.yaml")
   n=$((n + 1))
 done
-
-# What this machine applied last: the same files need no second run (a reboot, a restart of the unit).
-digest="$(cat -- "${peer_files[@]}" "$conf_file" | sha256sum | cut -d ' ' -f 1)"
-if [ "$(cat -- "$state_dir/applied" 2>/dev/null || true)" = "$digest" ]; then
-  log "already applied (files sha256 $digest); nothing to do"
-  exit 0
-fi
 
 start="$(date +%s)"
 deadline=$((start + deadline_seconds))
@@ -141,10 +141,6 @@ fi
 # The pinned calicoctl, with `timeout` stopped after min(time left, CAPI_CALICO_ATTEMPT_TIMEOUT) seconds.
 calicoctl_() {
   local bound rc
-  if [ ! -x "$calicoctl" ]; then
-    echo "calicoctl is not installed at $calicoctl"
-    return 127
-  fi
   if [ -z "$have_timeout" ]; then
     KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes "$calicoctl" "$@"
     return
@@ -198,6 +194,14 @@ if [ -z "$have_timeout" ]; then
   log "WARNING: timeout (coreutils) not found: a hung calicoctl run is not stopped, the deadline is only checked between runs"
 fi
 retry "admin kubeconfig $kubeconfig" have_kubeconfig
+# What this machine applied last, to which cluster (its CA; a reused host may join another cluster): the same files
+# need no second run (a reboot, a restart of the unit).
+digest="$(cat -- "${peer_files[@]}" "$conf_file" <(grep -m 1 'certificate-authority-data' "$kubeconfig" || true) |
+  sha256sum | cut -d ' ' -f 1)"
+if [ "$(cat -- "$state_dir/applied" 2>/dev/null || true)" = "$digest" ]; then
+  log "already applied (files sha256 $digest); nothing to do"
+  exit 0
+fi
 retry "Calico ready (calicoctl get clusterinformation default)" calicoctl_ get clusterinformation default
 for f in "${peer_files[@]}"; do
   retry "apply BGPPeers from $f" calicoctl_ apply -f "$f"
