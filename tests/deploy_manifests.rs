@@ -229,6 +229,14 @@ fn base_has_exactly_the_expected_objects() {
         ("PodDisruptionBudget", SERVICE),
         ("MutatingWebhookConfiguration", SERVICE),
         ("ValidatingWebhookConfiguration", SERVICE),
+        (
+            "ValidatingAdmissionPolicy",
+            "capi-calico-webhook-own-writes",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "capi-calico-webhook-own-writes",
+        ),
     ]
     .into_iter()
     .map(|(k, n)| (k.to_string(), n.to_string()))
@@ -245,6 +253,8 @@ fn base_has_exactly_the_expected_objects() {
                 | "ClusterRoleBinding"
                 | "MutatingWebhookConfiguration"
                 | "ValidatingWebhookConfiguration"
+                | "ValidatingAdmissionPolicy"
+                | "ValidatingAdmissionPolicyBinding"
         );
         if !cluster_scoped {
             assert_eq!(doc["metadata"]["namespace"], NAMESPACE, "{kind}");

@@ -148,6 +148,9 @@ pub fn desired_objects(
                 "metadata": {
                     "name": c.name,
                     "namespace": ns,
+                    // Also here: when this apply creates the copy, the object must already be labelled as ours
+                    // (deploy/base's ValidatingAdmissionPolicy admits only such ConfigMaps from the webhook).
+                    "labels": { MANAGED_BY_LABEL: MANAGED_BY },
                     "ownerReferences": [cluster.owner_reference(false)],
                 },
             })

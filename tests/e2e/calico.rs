@@ -114,6 +114,15 @@ fn install_shipped_rbac(h: &Harness) -> TestResult<std::path::PathBuf> {
                 }]);
                 docs.push(d);
             }
+            // The policy on the webhook's own writes, for the test user instead of the ServiceAccount: every
+            // scenario's writes by the webhook go through it.
+            "ValidatingAdmissionPolicy" => {
+                let text = d.to_string();
+                let sa = "system:serviceaccount:capi-calico-system:capi-calico-webhook";
+                ensure!(text.contains(sa), "the policy does not name {sa}");
+                docs.push(serde_json::from_str(&text.replace(sa, WEBHOOK_USER))?);
+            }
+            "ValidatingAdmissionPolicyBinding" => docs.push(d),
             _ => {}
         }
     }
