@@ -1380,7 +1380,10 @@ fn apply_records_what_it_applied_and_skips_the_same_files() {
     let (out, elapsed) = run(a.command(30, 0, 0, 0), Duration::from_secs(30));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("already applied (files sha256"), "{stdout}");
+    assert!(
+        stdout.contains("already applied (files and cluster CA sha256"),
+        "{stdout}"
+    );
     assert_eq!(a.calls().len(), first, "no calicoctl call the second time");
     assert!(elapsed < Duration::from_secs(5));
 

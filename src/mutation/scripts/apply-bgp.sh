@@ -33,7 +33,7 @@ export PATH
 
 if mkdir -p "$log_dir" 2>/dev/null && touch "$log_dir/apply-bgp.log" 2>/dev/null; then
   log_file="$log_dir/apply-bgp.log"
-  # The unit may run many times: keep this log and one previous under 1 MiB each.
+  # The unit may run many times: past 1 MiB the log is moved to .1 (one previous kept).
   if [ "$(wc -c <"$log_file")" -gt 1048576 ]; then
     mv -f -- "$log_file" "$log_file.1" && : >"$log_file"
   fi
@@ -70,8 +70,6 @@ done
 conf_file="$dir/bgpconfiguration.yaml"
 [ -r "$dir/bgppeers.yaml" ] || die 2 "$dir/bgppeers.yaml is missing"
 [ -r "$conf_file" ] || die 2 "$conf_file is missing"
-# Installed by the pre command (see its log); no later run of this script would install it.
-[ -x "$calicoctl" ] || die 2 "calicoctl is not installed at $calicoctl"
 
 peer_files=("$dir/bgppeers.yaml")
 n=2
@@ -199,9 +197,11 @@ retry "admin kubeconfig $kubeconfig" have_kubeconfig
 digest="$(cat -- "${peer_files[@]}" "$conf_file" <(grep -m 1 'certificate-authority-data' "$kubeconfig" || true) |
   sha256sum | cut -d ' ' -f 1)"
 if [ "$(cat -- "$state_dir/applied" 2>/dev/null || true)" = "$digest" ]; then
-  log "already applied (files sha256 $digest); nothing to do"
+  log "already applied (files and cluster CA sha256 $digest); nothing to do"
   exit 0
 fi
+# Installed by the pre command (see its log); no later run of this script would install it.
+[ -x "$calicoctl" ] || die 2 "calicoctl is not installed at $calicoctl"
 retry "Calico ready (calicoctl get clusterinformation default)" calicoctl_ get clusterinformation default
 for f in "${peer_files[@]}"; do
   retry "apply BGPPeers from $f" calicoctl_ apply -f "$f"
