@@ -219,13 +219,36 @@ pub struct ServeArgs {
     /// Open connections accepted on the webhook port.
     #[arg(long, env = "CAPI_CALICO_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Time a connection has to send a request's headers (slow-header clients are cut off).
+    #[arg(long, env = "CAPI_CALICO_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: std::time::Duration,
+    /// Time a request has to send its whole body once its headers are in (answered 408).
+    #[arg(long, env = "CAPI_CALICO_BODY_READ_TIMEOUT", default_value = "3s", value_parser = parse_positive_duration)]
+    pub body_read_timeout: std::time::Duration,
+    /// Time a client has to complete the TLS handshake.
+    #[arg(long, env = "CAPI_CALICO_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub tls_handshake_timeout: std::time::Duration,
+    /// A keep-alive connection with no request for this long is closed (never shorter than --request-timeout + 1s).
+    #[arg(long, env = "CAPI_CALICO_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_positive_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// HTTP/2 streams at once per connection.
+    #[arg(long, env = "CAPI_CALICO_MAX_CONCURRENT_STREAMS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+    /// How often the certificate files are checked for a rotation (besides file-change events).
+    #[arg(long, env = "CAPI_CALICO_CERT_POLL_INTERVAL", default_value = "60s", value_parser = parse_positive_duration)]
+    pub cert_poll_interval: std::time::Duration,
+    /// How often the reconciler and the template linker look at every Cluster again without an event.
+    #[arg(long, env = "CAPI_CALICO_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
+    pub resync_interval: std::time::Duration,
+    /// Clusters the reconciler works on at once.
+    #[arg(long, env = "CAPI_CALICO_RECONCILE_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub reconcile_concurrency: u16,
 }
 
 impl ServeArgs {
     /// The transport configuration these flags describe.
     pub fn server_config(&self) -> Result<crate::server::ServerConfig, String> {
         use crate::server::{ServerConfig, TlsSource};
-        let defaults = ServerConfig::default();
         let tls = match (
             &self.tls_cert_file,
             &self.tls_key_file,
@@ -236,7 +259,7 @@ impl ServeArgs {
                 key: key.clone(),
             },
             (_, _, Some(dir)) => TlsSource::SelfSigned { dir: dir.clone() },
-            _ => defaults.tls.clone(),
+            _ => ServerConfig::default().tls,
         };
         let metrics_listen =
             match self.metrics_listen.as_str() {
@@ -264,7 +287,12 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout,
             max_concurrent_reviews: self.max_concurrent_reviews,
             max_connections: self.max_connections,
-            ..defaults
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            cert_poll_interval: self.cert_poll_interval,
         })
     }
 }
@@ -280,8 +308,19 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" | "" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        "m" => n
+            .checked_mul(60)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long")),
         _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+/// [`parse_duration`], refusing zero (a zero timeout would cut every connection; a zero resync would spin).
+pub fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?} must be more than zero")),
+        d => Ok(d),
     }
 }
 
@@ -604,7 +643,8 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
             let config = ReconcilerConfig {
                 bundle_namespace: args.bundle_namespace.clone(),
                 instance: std::env::var("POD_NAME").ok(),
-                ..ReconcilerConfig::default()
+                resync: args.resync_interval,
+                concurrency: args.reconcile_concurrency,
             };
             let client = client.clone();
             let stop = stopped();
@@ -619,6 +659,7 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
     let linker = match (&client, args.no_template_linker) {
         (Some(client), false) => Some(tokio::spawn(crate::cluster::linker::run_linker_until(
             client.clone(),
+            args.resync_interval,
             stopped(),
         ))),
         _ => None,
@@ -628,4 +669,57 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
         task.abort();
     }
     result.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `serve` without flags gives exactly the library's defaults: the flags' default values and
+    /// [`crate::server::ServerConfig::default`] / [`crate::delivery::reconciler::ReconcilerConfig::default`] agree.
+    #[test]
+    fn serve_defaults_are_the_library_defaults() {
+        let Cli {
+            command: Command::Serve(args),
+            ..
+        } = Cli::try_parse_from(["capi-calico-webhook", "serve"]).expect("parses")
+        else {
+            panic!("serve");
+        };
+        let got = args.server_config().expect("valid");
+        let want = crate::server::ServerConfig::default();
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        let reconciler = crate::delivery::reconciler::ReconcilerConfig::default();
+        assert_eq!(args.resync_interval, reconciler.resync);
+        assert_eq!(args.reconcile_concurrency, reconciler.concurrency);
+    }
+
+    #[test]
+    fn durations_parse_and_zero_is_refused_where_it_would_break_serving() {
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_duration("10m"),
+            Ok(std::time::Duration::from_secs(600))
+        );
+        assert!(parse_duration(&format!("{}m", u64::MAX)).is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        let err = Cli::try_parse_from(["capi-calico-webhook", "serve", "--resync-interval", "0s"])
+            .expect_err("zero resync");
+        assert!(err.to_string().contains("must be more than zero"), "{err}");
+        assert!(
+            Cli::try_parse_from([
+                "capi-calico-webhook",
+                "serve",
+                "--reconcile-concurrency",
+                "0"
+            ])
+            .is_err()
+        );
+    }
 }

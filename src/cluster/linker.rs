@@ -51,6 +51,8 @@ struct Ctx {
     /// What each Cluster was last linked with in full.
     seen: Seen,
     md_events: Arc<MdEvents>,
+    /// How often every Cluster is looked at again without an event.
+    resync: Duration,
 }
 
 /// An object to label: its kind's resource and its name.
@@ -145,6 +147,7 @@ pub fn label_patch(
 /// Run until `shutdown` completes.
 pub async fn run_linker_until(
     client: Client,
+    resync: Duration,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let cluster = resource("cluster.x-k8s.io", "Cluster");
@@ -156,6 +159,7 @@ pub async fn run_linker_until(
         md: md.clone(),
         seen: Seen::default(),
         md_events: Arc::new(MdEvents::default()),
+        resync,
     });
     let md_events = Arc::clone(&ctx.md_events);
     let clusters: Api<DynamicObject> = Api::all_with(client.clone(), &cluster);
@@ -202,9 +206,6 @@ fn error_policy(_cluster: Arc<DynamicObject>, error: &LinkError, _ctx: Arc<Ctx>)
     tracing::warn!(%error, "linking templates to their Cluster failed; retrying");
     Action::requeue(Duration::from_secs(15))
 }
-
-/// How often a Cluster is looked at again although nothing it depends on changed (labels removed by hand).
-const RESYNC: Duration = Duration::from_secs(600);
 
 /// The key of a Cluster in [`Ctx::seen`] and [`MdEvents`].
 fn key(namespace: &str, name: &str) -> String {
@@ -278,7 +279,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         ctx.md_events.get(&key).hash(&mut hasher);
         hasher.finish()
     };
-    if let Some(resync_in) = ctx.seen.skip(&key, fingerprint, RESYNC) {
+    if let Some(resync_in) = ctx.seen.skip(&key, fingerprint, ctx.resync) {
         return Ok(Action::requeue(resync_in));
     }
     // A full pass from here; remembered again only when it completes.
@@ -322,7 +323,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     if all_found {
         ctx.seen.remember(&key, fingerprint);
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(ctx.resync))
 }
 
 #[cfg(test)]
