@@ -21,8 +21,10 @@ SETTINGS
     CUSTOM_CALICO_DEPLOYMENT       true|false (default false): the master switch
     CALICO_BGP_OPTION              Enabled|Disabled (default Disabled)
     CALICO_BLOCK_SIZE              IPv4 20..32 (default 28), IPv6 116..128 (default 122)
-    CALICO_POD_CIDR                a CIDR inside the Cluster's pod cidrBlocks (default: the first one)
-    CALICO_ENCAPSULATION           IPIP|IPIPCrossSubnet|VXLAN|VXLANCrossSubnet|None (default VXLANCrossSubnet)
+    CALICO_POD_CIDR                a CIDR inside the Cluster's pod cidrBlocks
+                                   (default: the first one)
+    CALICO_ENCAPSULATION           IPIP|IPIPCrossSubnet|VXLAN|VXLANCrossSubnet|None
+                                   (default VXLANCrossSubnet)
     CALICO_NAT_OUTGOING            Enabled|Disabled (default Enabled)
     INSTALL_CALICOCTL              true|false (default false)
     CONFIGURE_CALICO_BGP_SETTINGS  true|false (default false)
@@ -31,10 +33,12 @@ SETTINGS
     CALICO_VERSION                 vX.Y.Z (default v3.31.7)
     CALICOCTL_URL                  https URL template with {version} and {arch}
     CALICOCTL_SHA256_AMD64/ARM64   64 hex digits (built in for the shipped versions)
-    CALICO_REGISTRY                host[:port][/path] the Calico images are pulled from (default: the operator's)
-    CALICO_IMAGE_PATH              image path under the registry, e.g. mirror/calico (default: the operator's)
-    CALICO_IMAGE_PULL_SECRET       Secret (type addons.cluster.x-k8s.io/resource-set) delivered with Calico for a
-                                   mirror that needs credentials; the Installation's imagePullSecrets
+    CALICO_REGISTRY                host[:port][/path] the Calico images are pulled from
+                                   (default: the operator's)
+    CALICO_IMAGE_PATH              image path under the registry, e.g. mirror/calico
+                                   (default: the operator's)
+    CALICO_IMAGE_PULL_SECRET       a Secret of type addons.cluster.x-k8s.io/resource-set holding
+                                   the pull secret of a mirror that needs credentials
 
 EXAMPLE
   apiVersion: cluster.x-k8s.io/v1beta2
@@ -49,8 +53,8 @@ EXAMPLE
       capi-calico.io/CALICO_BGP_AS_NUMBER: \"64512\"
       capi-calico.io/CALICO_ROUTE_REFLECTORS: <output of: base64 -w 0 peers.yaml>
 
-  A KubeadmControlPlane or KubeadmConfigTemplate takes the settings of its Cluster, unless it carries
-  capi-calico.io/ annotations itself. See the README for the full contract.";
+  A KubeadmControlPlane or KubeadmConfigTemplate takes the settings of its Cluster, unless it
+  carries capi-calico.io/ annotations itself. See the README for the full contract.";
 
 /// capi-calico-webhook: Calico settings for Cluster API clusters, validated and injected.
 #[derive(Debug, Parser)]
@@ -81,10 +85,11 @@ pub enum Command {
 const BUNDLE_HELP: &str = "\
 EXAMPLE
   V=v3.31.7
-  curl -fsSLO https://raw.githubusercontent.com/projectcalico/calico/$V/manifests/tigera-operator.yaml  # or your mirror
-  curl -fsSLO https://raw.githubusercontent.com/projectcalico/calico/$V/manifests/operator-crds.yaml
-  capi-calico-webhook bundle --operator tigera-operator.yaml --crds operator-crds.yaml --version $V \\
-    | kubectl apply --server-side -f -
+  M=https://raw.githubusercontent.com/projectcalico/calico/$V/manifests   # or your mirror
+  curl -fsSLO $M/tigera-operator.yaml
+  curl -fsSLO $M/operator-crds.yaml
+  capi-calico-webhook bundle --operator tigera-operator.yaml --crds operator-crds.yaml \\
+    --version $V | kubectl apply --server-side -f -
 
   The reconciler copies the bundle for a Cluster's CALICO_VERSION into the Cluster's namespace and
   delivers it with a ClusterResourceSet (docs/delivery.md).";
@@ -694,6 +699,20 @@ mod tests {
         let reconciler = crate::delivery::reconciler::ReconcilerConfig::default();
         assert_eq!(args.resync_interval, reconciler.resync);
         assert_eq!(args.reconcile_concurrency, reconciler.concurrency);
+    }
+
+    /// clap wraps help text at 100 columns: every line of ours fits, so none is broken mid-phrase.
+    #[test]
+    fn help_texts_fit_without_rewrapping() {
+        for text in [ANNOTATIONS_HELP, BUNDLE_HELP] {
+            for line in text.lines() {
+                assert!(
+                    line.chars().count() <= 100,
+                    "{} chars: {line}",
+                    line.chars().count()
+                );
+            }
+        }
     }
 
     #[test]
