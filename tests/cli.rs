@@ -47,6 +47,16 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("wait")
 }
 
+/// `serve` on a free loopback port, without cluster access or metrics listener.
+const LOCAL_SERVE: [&str; 6] = [
+    "serve",
+    "--no-cluster-lookup",
+    "--metrics-listen",
+    "off",
+    "--listen",
+    "127.0.0.1:0",
+];
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -434,21 +444,17 @@ fn bundle_sets_the_operator_image_and_refuses_an_unpinned_one() {
 
 #[test]
 fn serve_refuses_a_body_memory_budget_smaller_than_one_body() {
-    let out = run(
+    let args = [
+        LOCAL_SERVE.as_slice(),
         &[
-            "serve",
-            "--no-cluster-lookup",
-            "--metrics-listen",
-            "off",
-            "--listen",
-            "127.0.0.1:0",
             "--max-body-bytes",
             "1048576",
             "--max-body-memory-bytes",
             "2097151",
         ],
-        None,
-    );
+    ]
+    .concat();
+    let out = run(&args, None);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -546,16 +552,8 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = bin()
-        .args([
-            "serve",
-            "--no-cluster-lookup",
-            "--metrics-listen",
-            "off",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-        ])
+        .args(LOCAL_SERVE)
+        .args(["--log-format", "text"])
         .env("TMPDIR", dir.path())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

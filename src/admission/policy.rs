@@ -412,14 +412,14 @@ fn cluster_verdict<S: ClusterSource, P: Prepare>(
     // An opted-in Cluster's pod blocks are checked against CALICO_POD_CIDR and become the pool's default, and the
     // reconciler refuses to deliver with blocks it cannot read: refuse them here, where they can be fixed.
     if !unparsable.is_empty() && !matches!(&*resolution, Resolution::NotOptedIn { .. }) {
-        let line = format!(
-            "spec.clusterNetwork.pods.cidrBlocks: {} {} not a CIDR (like 100.96.0.0/11): fix the Cluster's pod blocks",
-            unparsable.join(", "),
-            if unparsable.len() == 1 { "is" } else { "are" }
-        );
+        let line = crate::cluster::unparsable_pod_blocks_message(&unparsable);
         let (message, mut rules) = match &*resolution {
+            // Not an annotation problem: after the annotations' list, under its own lead sentence.
             Resolution::Invalid { problems } => (
-                format!("{}\n- {line}", settings::render_problems(problems)),
+                format!(
+                    "{}\nand 1 problem with the Cluster's spec:\n- {line}",
+                    settings::render_problems(problems)
+                ),
                 problems.iter().map(|p| p.rule.to_string()).collect(),
             ),
             _ => (line, Vec::new()),
@@ -630,6 +630,23 @@ mod tests {
         }
     }
 
+    /// Each of `needles` is in one of the verdict's warnings, and every warning fits a `Warning:` line.
+    fn assert_warned(verdict: &Verdict, needles: &[&str]) {
+        let warnings = warnings_of(verdict);
+        for needle in needles {
+            assert!(
+                warnings.iter().any(|w| w.contains(needle)),
+                "{needle:?} not in {warnings:?}"
+            );
+        }
+        assert!(
+            warnings
+                .iter()
+                .all(|w| w.chars().count() <= MAX_WARNING_CHARS),
+            "{warnings:?}"
+        );
+    }
+
     /// A key with the prefix in another case is not a setting of the KCP: the Cluster's settings still apply, and a
     /// warning names the key.
     #[test]
@@ -654,23 +671,14 @@ mod tests {
         let object = kcp(json!({"capi-calico.io/CALICO_VERSION": "v3.31.7"}));
         let verdict = run(&source, Endpoint::Mutate, &object).verdict;
         assert!(patch_of(&verdict).is_empty(), "{verdict:?}");
-        let warnings = warnings_of(&verdict);
-        assert!(
-            warnings.iter().any(|w| w
-                .contains("its own capi-calico.io/ annotations, so its Cluster's are not used")),
-            "{warnings:?}"
+        assert_warned(
+            &verdict,
+            &["its own capi-calico.io/ annotations, so its Cluster's are not used"],
         );
         assert!(
-            warnings
+            warnings_of(&verdict)
                 .iter()
-                .any(|w| w.starts_with("capi-calico: remove them")),
-            "{warnings:?}"
-        );
-        assert!(
-            warnings
-                .iter()
-                .all(|w| w.chars().count() <= MAX_WARNING_CHARS),
-            "{warnings:?}"
+                .any(|w| w.starts_with("capi-calico: remove them"))
         );
         assert!(source.asked.lock().expect("lock").is_empty());
     }
@@ -710,6 +718,10 @@ mod tests {
                     message.contains("capi-calico.io/CALICO_BLOCK_SIZE"),
                     "{message}"
                 );
+                assert!(
+                    message.contains("\nand 1 problem with the Cluster's spec:\n"),
+                    "{message}"
+                );
                 assert!(message.ends_with("- spec.clusterNetwork.pods.cidrBlocks: \"${POD_CIDR}\" is not a CIDR (like \
                      100.96.0.0/11): fix the Cluster's pod blocks"), "{message}");
                 assert_eq!(rules.len(), 2, "{rules:?}");
@@ -742,23 +754,12 @@ mod tests {
         )
         .verdict;
         assert!(patch_of(&verdict).is_empty(), "{verdict:?}");
-        let warnings = warnings_of(&verdict);
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("keeps capi-calico's files and commands")),
-            "{warnings:?}"
-        );
-        assert!(
-            warnings.iter().any(|w| w
-                .contains("opt in again with INSTALL_CALICOCTL and CONFIGURE_CALICO_BGP_SETTINGS")),
-            "{warnings:?}"
-        );
-        assert!(
-            warnings
-                .iter()
-                .all(|w| w.chars().count() <= MAX_WARNING_CHARS),
-            "{warnings:?}"
+        assert_warned(
+            &verdict,
+            &[
+                "keeps capi-calico's files and commands",
+                "opt in again with INSTALL_CALICOCTL and CONFIGURE_CALICO_BGP_SETTINGS",
+            ],
         );
         // A KCP that never had them gets no such warning.
         let plain = run(

@@ -2,9 +2,9 @@
 //!
 //! Requests are read into a lean view that keeps only what the policy uses (kube-core's `GroupVersionKind` and
 //! `Operation`, the object as JSON, pruned by [`super::prune`], and of `oldObject` only a Cluster's settings and pod
-//! CIDRs) and skips the rest without building it: reading the whole review into kube-core's `AdmissionReview<DynamicObject>` cost about a third of a
-//! decision. Responses are built here, because kube-core serialises a patch as a number array and sets no status
-//! code on denials (see docs/architecture.md).
+//! CIDRs) and skips the rest without building it: reading the whole review into kube-core's
+//! `AdmissionReview<DynamicObject>` cost about a third of a decision. Responses are built here, because kube-core
+//! serialises a patch as a number array and sets no status code on denials (see docs/architecture.md).
 
 use json_patch::PatchOperation;
 use kube::core::{GroupVersionKind, admission::Operation};

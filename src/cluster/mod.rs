@@ -79,6 +79,16 @@ impl ClusterInfo {
     }
 }
 
+/// What is wrong with a Cluster whose pod blocks include `unparsable` (the second part of [`cluster_network`]), in
+/// the words both the admission denial and the reconciler's status use.
+pub fn unparsable_pod_blocks_message(unparsable: &[String]) -> String {
+    format!(
+        "spec.clusterNetwork.pods.cidrBlocks: {} {} not a CIDR (like 100.96.0.0/11): fix the Cluster's pod blocks",
+        unparsable.join(", "),
+        if unparsable.len() == 1 { "is" } else { "are" }
+    )
+}
+
 /// The Cluster's `spec.clusterNetwork.pods.cidrBlocks`, parsed; plus the entries that did not parse.
 pub fn cluster_network(cluster: &Value) -> (ClusterNetwork, Vec<String>) {
     let mut network = ClusterNetwork::default();

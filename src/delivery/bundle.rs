@@ -291,7 +291,7 @@ pub const OPERATOR_CONTAINER: &str = "tigera-operator";
 /// [`bundle`] reads like the upstream file.
 pub fn set_operator_image(operator_yaml: &str, image: &str) -> Result<String, DeliveryError> {
     let tag = crate::settings::values::check_image_reference(image)
-        .map_err(|why| DeliveryError::OperatorImage(format!("--operator-image {image:?} {why}")))?;
+        .map_err(|why| DeliveryError::OperatorEdit(format!("--operator-image {image:?} {why}")))?;
     edit_operator(operator_yaml, "--operator-image", |_, container| {
         check_init_image_version(container, image, tag)?;
         container["image"] = Value::from(image);
@@ -306,12 +306,10 @@ pub fn set_operator_pull_secret(
     operator_yaml: &str,
     secret: &str,
 ) -> Result<String, DeliveryError> {
-    if !crate::settings::values::is_dns1123_subdomain(secret) {
-        return Err(DeliveryError::OperatorImage(format!(
-            "--operator-pull-secret {secret:?} is not a Secret name: lower-case letters, digits, '-' and '.', at most \
-             253 characters"
-        )));
-    }
+    // The same name rule as CALICO_IMAGE_PULL_SECRET, which delivers the Secret.
+    crate::settings::values::parse_pull_secret(secret).map_err(|e| {
+        DeliveryError::OperatorEdit(format!("--operator-pull-secret {secret:?} {}", e.message))
+    })?;
     edit_operator(operator_yaml, "--operator-pull-secret", |pod, _| {
         pod.insert(
             "imagePullSecrets".into(),
@@ -356,7 +354,7 @@ fn edit_operator(
         }
     }
     if found != 1 {
-        return Err(DeliveryError::OperatorImage(format!(
+        return Err(DeliveryError::OperatorEdit(format!(
             "{INPUT}: {flag} needs exactly one Deployment container named {OPERATOR_CONTAINER}, found {found} (is this the upstream tigera-operator.yaml?)"
         )));
     }
@@ -383,7 +381,7 @@ fn check_init_image_version(
         .find(|e| e["name"] == INIT_IMAGE_VERSION_ENV)
         .and_then(|e| e["value"].as_str());
     match (tag, pinned) {
-        (Some(tag), Some(pinned)) if tag != pinned => Err(DeliveryError::OperatorImage(format!(
+        (Some(tag), Some(pinned)) if tag != pinned => Err(DeliveryError::OperatorEdit(format!(
             "--operator-image {image:?} has the tag {tag}, but the operator's {INIT_IMAGE_VERSION_ENV} is {pinned}: mirror the operator image under its upstream tag {pinned}"
         ))),
         _ => Ok(()),

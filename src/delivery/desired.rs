@@ -300,10 +300,7 @@ pub fn plan<'a>(
     };
     if !info.unparsable_pod_cidrs.is_empty() {
         return Plan::Report(DeliveryStatus::InvalidSettings {
-            message: format!(
-                "spec.clusterNetwork.pods.cidrBlocks has entries that are not CIDRs: {}",
-                info.unparsable_pod_cidrs.join(", ")
-            ),
+            message: crate::cluster::unparsable_pod_blocks_message(&info.unparsable_pod_cidrs),
         });
     }
     // The copies are named like the loaded bundle: in the bundle namespace they would overwrite it, and the

@@ -1,7 +1,7 @@
 //! Calico itself, delivered to opted-in workload clusters through a Cluster API ClusterResourceSet.
 //!
-//! - [`bundle`](mod@bundle): the upstream `operator-crds.yaml` and `tigera-operator.yaml` cut into ConfigMaps that fit the API's
-//!   limits (the "bundle", loaded once per Calico version into the bundle namespace).
+//! - [`bundle`](mod@bundle): the upstream `operator-crds.yaml` and `tigera-operator.yaml` cut into ConfigMaps that
+//!   fit the API's limits (the "bundle", loaded once per Calico version into the bundle namespace).
 //! - [`installation`]: the `operator.tigera.io/v1` Installation and APIServer rendered from [`Settings`].
 //! - [`desired`]: the pure computation of every object the reconciler writes for one Cluster.
 //! - [`reconciler`]: the kube-runtime Controller that applies them (server-side apply), reports problems as an Event
@@ -87,8 +87,9 @@ pub enum DeliveryError {
         size: usize,
         limit: usize,
     },
+    /// `bundle --operator-image` / `--operator-pull-secret` cannot be applied (the message names the flag).
     #[error("{0}")]
-    OperatorImage(String),
+    OperatorEdit(String),
     #[error("the bundle has {count} documents; at most 9999 are supported")]
     TooManyDocuments { count: usize },
     #[error("invalid bundle chunk: {0}")]

@@ -1131,6 +1131,8 @@ fn apply_works_without_timeout() {
         "sleep",
         "cat",
         "sha256sum",
+        "grep",
+        "wc",
     ];
     if restricted_bin(&a.bin, &tools).is_none() {
         eprintln!("NOTICE: apply_works_without_timeout skipped: one of {tools:?} is not installed");

@@ -132,6 +132,8 @@ pub struct Problem {
     /// The value received, if any, in display form: quoted, escaped and truncated by the constructor
     /// (see [`problem::display_value`]), e.g. `"19"` or `"LS0t…" (2048 bytes)`.
     pub value: Option<String>,
+    /// For the last line of a capped list (rule `more-problems`): how many problems it stands for; 0 otherwise.
+    pub omitted: usize,
     /// Stable rule identifier, used as a metrics label (e.g. `block-size-range`).
     pub rule: &'static str,
     /// What is wrong and what would be valid.

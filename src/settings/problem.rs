@@ -174,6 +174,7 @@ impl Problem {
         Problem {
             key,
             value: value.map(display_value),
+            omitted: 0,
             rule,
             message: message.into(),
         }
@@ -210,15 +211,6 @@ impl fmt::Display for Problem {
 /// keep it.
 pub const MAX_LISTED_PROBLEMS: usize = 25;
 
-/// The number of problems a [`cap`] line stands for (its message starts with `and N more`).
-fn omitted_count(more: &Problem) -> usize {
-    more.message
-        .strip_prefix("and ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Keep the first [`MAX_LISTED_PROBLEMS`] - 1 problems and replace the rest by one that counts them.
 pub(crate) fn cap(mut problems: Vec<Problem>) -> Vec<Problem> {
     if problems.len() <= MAX_LISTED_PROBLEMS {
@@ -229,6 +221,7 @@ pub(crate) fn cap(mut problems: Vec<Problem>) -> Vec<Problem> {
     problems.push(Problem {
         key,
         value: None,
+        omitted: omitted.len(),
         rule: rules::MORE_PROBLEMS,
         message: format!(
             "and {} more problems, not listed: fix the ones above and apply again",
@@ -247,7 +240,7 @@ pub fn render_problems(problems: &[Problem]) -> String {
         // Capped by [`cap`]: count every problem, and say how many are listed.
         Some((last, listed)) if last.rule == rules::MORE_PROBLEMS => format!(
             "{} problems with the capi-calico.io annotations (the first {} are listed):",
-            listed.len() + omitted_count(last),
+            listed.len() + last.omitted,
             listed.len()
         ),
         _ => format!(
