@@ -18,9 +18,10 @@ apt_install() {
 }
 
 # The node scripts are linted by shellcheck; the script tests run them with curl, and with wget for the fallback case
-# (setsid and nohup too, for the detached BGP apply); openssl checks deploy/certs/make-certs.sh's output; a C++
+# (setsid and nohup too, for the detached BGP apply), and systemd-analyze verifies the BGP apply's unit; openssl checks deploy/certs/make-certs.sh's output; a C++
 # compiler builds libFuzzer for the fuzz step.
 command -v shellcheck >/dev/null || apt_install shellcheck
+command -v systemd-analyze >/dev/null || apt_install systemd
 command -v curl >/dev/null || apt_install curl
 command -v wget >/dev/null || apt_install wget
 command -v setsid >/dev/null || apt_install util-linux

@@ -1341,6 +1341,49 @@ fn apply_unit_restarts_failures_and_outlives_the_script_deadline() {
     assert!((60..=600).contains(&restart_sec), "{restart_sec}");
 }
 
+/// systemd's own parser reads the unit without a complaint: an unknown key, a value it cannot parse or a missing
+/// executable is only a warning to systemd (the unit would start without that setting), so any output fails.
+#[test]
+fn apply_unit_passes_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "NOTICE: systemd-analyze is not installed; the unit was NOT verified (CI installs it)"
+        );
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let verify = |content: &str| -> Output {
+        let unit = tmp.path().join("capi-calico-apply-bgp.service");
+        std::fs::write(&unit, content).unwrap();
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .unwrap()
+    };
+    let out = verify(APPLY_UNIT);
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "systemd-analyze verify: {:?}\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // The check sees what it is meant to see: a misspelt key and an unparsable value are reported.
+    for (from, to) in [
+        ("RestartSec=300", "RestartSecs=300"),
+        ("RuntimeMaxSec=1860", "RuntimeMaxSec=18x60"),
+    ] {
+        assert!(APPLY_UNIT.contains(from), "{from}");
+        let out = verify(&APPLY_UNIT.replace(from, to));
+        assert!(!out.stderr.is_empty(), "{to} not reported");
+    }
+}
+
 /// The log, appended to by every run of the unit, is kept under 1 MiB: a larger one is moved to `.1` first.
 #[test]
 fn apply_keeps_its_log_bounded() {
