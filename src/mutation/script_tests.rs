@@ -1341,18 +1341,21 @@ fn apply_unit_restarts_failures_and_outlives_the_script_deadline() {
     assert!((60..=600).contains(&restart_sec), "{restart_sec}");
 }
 
+/// Whether `tool` cannot be run here; says so, with what is then left unchecked (`scripts/install-test-tools.sh`
+/// installs it in CI).
+fn missing_tool(tool: &str, unchecked: &str) -> bool {
+    let missing = Command::new(tool).arg("--version").output().is_err();
+    if missing {
+        eprintln!("NOTICE: {tool} is not installed; {unchecked} (CI installs it)");
+    }
+    missing
+}
+
 /// systemd's own parser reads the unit without a complaint: an unknown key, a value it cannot parse or a missing
 /// executable is only a warning to systemd (the unit would start without that setting), so any output fails.
 #[test]
 fn apply_unit_passes_systemd_analyze_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!(
-            "NOTICE: systemd-analyze is not installed; the unit was NOT verified (CI installs it)"
-        );
+    if missing_tool("systemd-analyze", "the unit was NOT verified") {
         return;
     }
     let tmp = TempDir::new().unwrap();
@@ -1492,14 +1495,7 @@ fn commands_parse_as_sh_and_bash() {
 
 #[test]
 fn scripts_pass_shellcheck() {
-    if Command::new("shellcheck")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!(
-            "NOTICE: shellcheck is not installed; the scripts were NOT linted (CI installs it)"
-        );
+    if missing_tool("shellcheck", "the scripts were NOT linted") {
         return;
     }
     let tmp = TempDir::new().unwrap();
