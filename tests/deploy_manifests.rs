@@ -645,16 +645,17 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
         ])
     );
     // Calico delivery (issue 6): server-side apply of its outputs, Events, annotations on Clusters. ConfigMaps are
-    // read by name only (no list/watch of every ConfigMap of the cluster), no delete, no Secrets.
+    // read by name only (no list/watch of every ConfigMap of the cluster), deleted only to retire an unused bundle
+    // copy (the admission policy limits that to ours), no Secrets.
     let reconciler = rules_of(find(&docs, "ClusterRole", "capi-calico-webhook-reconciler"));
     assert_eq!(
         reconciler,
         triples(&[
-            ("", "configmaps", &["get", "create", "patch"]),
+            ("", "configmaps", &["get", "create", "patch", "delete"]),
             (
                 "addons.cluster.x-k8s.io",
                 "clusterresourcesets",
-                &["create", "patch"]
+                &["get", "create", "patch"]
             ),
             ("cluster.x-k8s.io", "clusters", &["patch"]),
             ("events.k8s.io", "events", &["create", "patch"]),

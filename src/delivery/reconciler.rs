@@ -19,7 +19,10 @@ use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Client, Resource, ResourceExt,
-    api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    api::{
+        Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+        Preconditions,
+    },
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -36,8 +39,9 @@ use super::{
     DEFAULT_BUNDLE_NAMESPACE, DIGEST_ANNOTATION, DeliveryError, FIELD_MANAGER, MANAGED_BY_LABEL,
     ROLE_LABEL, STATUS_ANNOTATION,
     desired::{
-        ClusterRef, DeliveryStatus, Desired, Plan, current_status, inputs_fingerprint,
-        owner_field_manager, plan,
+        ClusterRef, DeliveryStatus, Desired, Plan, Retire, copies_to_retire, current_status,
+        inputs_fingerprint, listed_configmaps, name_of, owned_by_a_cluster, owner_field_manager,
+        plan, retire,
     },
 };
 
@@ -224,7 +228,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             let Some(cref) = ClusterRef::from_object(&object) else {
                 return Ok(Action::await_change());
             };
-            apply(&ctx.client, &cref, &desired).await?;
+            apply(&ctx.client, &cref, &desired, &bundle_configmaps).await?;
             status
         }
         Plan::Report(status) => status,
@@ -234,19 +238,15 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     Ok(Action::requeue(ctx.config.resync))
 }
 
-fn name_of(object: &Value) -> &str {
-    object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
 /// Server-side apply everything in `desired`: bundle copies (content, then this Cluster's ownerReference under its
 /// own field manager, each skipped when already in place), the Installation ConfigMap, the ClusterResourceSet last.
+/// Then retire the copies this Cluster no longer lists (see [`retire_copies`]); `loaded_bundles` are the bundle
+/// ConfigMaps of every version in the bundle namespace.
 async fn apply(
     client: &Client,
     cluster: &ClusterRef,
     desired: &Desired,
+    loaded_bundles: &[Value],
 ) -> Result<(), DeliveryError> {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cluster.namespace);
     let content = PatchParams::apply(FIELD_MANAGER).force();
@@ -293,12 +293,83 @@ async fn apply(
         .await?;
     let crs: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &cluster.namespace, &crs_resource());
+    let crs_name = name_of(&desired.cluster_resource_set);
+    let listed_before = match crs.get_opt(crs_name).await? {
+        Some(before) => listed_configmaps(&serde_json::to_value(&before)?),
+        None => Vec::new(),
+    };
     crs.patch(
-        name_of(&desired.cluster_resource_set),
+        crs_name,
         &content,
         &Patch::Apply(&desired.cluster_resource_set),
     )
     .await?;
+    let retired = copies_to_retire(desired, loaded_bundles, &listed_before);
+    retire_copies(&configmaps, cluster, &retired).await
+}
+
+/// Take this Cluster off the bundle copies it no longer lists (after a `CALICO_VERSION` change, or a bundle that
+/// shrank), and delete a copy that no Cluster owns any more, so old versions do not pile up in the namespace.
+///
+/// Only ConfigMaps labelled as our bundle copies whose ownerReferences name this Cluster are touched. The entry is
+/// removed with a merge patch carrying the `resourceVersion` just read, and the delete is preconditioned on the
+/// patched object's uid and `resourceVersion`: a copy that another Cluster took meanwhile fails with 409 and is
+/// kept (a later pass looks again); one that is gone is skipped.
+async fn retire_copies(
+    configmaps: &Api<ConfigMap>,
+    cluster: &ClusterRef,
+    names: &[String],
+) -> Result<(), DeliveryError> {
+    let changed_meanwhile =
+        |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+    for name in names {
+        let Some(current) = configmaps.get_metadata_opt(name).await? else {
+            continue;
+        };
+        let Retire::Detach { index } = retire(&current.metadata, &cluster.uid) else {
+            continue;
+        };
+        let mut owners = current
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default();
+        owners.remove(index);
+        let patch = json!({ "metadata": {
+            "resourceVersion": current.metadata.resource_version,
+            "ownerReferences": owners,
+        }});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        let after = match configmaps
+            .patch_metadata(name, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(after) => after,
+            Err(e) if changed_meanwhile(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(namespace = %cluster.namespace, cluster = %cluster.name, configmap = %name,
+            "bundle copy no longer used by this Cluster");
+        if owned_by_a_cluster(&after.metadata) {
+            continue;
+        }
+        let delete = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: after.metadata.uid.clone(),
+                resource_version: after.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match configmaps.delete(name, &delete).await {
+            Ok(_) => tracing::info!(namespace = %cluster.namespace, configmap = %name,
+                "bundle copy deleted: no Cluster uses it"),
+            Err(e) if changed_meanwhile(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 

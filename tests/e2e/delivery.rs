@@ -31,6 +31,10 @@ pub const SCENARIOS: &[Scenario] = &[
         delivery_real_calico_operator_bundle,
     ),
     (
+        "delivery_version_change_retires_the_old_copies",
+        delivery_version_change_retires_the_old_copies,
+    ),
+    (
         "rbac_shipped_roles_sufficient_and_used",
         rbac_shipped_roles_sufficient_and_used,
     ),
@@ -130,6 +134,22 @@ fn list(h: &Harness, resource: &str, ns: &str) -> TestResult<Vec<Value>> {
     let v: Value =
         serde_json::from_str(&h.kubectl_ok(&["get", resource, "-n", ns, "-o", "json"], None)?)?;
     Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// `kind/<field>` of each entry of a list of references (ownerReferences, a CRS's resources).
+fn kind_and(references: &Value, field: &str) -> Vec<String> {
+    references
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["kind"].as_str().unwrap_or("?"),
+                r[field].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
 }
 
 fn status_of(cluster: &Value) -> Option<Value> {
@@ -509,6 +529,148 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
     Ok(())
 }
 
+/// Two Clusters of one namespace on v3.30.7, then moved to v3.31.7 one after the other: the first move takes that
+/// Cluster off the old copies (which stay for the second), the second deletes them, although each also lists a
+/// ClusterResourceSet as owner, as Cluster API makes it (added here by hand: no CAPI controllers run).
+fn delivery_version_change_retires_the_old_copies(h: &mut Harness) -> TestResult {
+    const OLD: &str = "v3.30.7";
+    ensure_webhook(h)?;
+    let old_bundle = load_synthetic_bundle(h, OLD)?;
+    load_synthetic_bundle(h, VERSION)?;
+    let ns = h.create_namespace("retire")?;
+    let mut cluster = yaml_docs(&e2e_fixture("classic-calico.yaml")?)?[0].clone();
+    cluster["metadata"]["annotations"]["capi-calico.io/CALICO_VERSION"] = json!(OLD);
+    let mut second = cluster.clone();
+    second["metadata"]["name"] = json!("calico-b");
+    h.apply(&ns, &cluster.to_string())?;
+    h.apply(&ns, &second.to_string())?;
+    let delivered = |name: &str, version: &str| {
+        poll(&format!("{name} delivered with {version}"), 30, || {
+            let c = h.get_json("clusters.cluster.x-k8s.io", &ns, name)?;
+            let done = status_of(&c).is_some_and(|s| {
+                s["reason"] == "Delivered"
+                    && s["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with(&format!("Calico {version}:")))
+            });
+            Ok(done.then(|| {
+                c["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            }))
+        })
+    };
+    let uid = delivered("calico", OLD)?;
+    let uid_b = delivered("calico-b", OLD)?;
+    let old_names: Vec<String> = old_bundle.iter().map(|b| name_of(b).to_string()).collect();
+    let owner_uids = |cm: &Value| -> Vec<String> {
+        let mut uids = kind_and(&cm["metadata"]["ownerReferences"], "uid");
+        uids.sort();
+        uids
+    };
+    // What Cluster API's ClusterResourceSet controller does to every ConfigMap a set lists.
+    let crs = h.get_json(
+        "clusterresourcesets.addons.cluster.x-k8s.io",
+        &ns,
+        "calico-calico",
+    )?;
+    let crs_owner = json!({"op": "add", "path": "/metadata/ownerReferences/-", "value": {
+        "apiVersion": "addons.cluster.x-k8s.io/v1beta2", "kind": "ClusterResourceSet",
+        "name": "calico-calico", "uid": crs["metadata"]["uid"]}});
+    for name in &old_names {
+        h.kubectl_ok(
+            &[
+                "patch",
+                "-n",
+                &ns,
+                "configmap",
+                name,
+                "--type=json",
+                "-p",
+                &json!([crs_owner]).to_string(),
+            ],
+            None,
+        )?;
+    }
+    let move_to_current = |name: &str| -> TestResult {
+        let version = format!("capi-calico.io/CALICO_VERSION={VERSION}");
+        let args = [
+            "annotate",
+            "--overwrite",
+            "-n",
+            &ns,
+            "cluster",
+            name,
+            &version,
+        ];
+        h.kubectl_ok(&args, None)?;
+        delivered(name, VERSION).map(drop)
+    };
+    let crs_uid = format!(
+        "ClusterResourceSet/{}",
+        crs["metadata"]["uid"].as_str().unwrap_or("?")
+    );
+
+    // The first Cluster moves: off the old copies, which stay for the second.
+    move_to_current("calico")?;
+    let t = Instant::now();
+    poll("calico taken off the old copies", 30, || {
+        let mut left = Vec::new();
+        for name in &old_names {
+            left.push(owner_uids(&h.get_json("configmap", &ns, name)?));
+        }
+        let mut want = vec![crs_uid.clone(), format!("Cluster/{uid_b}")];
+        want.sort();
+        Ok(left.iter().all(|u| *u == want).then_some(()))
+    })?;
+    println!(
+        "  calico moved to {VERSION}: taken off {} old copies, kept for calico-b ({:.1}s)",
+        old_names.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let crs = h.get_json(
+        "clusterresourcesets.addons.cluster.x-k8s.io",
+        &ns,
+        "calico-calico",
+    )?;
+    let listed = crs["spec"]["resources"].to_string();
+    ensure!(
+        !listed.contains(OLD) && listed.contains(VERSION),
+        "the CRS still lists the old copies: {listed}"
+    );
+
+    // The second moves: the old copies are deleted, the ClusterResourceSet owner notwithstanding.
+    move_to_current("calico-b")?;
+    let t = Instant::now();
+    poll("the old copies deleted", 30, || {
+        let cms = list(h, "configmaps", &ns)?;
+        Ok((!cms
+            .iter()
+            .any(|c| old_names.iter().any(|n| n == name_of(c))))
+        .then_some(cms))
+    })
+    .and_then(|cms| {
+        let new_copies: Vec<&Value> = cms
+            .iter()
+            .filter(|c| name_of(c).starts_with(&format!("calico-{VERSION}-")))
+            .collect();
+        let mut both = vec![format!("Cluster/{uid}"), format!("Cluster/{uid_b}")];
+        both.sort();
+        ensure!(
+            !new_copies.is_empty() && new_copies.iter().all(|c| owner_uids(c) == both),
+            "the new copies: {new_copies:?}"
+        );
+        Ok(())
+    })?;
+    println!(
+        "  calico-b moved: the {} old copies deleted ({:.1}s); the new ones owned by both Clusters",
+        old_names.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// A Cluster whose CALICO_VERSION has no bundle loaded: the status annotation says
 /// BundleMissing, a Warning Event is published on the Cluster, and nothing is written.
 fn delivery_bundle_missing_reported_on_cluster(h: &mut Harness) -> TestResult {
@@ -662,18 +824,7 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
         &ns,
         "calico-calico",
     )?;
-    let listed: Vec<String> = crs["spec"]["resources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            format!(
-                "{}/{}",
-                r["kind"].as_str().unwrap_or("?"),
-                r["name"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let listed = kind_and(&crs["spec"]["resources"], "name");
     // The pull secret after the operator (its namespace) and before the Installation (which names it).
     let mut want: Vec<String> = bundle
         .iter()
@@ -826,10 +977,23 @@ fn policy_narrows_the_webhooks_own_writes(h: &mut Harness) -> TestResult {
             "{what}: {out:?}"
         );
     }
+    // Deleting: only a ConfigMap labelled as ours.
+    let delete_as_webhook =
+        |name: &str| h.kubectl(&[&kubeconfig, "delete", "-n", &ns, "configmap", name], None);
+    let out = delete_as_webhook("someone-elses")?;
+    ensure!(
+        !out.success
+            && out
+                .stderr
+                .contains("capi-calico-webhook writes only ConfigMaps"),
+        "deleting someone else's ConfigMap: {out:?}"
+    );
+    delete_as_webhook("ours")?.check("deleting a labelled ConfigMap")?;
+
     // The audit log shows these refusals as `rbac_shipped_roles_sufficient_and_used` looks for them (a 422 naming
     // the policy), so that scenario would see one in the webhook's own traffic.
     let refusals = policy_refusals(h)? - refusals_before;
-    ensure!(refusals >= 6, "{refusals} refusals in the audit log");
+    ensure!(refusals >= 7, "{refusals} refusals in the audit log");
     Ok(())
 }
 
