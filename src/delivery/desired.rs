@@ -1,9 +1,6 @@
 //! What the reconciler wants to exist for one Cluster: a pure function of the Cluster, its settings and the loaded
 //! bundle. The controller only applies what this module computes.
 
-use std::collections::BTreeSet;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -208,87 +205,6 @@ pub fn name_of(object: &Value) -> &str {
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default()
-}
-
-/// Bundle copies in the Cluster's namespace that this Cluster may have used before and no longer lists: the copies
-/// of every other loaded version, and the ConfigMaps its ClusterResourceSet listed before this pass (`listed_before`,
-/// which still names the copies of a version whose bundle has since been removed), minus what `desired` uses.
-/// Sorted, without duplicates. Which of them this Cluster actually owns is only known from the objects themselves.
-pub fn copies_to_retire<'a>(
-    desired: &Desired,
-    loaded_bundles: impl IntoIterator<Item = &'a Value>,
-    listed_before: &[String],
-) -> Vec<String> {
-    let keep: BTreeSet<&str> = desired
-        .bundle_copies
-        .iter()
-        .chain([&desired.installation])
-        .map(name_of)
-        .collect();
-    let loaded: Vec<String> = loaded_bundles
-        .into_iter()
-        .map(|cm| name_of(cm).to_string())
-        .collect();
-    loaded
-        .iter()
-        .chain(listed_before)
-        .filter(|name| !name.is_empty() && !keep.contains(name.as_str()))
-        .cloned()
-        .collect::<BTreeSet<String>>()
-        .into_iter()
-        .collect()
-}
-
-/// The ConfigMap names a ClusterResourceSet lists (`spec.resources` of kind ConfigMap).
-pub fn listed_configmaps(crs: &Value) -> Vec<String> {
-    crs.pointer("/spec/resources")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|r| r.get("kind").and_then(Value::as_str) == Some("ConfigMap"))
-        .filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_string))
-        .collect()
-}
-
-/// What to do with a candidate of [`copies_to_retire`], from its current metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retire {
-    /// Not a bundle copy written by us, or this Cluster is not among its owners: leave it.
-    Leave,
-    /// Remove this Cluster's entry, at this index of `metadata.ownerReferences`; then delete the copy if no Cluster
-    /// owns it any more.
-    Detach { index: usize },
-}
-
-/// Decide [`Retire`] for one candidate: only a ConfigMap labelled as our bundle copy
-/// ([`MANAGED_BY_LABEL`] and [`ROLE_LABEL`]) whose ownerReferences name `cluster_uid`.
-pub fn retire(meta: &ObjectMeta, cluster_uid: &str) -> Retire {
-    let labels = meta.labels.as_ref();
-    let ours = labels.is_some_and(|l| {
-        l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-            && l.contains_key(ROLE_LABEL)
-    });
-    if !ours {
-        return Retire::Leave;
-    }
-    match meta
-        .owner_references
-        .iter()
-        .flatten()
-        .position(|o| o.uid == cluster_uid)
-    {
-        Some(index) => Retire::Detach { index },
-        None => Retire::Leave,
-    }
-}
-
-/// Whether a copy still has a Cluster among its owners. Cluster API adds its ClusterResourceSets as owners of the
-/// ConfigMaps they list; those do not count (a copy is shared by the Clusters of one version, not by the sets).
-pub fn owned_by_a_cluster(meta: &ObjectMeta) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.kind == "Cluster" && o.api_version.starts_with("cluster.x-k8s.io/"))
 }
 
 /// The condition-like state written to [`STATUS_ANNOTATION`].
@@ -507,7 +423,7 @@ pub fn inputs_fingerprint<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::delivery::{
         bundle::{bundle_with_limit, reassemble},
@@ -553,7 +469,7 @@ mod tests {
         );
     }
 
-    fn cluster() -> ClusterRef {
+    pub(crate) fn cluster() -> ClusterRef {
         ClusterRef {
             namespace: "team-a".into(),
             name: "prod-1".into(),
@@ -562,12 +478,12 @@ mod tests {
         }
     }
 
-    fn loaded_bundle() -> Vec<Value> {
+    pub(crate) fn loaded_bundle() -> Vec<Value> {
         loaded_bundle_of(31)
     }
 
     /// The bundle of Calico v3.`minor`.7.
-    fn loaded_bundle_of(minor: u16) -> Vec<Value> {
+    pub(crate) fn loaded_bundle_of(minor: u16) -> Vec<Value> {
         let crds: Vec<String> = (0..4)
             .map(|i| {
                 format!(
@@ -592,7 +508,7 @@ mod tests {
         .unwrap()
     }
 
-    fn s() -> Settings {
+    pub(crate) fn s() -> Settings {
         settings(
             BgpOption::Enabled,
             Encapsulation::Vxlan,
@@ -851,101 +767,6 @@ mod tests {
         for line in bundle_missing_warning(&v, &many) {
             assert!(line.chars().count() < 120, "{line}");
         }
-    }
-
-    #[test]
-    fn copies_of_other_versions_and_formerly_listed_ones_are_candidates_to_retire() {
-        let current = loaded_bundle();
-        let older = loaded_bundle_of(30);
-        let Plan::Apply { desired, .. } = plan_for(&cluster(), &s(), current.iter()) else {
-            panic!("expected Apply");
-        };
-        let mut listed_before = vec![
-            "calico-v3.29.7-operator-00".to_string(), // a version whose bundle has been removed since
-            "prod-1-calico-installation".to_string(), // still ours and still used
-        ];
-        listed_before.extend(current.iter().map(|c| name_of(c).to_string()));
-        let retire = copies_to_retire(&desired, current.iter().chain(&older), &listed_before);
-        let mut want: Vec<String> = older.iter().map(|c| name_of(c).to_string()).collect();
-        want.push("calico-v3.29.7-operator-00".into());
-        want.sort();
-        assert!(want.iter().any(|n| n.starts_with("calico-v3.30.7-crds-")));
-        assert_eq!(retire, want);
-        // Nothing to retire when nothing else was loaded or listed.
-        assert!(copies_to_retire(&desired, current.iter(), &[]).is_empty());
-    }
-
-    #[test]
-    fn a_crs_lists_its_configmaps() {
-        let crs = json!({"spec": {"resources": [
-            {"kind": "ConfigMap", "name": "a"}, {"kind": "Secret", "name": "s"}, {"kind": "ConfigMap", "name": "b"},
-            {"kind": "ConfigMap"}
-        ]}});
-        assert_eq!(listed_configmaps(&crs), ["a", "b"]);
-        assert!(listed_configmaps(&json!({})).is_empty());
-    }
-
-    #[test]
-    fn only_our_copies_owned_by_this_cluster_are_detached() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-        let owner = |kind: &str, api: &str, uid: &str| OwnerReference {
-            api_version: api.into(),
-            kind: kind.into(),
-            name: "x".into(),
-            uid: uid.into(),
-            ..OwnerReference::default()
-        };
-        let labels = |pairs: &[(&str, &str)]| {
-            Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
-        let copy_labels = labels(&[(MANAGED_BY_LABEL, MANAGED_BY), (ROLE_LABEL, "crds")]);
-        let crs_owner = owner(
-            "ClusterResourceSet",
-            "addons.cluster.x-k8s.io/v1beta2",
-            "crs",
-        );
-        let meta = |labels: Option<std::collections::BTreeMap<String, String>>,
-                    owners: Vec<OwnerReference>| ObjectMeta {
-            labels,
-            owner_references: Some(owners),
-            ..ObjectMeta::default()
-        };
-        let us = owner("Cluster", CLUSTER_API_VERSION, "u1");
-        let other = owner("Cluster", "cluster.x-k8s.io/v1beta1", "u2");
-        let cases = [
-            (
-                meta(copy_labels.clone(), vec![crs_owner.clone(), us.clone()]),
-                Retire::Detach { index: 1 },
-            ),
-            (
-                meta(copy_labels.clone(), vec![other.clone()]),
-                Retire::Leave,
-            ),
-            // Not a bundle copy (the Installation ConfigMap has no role label), or not ours at all.
-            (
-                meta(labels(&[(MANAGED_BY_LABEL, MANAGED_BY)]), vec![us.clone()]),
-                Retire::Leave,
-            ),
-            (
-                meta(labels(&[(ROLE_LABEL, "crds")]), vec![us.clone()]),
-                Retire::Leave,
-            ),
-            (meta(None, vec![us.clone()]), Retire::Leave),
-        ];
-        for (m, want) in cases {
-            assert_eq!(retire(&m, "u1"), want, "{m:?}");
-        }
-        assert!(owned_by_a_cluster(&meta(
-            None,
-            vec![crs_owner.clone(), other]
-        )));
-        assert!(!owned_by_a_cluster(&meta(None, vec![crs_owner])));
-        assert!(!owned_by_a_cluster(&ObjectMeta::default()));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod bundle;
 pub mod desired;
 pub mod installation;
 pub mod reconciler;
+pub mod retire;
 
 pub use bundle::{Bundle, BundleChunk, as_list, bundle, reassemble};
 pub use desired::{DeliveryStatus, bundle_missing_warning, desired_objects};
@@ -98,6 +99,8 @@ pub enum DeliveryError {
     Unsupported(String),
     #[error("serializing JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("retiring the unused bundle copy {name}: {reason}")]
+    Retire { name: String, reason: String },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }

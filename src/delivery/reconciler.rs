@@ -9,20 +9,19 @@
 //! Events whose inputs (the Cluster without its status, and the bundles) are those last reconciled in full are
 //! skipped until the resync, so CAPI's frequent status updates cost no request (see [`crate::cluster::seen`]).
 //!
-//! No leader election: every write is a server-side apply of a body computed only from the watched inputs, under
+//! No leader election: every apply is a server-side apply of a body computed only from the watched inputs, under
 //! fixed field managers, so replicas that race write identical bodies and converge; a status annotation is only
-//! written when it differs. Running two replicas costs duplicate (no-op) requests, nothing else.
+//! written when it differs. Retiring unused bundle copies ([`super::retire`]), the only deletion, reads the Cluster
+//! afresh first, so a replica whose cache is behind does not delete what the Cluster now uses.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Client, Resource, ResourceExt,
-    api::{
-        Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-        Preconditions,
-    },
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -39,10 +38,10 @@ use super::{
     DEFAULT_BUNDLE_NAMESPACE, DIGEST_ANNOTATION, DeliveryError, FIELD_MANAGER, MANAGED_BY_LABEL,
     ROLE_LABEL, STATUS_ANNOTATION,
     desired::{
-        ClusterRef, DeliveryStatus, Desired, Plan, Retire, copies_to_retire, current_status,
-        inputs_fingerprint, listed_configmaps, name_of, owned_by_a_cluster, owner_field_manager,
-        plan, retire,
+        ClusterRef, DeliveryStatus, Desired, Plan, current_status, inputs_fingerprint, name_of,
+        owner_field_manager, plan,
     },
+    retire::{self, copies_to_retire, listed_configmaps},
 };
 
 /// How the reconciler runs.
@@ -211,7 +210,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     // followed by a revert to the remembered inputs would otherwise leave this pass's writes in place).
     ctx.applied.forget(&uid);
 
-    let status = match plan(
+    let status: (DeliveryStatus, Option<(ClusterRef, Vec<String>)>) = match plan(
         &object,
         &ctx.config.bundle_namespace,
         bundle_configmaps.iter(),
@@ -228,26 +227,41 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             let Some(cref) = ClusterRef::from_object(&object) else {
                 return Ok(Action::await_change());
             };
-            apply(&ctx.client, &cref, &desired, &bundle_configmaps).await?;
-            status
+            let listed_before = apply(&ctx.client, &cref, &desired).await?;
+            let retired = copies_to_retire(&desired, &bundle_configmaps, &listed_before);
+            (status, Some((cref, retired)))
         }
-        Plan::Report(status) => status,
+        Plan::Report(status) => (status, None),
     };
+    let (status, retire_step) = status;
     record(&ctx, &cluster, &object, &status).await?;
+    // After the status: a failure here does not hide the delivery, it fails the pass (retried in 30 s, with
+    // the copies of other loaded versions found again).
+    if let Some((cref, names)) = retire_step {
+        let apis = retire::Apis {
+            configmaps: Api::namespaced(ctx.client.clone(), &cref.namespace),
+            sets: Api::namespaced_with(ctx.client.clone(), &cref.namespace, &crs_resource()),
+            clusters: Api::namespaced_with(
+                ctx.client.clone(),
+                &cref.namespace,
+                &ctx.cluster_resource,
+            ),
+        };
+        let reconciled = cluster.metadata.annotations.clone().unwrap_or_default();
+        retire::retire_copies(&apis, &cref, &reconciled, &names).await?;
+    }
     ctx.applied.remember(&uid, fingerprint);
     Ok(Action::requeue(ctx.config.resync))
 }
 
 /// Server-side apply everything in `desired`: bundle copies (content, then this Cluster's ownerReference under its
 /// own field manager, each skipped when already in place), the Installation ConfigMap, the ClusterResourceSet last.
-/// Then retire the copies this Cluster no longer lists (see [`retire_copies`]); `loaded_bundles` are the bundle
-/// ConfigMaps of every version in the bundle namespace.
+/// Returns the ConfigMaps the ClusterResourceSet listed before (for [`retire`]).
 async fn apply(
     client: &Client,
     cluster: &ClusterRef,
     desired: &Desired,
-    loaded_bundles: &[Value],
-) -> Result<(), DeliveryError> {
+) -> Result<Vec<String>, DeliveryError> {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cluster.namespace);
     let content = PatchParams::apply(FIELD_MANAGER).force();
     let owner_manager = owner_field_manager(&cluster.uid);
@@ -259,22 +273,29 @@ async fn apply(
             .pointer("/metadata/annotations")
             .and_then(|a| a.get(DIGEST_ANNOTATION))
             .and_then(Value::as_str);
-        let current = configmaps.get_metadata_opt(name).await?;
-        let (has_owner, same_content) = match &current {
-            None => (false, false),
-            Some(meta) => (
-                meta.owner_references().iter().any(|o| o.uid == cluster.uid),
-                meta.annotations()
-                    .get(DIGEST_ANNOTATION)
-                    .map(String::as_str)
-                    == want_digest
-                    && meta.labels().contains_key(MANAGED_BY_LABEL),
-            ),
+        let in_place = |meta: &ObjectMeta| {
+            meta.annotations
+                .as_ref()
+                .and_then(|a| a.get(DIGEST_ANNOTATION))
+                .map(String::as_str)
+                == want_digest
+                && meta
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(MANAGED_BY_LABEL))
         };
+        let current = configmaps.get_metadata_opt(name).await?;
+        let has_owner = current
+            .as_ref()
+            .is_some_and(|c| c.owner_references().iter().any(|o| o.uid == cluster.uid));
+        let mut same_content = current.as_ref().is_some_and(|c| in_place(&c.metadata));
         if !has_owner {
-            configmaps
+            let after = configmaps
                 .patch(name, &owner, &Patch::Apply(owner_body))
                 .await?;
+            // Decided again from what the apply returns: another Cluster may have retired (deleted) the copy since
+            // the read, and then this apply created it with nothing but the ownerReference.
+            same_content = in_place(&after.metadata);
         }
         if !same_content {
             configmaps
@@ -294,9 +315,17 @@ async fn apply(
     let crs: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &cluster.namespace, &crs_resource());
     let crs_name = name_of(&desired.cluster_resource_set);
-    let listed_before = match crs.get_opt(crs_name).await? {
-        Some(before) => listed_configmaps(&serde_json::to_value(&before)?),
-        None => Vec::new(),
+    let listed_before = match crs.get_opt(crs_name).await {
+        Ok(Some(before)) => listed_configmaps(&serde_json::to_value(&before)?),
+        Ok(None) => Vec::new(),
+        // RBAC of an older release (no `get` on clusterresourcesets): deliver anyway; only copies of versions whose
+        // bundle is still loaded are found for retiring.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(namespace = %cluster.namespace, clusterresourceset = crs_name, error = %s.message,
+                "cannot read the ClusterResourceSet (apply deploy/base's RBAC); delivering without its previous list");
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
     };
     crs.patch(
         crs_name,
@@ -304,73 +333,7 @@ async fn apply(
         &Patch::Apply(&desired.cluster_resource_set),
     )
     .await?;
-    let retired = copies_to_retire(desired, loaded_bundles, &listed_before);
-    retire_copies(&configmaps, cluster, &retired).await
-}
-
-/// Take this Cluster off the bundle copies it no longer lists (after a `CALICO_VERSION` change, or a bundle that
-/// shrank), and delete a copy that no Cluster owns any more, so old versions do not pile up in the namespace.
-///
-/// Only ConfigMaps labelled as our bundle copies whose ownerReferences name this Cluster are touched. The entry is
-/// removed with a merge patch carrying the `resourceVersion` just read, and the delete is preconditioned on the
-/// patched object's uid and `resourceVersion`: a copy that another Cluster took meanwhile fails with 409 and is
-/// kept (a later pass looks again); one that is gone is skipped.
-async fn retire_copies(
-    configmaps: &Api<ConfigMap>,
-    cluster: &ClusterRef,
-    names: &[String],
-) -> Result<(), DeliveryError> {
-    let changed_meanwhile =
-        |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
-    for name in names {
-        let Some(current) = configmaps.get_metadata_opt(name).await? else {
-            continue;
-        };
-        let Retire::Detach { index } = retire(&current.metadata, &cluster.uid) else {
-            continue;
-        };
-        let mut owners = current
-            .metadata
-            .owner_references
-            .clone()
-            .unwrap_or_default();
-        owners.remove(index);
-        let patch = json!({ "metadata": {
-            "resourceVersion": current.metadata.resource_version,
-            "ownerReferences": owners,
-        }});
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PatchParams::default()
-        };
-        let after = match configmaps
-            .patch_metadata(name, &params, &Patch::Merge(&patch))
-            .await
-        {
-            Ok(after) => after,
-            Err(e) if changed_meanwhile(&e) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        tracing::info!(namespace = %cluster.namespace, cluster = %cluster.name, configmap = %name,
-            "bundle copy no longer used by this Cluster");
-        if owned_by_a_cluster(&after.metadata) {
-            continue;
-        }
-        let delete = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: after.metadata.uid.clone(),
-                resource_version: after.metadata.resource_version.clone(),
-            }),
-            ..DeleteParams::default()
-        };
-        match configmaps.delete(name, &delete).await {
-            Ok(_) => tracing::info!(namespace = %cluster.namespace, configmap = %name,
-                "bundle copy deleted: no Cluster uses it"),
-            Err(e) if changed_meanwhile(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    Ok(listed_before)
 }
 
 /// Set (a string) or remove (`null`) the status annotation with a JSON merge patch on the Cluster.

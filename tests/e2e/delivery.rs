@@ -569,18 +569,15 @@ fn delivery_version_change_retires_the_old_copies(h: &mut Harness) -> TestResult
         uids.sort();
         uids
     };
-    // What Cluster API's ClusterResourceSet controller does to every ConfigMap a set lists.
-    let crs = h.get_json(
-        "clusterresourcesets.addons.cluster.x-k8s.io",
-        &ns,
-        "calico-calico",
-    )?;
-    let crs_owner = json!({"op": "add", "path": "/metadata/ownerReferences/-", "value": {
-        "apiVersion": "addons.cluster.x-k8s.io/v1beta2", "kind": "ClusterResourceSet",
-        "name": "calico-calico", "uid": crs["metadata"]["uid"]}});
-    for name in &old_names {
-        h.kubectl_ok(
-            &[
+    // What Cluster API's ClusterResourceSet controller does to every ConfigMap a set lists: both sets become owners.
+    let mut set_uid = BTreeMap::new();
+    for set in ["calico-calico", "calico-b-calico"] {
+        let crs = h.get_json("clusterresourcesets.addons.cluster.x-k8s.io", &ns, set)?;
+        let add = json!([{"op": "add", "path": "/metadata/ownerReferences/-", "value": {
+            "apiVersion": "addons.cluster.x-k8s.io/v1beta2", "kind": "ClusterResourceSet",
+            "name": set, "uid": crs["metadata"]["uid"]}}]);
+        for name in &old_names {
+            let patch = [
                 "patch",
                 "-n",
                 &ns,
@@ -588,10 +585,17 @@ fn delivery_version_change_retires_the_old_copies(h: &mut Harness) -> TestResult
                 name,
                 "--type=json",
                 "-p",
-                &json!([crs_owner]).to_string(),
-            ],
-            None,
-        )?;
+                &add.to_string(),
+            ];
+            h.kubectl_ok(&patch, None)?;
+        }
+        set_uid.insert(
+            set,
+            format!(
+                "ClusterResourceSet/{}",
+                crs["metadata"]["uid"].as_str().unwrap_or("?")
+            ),
+        );
     }
     let move_to_current = |name: &str| -> TestResult {
         let version = format!("capi-calico.io/CALICO_VERSION={VERSION}");
@@ -607,12 +611,7 @@ fn delivery_version_change_retires_the_old_copies(h: &mut Harness) -> TestResult
         h.kubectl_ok(&args, None)?;
         delivered(name, VERSION).map(drop)
     };
-    let crs_uid = format!(
-        "ClusterResourceSet/{}",
-        crs["metadata"]["uid"].as_str().unwrap_or("?")
-    );
-
-    // The first Cluster moves: off the old copies, which stay for the second.
+    // The first Cluster moves: it and its set come off the old copies, which stay for the second.
     move_to_current("calico")?;
     let t = Instant::now();
     poll("calico taken off the old copies", 30, || {
@@ -620,7 +619,10 @@ fn delivery_version_change_retires_the_old_copies(h: &mut Harness) -> TestResult
         for name in &old_names {
             left.push(owner_uids(&h.get_json("configmap", &ns, name)?));
         }
-        let mut want = vec![crs_uid.clone(), format!("Cluster/{uid_b}")];
+        let mut want = vec![
+            set_uid["calico-b-calico"].clone(),
+            format!("Cluster/{uid_b}"),
+        ];
         want.sort();
         Ok(left.iter().all(|u| *u == want).then_some(()))
     })?;
@@ -640,15 +642,54 @@ fn delivery_version_change_retires_the_old_copies(h: &mut Harness) -> TestResult
         "the CRS still lists the old copies: {listed}"
     );
 
-    // The second moves: the old copies are deleted, the ClusterResourceSet owner notwithstanding.
+    // Someone's own ClusterResourceSet lists the first old copy (and, as CAPI does, owns it): that copy must stay.
+    let (kept, deleted) = old_names
+        .split_first()
+        .ok_or_else(|| fail!("no old copies"))?;
+    let user_set = json!({"apiVersion": "addons.cluster.x-k8s.io/v1beta2", "kind": "ClusterResourceSet",
+        "metadata": {"name": "user-set", "namespace": ns},
+        "spec": {"clusterSelector": {"matchLabels": {"team": "x"}}, "resources": [{"kind": "ConfigMap", "name": kept}]}});
+    h.apply(&ns, &user_set.to_string())?;
+    let user_set = h.get_json(
+        "clusterresourcesets.addons.cluster.x-k8s.io",
+        &ns,
+        "user-set",
+    )?;
+    let add = json!([{"op": "add", "path": "/metadata/ownerReferences/-", "value": {
+        "apiVersion": "addons.cluster.x-k8s.io/v1beta2", "kind": "ClusterResourceSet",
+        "name": "user-set", "uid": user_set["metadata"]["uid"]}}]);
+    h.kubectl_ok(
+        &[
+            "patch",
+            "-n",
+            &ns,
+            "configmap",
+            kept,
+            "--type=json",
+            "-p",
+            &add.to_string(),
+        ],
+        None,
+    )?;
+
+    // The second moves: the other old copies are deleted, the ClusterResourceSet owners notwithstanding.
     move_to_current("calico-b")?;
     let t = Instant::now();
     poll("the old copies deleted", 30, || {
         let cms = list(h, "configmaps", &ns)?;
-        Ok((!cms
-            .iter()
-            .any(|c| old_names.iter().any(|n| n == name_of(c))))
-        .then_some(cms))
+        Ok((!cms.iter().any(|c| deleted.iter().any(|n| n == name_of(c)))).then_some(cms))
+    })
+    .and_then(|cms| {
+        let copy = cms.iter().find(|c| name_of(c) == kept.as_str());
+        ensure!(
+            copy.is_some_and(|c| owner_uids(c)
+                == [format!(
+                    "ClusterResourceSet/{}",
+                    user_set["metadata"]["uid"].as_str().unwrap_or("?")
+                )]),
+            "the copy user-set lists: {copy:?}"
+        );
+        Ok(cms)
     })
     .and_then(|cms| {
         let new_copies: Vec<&Value> = cms
@@ -664,8 +705,8 @@ fn delivery_version_change_retires_the_old_copies(h: &mut Harness) -> TestResult
         Ok(())
     })?;
     println!(
-        "  calico-b moved: the {} old copies deleted ({:.1}s); the new ones owned by both Clusters",
-        old_names.len(),
+        "  calico-b moved: {} old copies deleted, the one user-set lists kept ({:.1}s); the new ones owned by both Clusters",
+        deleted.len(),
         t.elapsed().as_secs_f64()
     );
     Ok(())
@@ -916,7 +957,7 @@ fn policy_narrows_the_webhooks_own_writes(h: &mut Harness) -> TestResult {
     ensure!(
         !out.success
             && out.stderr.contains(
-                "capi-calico-webhook writes only ConfigMaps and ClusterResourceSets labelled"
+                "capi-calico-webhook creates, changes and deletes only ConfigMaps and ClusterResourceSets labelled"
             ),
         "an unlabelled ConfigMap: {out:?}"
     );
@@ -928,7 +969,7 @@ fn policy_narrows_the_webhooks_own_writes(h: &mut Harness) -> TestResult {
         !out.success
             && out
                 .stderr
-                .contains("capi-calico-webhook writes only ConfigMaps"),
+                .contains("capi-calico-webhook creates, changes and deletes only ConfigMaps"),
         "taking over a ConfigMap: {out:?}"
     );
 
@@ -985,7 +1026,7 @@ fn policy_narrows_the_webhooks_own_writes(h: &mut Harness) -> TestResult {
         !out.success
             && out
                 .stderr
-                .contains("capi-calico-webhook writes only ConfigMaps"),
+                .contains("capi-calico-webhook creates, changes and deletes only ConfigMaps"),
         "deleting someone else's ConfigMap: {out:?}"
     );
     delete_as_webhook("ours")?.check("deleting a labelled ConfigMap")?;
