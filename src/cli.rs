@@ -1,6 +1,6 @@
 //! The command line: `serve`, `check`, `render`.
 
-use std::{io::Write, path::PathBuf};
+use std::{collections::HashMap, io::Write, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
@@ -70,10 +70,12 @@ pub enum Command {
     /// Serve admission reviews over HTTPS (POST /mutate, POST /validate).
     #[command(after_long_help = ANNOTATIONS_HELP)]
     Serve(Box<ServeArgs>),
-    /// Check manifests offline: print every problem, exit 0 when all is valid, 1 when not, 2 on usage/I/O errors.
+    /// Check manifests offline: print every problem, exit 0 when all is valid, 1 when not, 2 when the input cannot
+    /// be used (usage, I/O, not YAML or JSON, no objects).
     #[command(after_long_help = ANNOTATIONS_HELP)]
     Check(FilesArgs),
-    /// Print the manifests with the mutation applied (what the API server would store); exits like `check`.
+    /// Print the manifests with the mutation applied (what the API server would store); exits like `check`, and
+    /// prints no manifest at all when anything is denied.
     #[command(after_long_help = ANNOTATIONS_HELP)]
     Render(RenderArgs),
     /// Turn upstream tigera-operator.yaml and operator-crds.yaml into ConfigMaps that fit the API's size limits,
@@ -340,12 +342,20 @@ pub struct Checked {
 /// Run the mutating decision over every document, with Clusters found among the documents themselves.
 pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
     let source = DocumentSource::new(documents.iter().map(|d| &d.object));
+    let mut seen: HashMap<(String, String, String, String), String> = HashMap::new();
     documents
         .into_iter()
         .map(|document| {
+            let duplicate = linked_identity(&document.object).and_then(|key| {
+                let here = format!("{} ({})", document.path, document.position());
+                seen.insert(key, here)
+            });
             let verdict = Kind::of_object(&document.object).map(|kind| {
                 if let Some(denial) = non_string_annotations(&document.object) {
                     return denial;
+                }
+                if let Some(first) = &duplicate {
+                    return duplicate_denial(&document, first);
                 }
                 futures::executor::block_on(policy::decide(
                     &source,
@@ -355,9 +365,51 @@ pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
                 ))
                 .verdict
             });
+            let verdict = verdict.or_else(|| {
+                duplicate
+                    .as_ref()
+                    .map(|first| duplicate_denial(&document, first))
+            });
             Checked { document, verdict }
         })
         .collect()
+}
+
+/// The identity of an object that links a KCP or KCT to its Cluster (Cluster, KCP, KCT, MachineDeployment): API
+/// group, kind, namespace (`default` when unset, as kubectl applies it) and name.
+fn linked_identity(object: &Value) -> Option<(String, String, String, String)> {
+    let field = |p: &str| object.pointer(p).and_then(Value::as_str);
+    let kind = field("/kind")?;
+    if !matches!(
+        kind,
+        "Cluster" | "KubeadmControlPlane" | "KubeadmConfigTemplate" | "MachineDeployment"
+    ) {
+        return None;
+    }
+    let group = field("/apiVersion")?.split('/').next()?;
+    let namespace = field("/metadata/namespace")
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    Some((
+        group.to_string(),
+        kind.to_string(),
+        namespace.to_string(),
+        field("/metadata/name")?.to_string(),
+    ))
+}
+
+/// A second definition of a Cluster, KCP, KCT or MachineDeployment: kubectl would apply both and keep the last, but
+/// the links (which Cluster's settings a KCP or KCT gets) are only well defined with one.
+fn duplicate_denial(document: &Document, first: &str) -> Verdict {
+    Verdict::Deny {
+        message: format!(
+            "{} is also defined at {first}: kubectl would apply both and keep the last, so which settings apply is \
+             ambiguous; keep one definition",
+            document.describe()
+        ),
+        rules: vec!["duplicate-object".to_string()],
+        warnings: Vec::new(),
+    }
 }
 
 /// Annotation values a YAML file spells as numbers or booleans (`CALICO_BLOCK_SIZE: 26`, `...: true`). The API
@@ -408,7 +460,25 @@ fn read_all(files: &[String], err: &mut dyn Write) -> Option<Vec<Document>> {
             }
         }
     }
+    if docs.is_empty() {
+        // kubectl apply refuses such an input too ("no objects passed to apply"): a pipeline that checks nothing
+        // must not pass.
+        let _ = writeln!(
+            err,
+            "error: no Kubernetes objects in {}: every document is empty",
+            files.join(", ")
+        );
+        return None;
+    }
     Some(docs)
+}
+
+/// Write `text` to `out` and flush it; a failure (a closed pipe, a full disk) is exit code 2, not a silent success.
+fn emit(text: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> Result<(), i32> {
+    out.write_all(text).and_then(|()| out.flush()).map_err(|e| {
+        let _ = writeln!(err, "error: cannot write the output: {e}");
+        2
+    })
 }
 
 /// Print warnings and denials; return whether anything was denied.
@@ -448,17 +518,21 @@ pub fn run_check(args: &FilesArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
         return 2;
     };
     let checked = check_documents(docs);
-    if report(&checked, out) {
-        return 1;
+    let mut text = Vec::new();
+    let denied = report(&checked, &mut text);
+    if !denied {
+        let acted = checked.iter().filter(|c| c.verdict.is_some()).count();
+        let _ = writeln!(
+            text,
+            "ok: {} document{}, {acted} checked by capi-calico",
+            checked.len(),
+            if checked.len() == 1 { "" } else { "s" }
+        );
     }
-    let acted = checked.iter().filter(|c| c.verdict.is_some()).count();
-    let _ = writeln!(
-        out,
-        "ok: {} document{}, {acted} checked by capi-calico",
-        checked.len(),
-        if checked.len() == 1 { "" } else { "s" }
-    );
-    0
+    match emit(&text, out, err) {
+        Ok(()) => i32::from(denied),
+        Err(code) => code,
+    }
 }
 
 /// `render`: documents with the patch applied on `out`, problems on `err`; exit code 0, 1 or 2.
@@ -468,6 +542,12 @@ pub fn run_render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -
     };
     let checked = check_documents(docs);
     let denied = report(&checked, err);
+    if denied {
+        // Nothing on standard output: `render | kubectl apply -f -` without `pipefail` must not apply the objects
+        // the webhook would refuse (kubectl then refuses the empty input).
+        let _ = writeln!(err, "error: denied; no manifest printed");
+        return 1;
+    }
     let mut rendered: Vec<Value> = Vec::with_capacity(checked.len());
     for c in checked {
         let what = c.document.describe();
@@ -494,15 +574,15 @@ pub fn run_render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -
             .map(|docs| docs.iter().map(|d| format!("---\n{d}")).collect()),
     };
     match text {
-        Ok(text) => {
-            let _ = out.write_all(text.as_bytes());
-        }
+        Ok(text) => match emit(text.as_bytes(), out, err) {
+            Ok(()) => 0,
+            Err(code) => code,
+        },
         Err(e) => {
             let _ = writeln!(err, "error: cannot print the result: {e}");
-            return 2;
+            2
         }
     }
-    i32::from(denied)
 }
 
 /// `bundle`: print the ConfigMaps as a JSON List; exit 0, or 2 on usage/I/O errors.
@@ -536,10 +616,10 @@ pub fn run_bundle(args: &BundleArgs, out: &mut dyn Write, err: &mut dyn Write) -
         serde_json::to_string_pretty(&crate::delivery::bundle::as_list(items))
             .map_err(|e| e.to_string())
     }) {
-        Ok(text) => {
-            let _ = writeln!(out, "{text}");
-            0
-        }
+        Ok(text) => match emit(format!("{text}\n").as_bytes(), out, err) {
+            Ok(()) => 0,
+            Err(code) => code,
+        },
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
             2

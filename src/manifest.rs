@@ -52,53 +52,91 @@ impl Document {
     }
 }
 
+/// How manifests are read: Kubernetes' YAML 1.1 meaning of numbers (`0644` is octal, as kubectl reads it), and
+/// budgets far above any real manifest (a `kustomize build` with Calico's CRDs is a few thousand documents) that
+/// still stop a hostile one.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: 32_000_000,
+            max_nodes: 8_000_000,
+            max_depth: 256,
+            max_documents: 10_000,
+        },
+        legacy_octal_numbers: true,
+    }
+}
+
+/// Every value of `text`: a stream of JSON values when it starts like JSON and reads as JSON, otherwise YAML
+/// documents (YAML's flow style also starts with `{`).
+fn values(path: &str, text: &str) -> Result<Vec<Value>, ManifestError> {
+    let parse_error = |message: String| ManifestError::Parse {
+        path: path.to_string(),
+        message,
+    };
+    let as_yaml = || serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options());
+    if text.trim_start().starts_with(['{', '[']) {
+        let json: Result<Vec<Value>, _> = serde_json::Deserializer::from_str(text)
+            .into_iter::<Value>()
+            .collect();
+        return match json {
+            Ok(values) => Ok(values),
+            Err(json_error) => as_yaml().map_err(|yaml_error| {
+                parse_error(format!("as JSON: {json_error}; as YAML: {yaml_error}"))
+            }),
+        };
+    }
+    as_yaml().map_err(|e| parse_error(e.to_string()))
+}
+
+/// A `kind: List` or any other `…List` kind with an `items` array, as kubectl flattens them.
+fn list_items(object: &serde_json::Map<String, Value>) -> Option<&Vec<Value>> {
+    let kind = object.get("kind").and_then(Value::as_str)?;
+    if kind.ends_with("List") {
+        object.get("items").and_then(Value::as_array)
+    } else {
+        None
+    }
+}
+
+/// An annotation written without a value (`key:` or `key: ~` in YAML) is stored by the API server as the empty
+/// string; read it that way, so that it is validated as what the cluster will hold.
+fn null_annotations_as_empty(object: &mut Value) {
+    if let Some(annotations) = object
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        for value in annotations.values_mut().filter(|v| v.is_null()) {
+            *value = Value::String(String::new());
+        }
+    }
+}
+
 /// Parse `text` (from `path`) into documents. Empty documents are skipped; a `kind: List` is flattened.
 pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
-    let values: Vec<Value> = if text.trim_start().starts_with(['{', '[']) {
-        let mut out = Vec::new();
-        for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            out.push(value.map_err(|e| ManifestError::Parse {
-                path: path.to_string(),
-                message: e.to_string(),
-            })?);
-        }
-        out
-    } else {
-        serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Parse {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?
-    };
     let mut docs = Vec::new();
     let mut index = 0;
-    for value in values {
+    for value in values(path, text)? {
         if value.is_null() {
             continue;
         }
         index += 1;
-        let (items, listed) = match value {
-            Value::Object(ref map) if map.get("kind").and_then(Value::as_str) == Some("List") => (
-                map.get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-                true,
-            ),
-            Value::Object(_) => (vec![value], false),
-            _ => {
-                return Err(ManifestError::NotAnObject {
-                    path: path.to_string(),
-                    index,
-                });
-            }
+        let not_an_object = || ManifestError::NotAnObject {
+            path: path.to_string(),
+            index,
         };
-        for (n, object) in items.into_iter().enumerate() {
+        let (items, listed) = match &value {
+            Value::Object(map) => match list_items(map) {
+                Some(items) => (items.clone(), true),
+                None => (vec![value], false),
+            },
+            _ => return Err(not_an_object()),
+        };
+        for (n, mut object) in items.into_iter().enumerate() {
             if !object.is_object() {
-                return Err(ManifestError::NotAnObject {
-                    path: path.to_string(),
-                    index,
-                });
+                return Err(not_an_object());
             }
+            null_annotations_as_empty(&mut object);
             docs.push(Document {
                 path: path.to_string(),
                 index,
@@ -126,6 +164,8 @@ pub fn read(path: &str) -> Result<Vec<Document>, ManifestError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -152,6 +192,45 @@ mod tests {
             positions,
             ["document 1", "document 2, item 1", "document 2, item 2"]
         );
+    }
+
+    #[test]
+    fn reads_like_kubectl() {
+        // YAML 1.1 octal, as kubectl reads file modes; a number stays an integer.
+        let docs = parse("t", "kind: X\nspec: {mode: 0400, other: 0644, n: 12}\n").expect("parses");
+        assert_eq!(
+            docs[0].object["spec"],
+            json!({"mode": 256, "other": 420, "n": 12})
+        );
+        // YAML flow style starting with `{`, and JSON followed by YAML documents.
+        for text in [
+            "{apiVersion: v1, kind: ConfigMap, metadata: {name: x}}\n",
+            "{\"kind\": \"A\"}\n---\nkind: B\n",
+        ] {
+            assert!(parse("t", text).is_ok_and(|d| !d.is_empty()), "{text:?}");
+        }
+        // Any `...List` kind with items is flattened; a kind that only ends in "List" without items is an object.
+        let docs = parse(
+            "t",
+            "kind: ClusterList\nitems:\n- kind: Cluster\n- kind: Cluster\n",
+        )
+        .expect("parses");
+        assert_eq!(docs.len(), 2);
+        let docs = parse("t", "kind: ThingList\nspec: {}\n").expect("parses");
+        assert_eq!(docs[0].object["kind"], "ThingList");
+        // A key without a value is the empty string the API server would store.
+        let docs = parse(
+            "t",
+            "kind: X\nmetadata:\n  annotations:\n    a:\n    b: ~\n    c: \"v\"\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            docs[0].object["metadata"]["annotations"],
+            json!({"a": "", "b": "", "c": "v"})
+        );
+        // Many documents: a kustomize build with Calico's CRDs is thousands.
+        let many = "kind: ConfigMap\n---\n".repeat(3000);
+        assert_eq!(parse("t", &many).map(|d| d.len()).ok(), Some(3000));
     }
 
     #[test]

@@ -265,6 +265,8 @@ fn check_exit_codes_and_messages() {
     let rendered = run(&["render", "-"], Some(&input));
     assert_eq!(rendered.status.code(), Some(1));
     assert!(text(&rendered.stderr).contains("denied the request"));
+    // Nothing for a `render | kubectl apply -f -` pipeline to apply.
+    assert!(rendered.stdout.is_empty(), "{}", text(&rendered.stdout));
 
     // Usage and I/O errors: exit 2.
     for (args, stdin, needle) in [
@@ -289,6 +291,13 @@ fn check_exit_codes_and_messages() {
             "invalid value 'toml'",
         ),
         (vec!["check"], None, "required"),
+        // No objects at all: kubectl refuses that too.
+        (
+            vec!["check", "-"],
+            Some("# only a comment\n---\n"),
+            "no Kubernetes objects",
+        ),
+        (vec!["render", "-"], Some(""), "no Kubernetes objects"),
     ] {
         let out = run(&args, stdin);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -626,4 +635,71 @@ fn unquoted_annotation_values_are_refused_with_the_quoted_spelling() {
         "{stdout}"
     );
     assert!(!stdout.contains("note"), "{stdout}");
+}
+
+/// What kubectl would read differently from a naive YAML reader, and outputs that cannot be written.
+#[test]
+fn inputs_are_read_as_kubectl_reads_them() {
+    // YAML 1.1 octal (a Secret volume's mode): rendered as the number kubectl sends, not as 400.
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      \
+                      volumes:\n      - name: s\n        secret: {secretName: s, defaultMode: 0400}\n";
+    let out = run(&["render", "-o", "json", "-"], Some(deployment));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        list["items"][0]["spec"]["template"]["spec"]["volumes"][0]["secret"]["defaultMode"],
+        json!(256)
+    );
+
+    // An annotation without a value is the empty string the API server stores, and validated as such.
+    let cluster = std::fs::read_to_string(fixture("classic-v1beta2.yaml")).expect("read");
+    let first_annotation = "    capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: \"true\"\n";
+    assert!(cluster.contains(first_annotation));
+    let empty = cluster.replacen(
+        first_annotation,
+        &format!("{first_annotation}    capi-calico.io/CALICO_NAT_OUTGOING:\n"),
+        1,
+    );
+    // The same Cluster twice: which settings apply would be ambiguous.
+    let twice = format!("{cluster}\n---\n{cluster}");
+    for (input, needle) in [
+        (
+            empty,
+            "capi-calico.io/CALICO_NAT_OUTGOING: \"\" is not valid",
+        ),
+        (twice, "is also defined at - (document 1)"),
+    ] {
+        let out = run(&["check", "-"], Some(&input));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains(needle),
+            "{needle}: {}",
+            text(&out.stdout)
+        );
+    }
+
+    // Output that cannot be written is an error, not a silent success.
+    for args in [vec!["check", "-"], vec!["render", "-"]] {
+        let mut child = bin()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create("/dev/full").expect("/dev/full"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(cluster.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("cannot write the output"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

@@ -67,26 +67,15 @@ struct Doc {
     index: usize,
 }
 
-fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_events: 32_000_000,
-            max_nodes: 8_000_000,
-            max_depth: 256,
-            max_documents: 10_000,
-        },
-        // Kubernetes reads manifests with YAML 1.1 rules (`0644` is octal); keep that meaning.
-        legacy_octal_numbers: true,
-    }
-}
-
 /// Parse a multi-document YAML (or JSON) stream into objects; empty documents are skipped.
 pub fn parse_objects(input: &str, text: &str) -> Result<Vec<Value>, DeliveryError> {
-    let values: Vec<Value> = serde_saphyr::from_multiple_with_options(text, yaml_options())
-        .map_err(|e| DeliveryError::Parse {
-            input: input.to_string(),
-            message: e.to_string(),
-        })?;
+    let values: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, crate::manifest::yaml_options()).map_err(
+            |e| DeliveryError::Parse {
+                input: input.to_string(),
+                message: e.to_string(),
+            },
+        )?;
     let mut out = Vec::new();
     for (i, value) in values.into_iter().filter(|v| !v.is_null()).enumerate() {
         let ok = value.get("apiVersion").and_then(Value::as_str).is_some()
