@@ -133,6 +133,9 @@ pub struct FilesArgs {
     /// Manifest files (multi-document YAML or JSON); `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<String>,
+    /// Treat warnings as problems (exit 1): a KCP or KCT whose Cluster is not in the input, a misspelt prefix, ...
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Output format of `render`.
@@ -481,9 +484,10 @@ fn emit(text: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> Result<(), i32
     })
 }
 
-/// Print warnings and denials; return whether anything was denied.
-fn report(checked: &[Checked], out: &mut dyn Write) -> bool {
+/// Print warnings and denials; return whether anything was denied, or (`strict`) warned about.
+fn report(checked: &[Checked], strict: bool, out: &mut dyn Write) -> bool {
     let mut denied = false;
+    let mut warned = 0usize;
     for c in checked {
         let place = format!(
             "{} ({}, {})",
@@ -502,6 +506,7 @@ fn report(checked: &[Checked], out: &mut dyn Write) -> bool {
                 let _ = writeln!(out, "{place}: denied the request: {message}");
             }
             Some(Verdict::Allow { warnings, .. }) => {
+                warned += warnings.len();
                 for w in warnings {
                     let _ = writeln!(out, "Warning: {place}: {w}");
                 }
@@ -509,7 +514,14 @@ fn report(checked: &[Checked], out: &mut dyn Write) -> bool {
             None => {}
         }
     }
-    denied
+    if strict && warned > 0 {
+        let _ = writeln!(
+            out,
+            "failed: {warned} warning{} (--strict)",
+            if warned == 1 { "" } else { "s" }
+        );
+    }
+    denied || (strict && warned > 0)
 }
 
 /// `check`: exit code 0, 1 or 2.
@@ -519,7 +531,7 @@ pub fn run_check(args: &FilesArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
     };
     let checked = check_documents(docs);
     let mut text = Vec::new();
-    let denied = report(&checked, &mut text);
+    let denied = report(&checked, args.strict, &mut text);
     if !denied {
         let acted = checked.iter().filter(|c| c.verdict.is_some()).count();
         let _ = writeln!(
@@ -541,11 +553,11 @@ pub fn run_render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -
         return 2;
     };
     let checked = check_documents(docs);
-    let denied = report(&checked, err);
+    let denied = report(&checked, args.files.strict, err);
     if denied {
         // Nothing on standard output: `render | kubectl apply -f -` without `pipefail` must not apply the objects
         // the webhook would refuse (kubectl then refuses the empty input).
-        let _ = writeln!(err, "error: denied; no manifest printed");
+        let _ = writeln!(err, "error: no manifest printed");
         return 1;
     }
     let mut rendered: Vec<Value> = Vec::with_capacity(checked.len());

@@ -20,7 +20,7 @@ pub enum ManifestError {
 /// One document of an input file.
 #[derive(Debug, Clone)]
 pub struct Document {
-    /// File name (`-` for stdin).
+    /// File name ([`STDIN_NAME`] for standard input).
     pub path: String,
     /// 1-based position in the file.
     pub index: usize,
@@ -148,7 +148,10 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
     Ok(docs)
 }
 
-/// Read a file (`-` is stdin).
+/// How messages name standard input.
+pub const STDIN_NAME: &str = "<stdin>";
+
+/// Read a file (`-` is stdin, named [`STDIN_NAME`] in messages).
 pub fn read(path: &str) -> Result<Vec<Document>, ManifestError> {
     let text = if path == "-" {
         std::io::read_to_string(std::io::stdin())
@@ -159,7 +162,7 @@ pub fn read(path: &str) -> Result<Vec<Document>, ManifestError> {
         path: path.to_string(),
         source,
     })?;
-    parse(path, &text)
+    parse(if path == "-" { STDIN_NAME } else { path }, &text)
 }
 
 #[cfg(test)]

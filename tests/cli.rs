@@ -261,7 +261,11 @@ fn check_exit_codes_and_messages() {
     let input = std::fs::read_to_string(fixture("invalid.yaml")).expect("read");
     let piped = run(&["check", "-"], Some(&input));
     assert_eq!(piped.status.code(), Some(1));
-    assert!(text(&piped.stdout).contains("-: ") || text(&piped.stdout).contains("- (document 1"));
+    assert!(
+        text(&piped.stdout).contains("<stdin> (document 1, Cluster broken)"),
+        "{}",
+        text(&piped.stdout)
+    );
     let rendered = run(&["render", "-"], Some(&input));
     assert_eq!(rendered.status.code(), Some(1));
     assert!(text(&rendered.stderr).contains("denied the request"));
@@ -316,7 +320,7 @@ fn a_kcp_without_its_cluster_gets_a_warning_not_an_error() {
     let out = run(&["check", "-"], Some(input));
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("Warning: - (document 1, KubeadmControlPlane ns/orphan-cp): capi-calico: no Cluster found"), "{stdout}");
+    assert!(stdout.contains("Warning: <stdin> (document 1, KubeadmControlPlane ns/orphan-cp): capi-calico: no Cluster found"), "{stdout}");
     assert!(
         stdout.contains("cluster.x-k8s.io/cluster-name=<cluster>"),
         "{stdout}"
@@ -637,6 +641,28 @@ fn unquoted_annotation_values_are_refused_with_the_quoted_spelling() {
     assert!(!stdout.contains("note"), "{stdout}");
 }
 
+#[test]
+fn strict_makes_warnings_fail() {
+    // A KCP whose Cluster is not in the input: a warning, exit 0; with --strict, exit 1 and render prints nothing.
+    let kcp = "apiVersion: controlplane.cluster.x-k8s.io/v1beta2\nkind: KubeadmControlPlane\nmetadata:\n  \
+               name: cp\n  labels: {cluster.x-k8s.io/cluster-name: elsewhere}\nspec: {version: v1.34.1}\n";
+    let relaxed = run(&["check", "-"], Some(kcp));
+    assert_eq!(relaxed.status.code(), Some(0), "{}", text(&relaxed.stdout));
+    assert!(
+        text(&relaxed.stdout).contains("Warning: <stdin> (document 1, KubeadmControlPlane cp)")
+    );
+    let strict = run(&["check", "--strict", "-"], Some(kcp));
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict.stdout));
+    assert!(
+        text(&strict.stdout).contains("failed: 3 warnings (--strict)"),
+        "{}",
+        text(&strict.stdout)
+    );
+    let render = run(&["render", "--strict", "-"], Some(kcp));
+    assert_eq!(render.status.code(), Some(1));
+    assert!(render.stdout.is_empty());
+}
+
 /// What kubectl would read differently from a naive YAML reader, and outputs that cannot be written.
 #[test]
 fn inputs_are_read_as_kubectl_reads_them() {
@@ -667,7 +693,7 @@ fn inputs_are_read_as_kubectl_reads_them() {
             empty,
             "capi-calico.io/CALICO_NAT_OUTGOING: \"\" is not valid",
         ),
-        (twice, "is also defined at - (document 1)"),
+        (twice, "is also defined at <stdin> (document 1)"),
     ] {
         let out = run(&["check", "-"], Some(&input));
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
