@@ -130,7 +130,7 @@ pub struct BundleArgs {
 /// Input files.
 #[derive(Debug, Args)]
 pub struct FilesArgs {
-    /// Manifest files (multi-document YAML or JSON); `-` reads standard input.
+    /// Manifest files (multi-document YAML or JSON) or directories of them; `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<String>,
     /// Treat warnings as problems (exit 1): a KCP or KCT whose Cluster is not in the input, a misspelt prefix, ...
@@ -452,9 +452,44 @@ fn non_string_annotations(object: &serde_json::Value) -> Option<Verdict> {
     })
 }
 
-fn read_all(files: &[String], err: &mut dyn Write) -> Option<Vec<Document>> {
-    let mut docs = Vec::new();
+/// The files to read: each argument, or for a directory the `.yaml`, `.yml` and `.json` files directly in it, in
+/// name order (as `kubectl apply -f DIR` without `-R`).
+fn expand(files: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
     for file in files {
+        let path = std::path::Path::new(file);
+        if file == "-" || !path.is_dir() {
+            out.push(file.clone());
+            continue;
+        }
+        let mut found: Vec<String> = std::fs::read_dir(path)
+            .map_err(|e| format!("{file}: {e}"))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            })
+            .map(|p| p.display().to_string())
+            .collect();
+        found.sort();
+        out.append(&mut found);
+    }
+    Ok(out)
+}
+
+fn read_all(files: &[String], err: &mut dyn Write) -> Option<Vec<Document>> {
+    let files = match expand(files) {
+        Ok(files) => files,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return None;
+        }
+    };
+    let mut docs = Vec::new();
+    for file in &files {
         match manifest::read(file) {
             Ok(mut d) => docs.append(&mut d),
             Err(e) => {

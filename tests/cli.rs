@@ -642,6 +642,32 @@ fn unquoted_annotation_values_are_refused_with_the_quoted_spelling() {
 }
 
 #[test]
+fn a_directory_reads_its_manifest_files_in_name_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture_text = std::fs::read_to_string(fixture("classic-v1beta2.yaml")).expect("read");
+    // The Cluster and its objects split over two files, plus a file that is not a manifest.
+    let (cluster, rest) = fixture_text
+        .split_once("\n---\n")
+        .expect("two documents or more");
+    std::fs::write(dir.path().join("b-objects.yml"), rest).expect("write");
+    std::fs::write(dir.path().join("a-cluster.yaml"), cluster).expect("write");
+    std::fs::write(dir.path().join("README.md"), "# not YAML: [").expect("write");
+    let out = run(&["check", &dir.path().display().to_string()], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).starts_with("ok: 4 documents, 3 checked"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn strict_makes_warnings_fail() {
     // A KCP whose Cluster is not in the input: a warning, exit 0; with --strict, exit 1 and render prints nothing.
     let kcp = "apiVersion: controlplane.cluster.x-k8s.io/v1beta2\nkind: KubeadmControlPlane\nmetadata:\n  \
