@@ -345,13 +345,16 @@ pub struct Checked {
 /// Run the mutating decision over every document, with Clusters found among the documents themselves.
 pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
     let source = DocumentSource::new(documents.iter().map(|d| &d.object));
-    let mut seen: HashMap<(String, String, String, String), String> = HashMap::new();
+    let mut seen: HashMap<(String, String, String, String), (String, Value)> = HashMap::new();
     documents
         .into_iter()
         .map(|document| {
+            // A second, different definition (the same file given twice is no ambiguity).
             let duplicate = linked_identity(&document.object).and_then(|key| {
                 let here = format!("{} ({})", document.path, document.position());
-                seen.insert(key, here)
+                seen.insert(key, (here, document.object.clone()))
+                    .filter(|(_, earlier)| *earlier != document.object)
+                    .map(|(place, _)| place)
             });
             let verdict = Kind::of_object(&document.object).map(|kind| {
                 if let Some(denial) = non_string_annotations(&document.object) {
@@ -390,6 +393,12 @@ fn linked_identity(object: &Value) -> Option<(String, String, String, String)> {
         return None;
     }
     let group = field("/apiVersion")?.split('/').next()?;
+    if !matches!(
+        group,
+        "cluster.x-k8s.io" | "controlplane.cluster.x-k8s.io" | "bootstrap.cluster.x-k8s.io"
+    ) {
+        return None;
+    }
     let namespace = field("/metadata/namespace")
         .filter(|n| !n.is_empty())
         .unwrap_or("default");
@@ -428,7 +437,7 @@ fn non_string_annotations(object: &serde_json::Value) -> Option<Verdict> {
             serde_json::Value::Bool(b) => {
                 format!("- {k}: {b} is a boolean, not a string: quote it, as {k}: \"{b}\"")
             }
-            // A number is shown as YAML read it, which may not be what was written (1.10 reads as 1.1, 026 as 26):
+            // A number is shown as YAML read it, which may not be what was written (1.10 reads as 1.1, 026 as octal 22):
             // the user must quote their own spelling.
             other => {
                 let shown: String = other.to_string().chars().take(60).collect();
@@ -462,18 +471,25 @@ fn expand(files: &[String]) -> Result<Vec<String>, String> {
             out.push(file.clone());
             continue;
         }
-        let mut found: Vec<String> = std::fs::read_dir(path)
-            .map_err(|e| format!("{file}: {e}"))?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            })
-            .map(|p| p.display().to_string())
-            .collect();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(|e| format!("{file}: {e}"))? {
+            let entry = entry.map_err(|e| format!("{file}: {e}"))?;
+            let p = entry.path();
+            let manifest = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            // Subdirectories are not read (no -R); a manifest name that is not a readable file (a broken link)
+            // is an error when it is read, as with kubectl.
+            if manifest && !p.is_dir() {
+                found.push(p.display().to_string());
+            }
+        }
+        if found.is_empty() {
+            return Err(format!(
+                "{file}: no .yaml, .yml or .json files in this directory (subdirectories are not read)"
+            ));
+        }
         found.sort();
         out.append(&mut found);
     }
@@ -497,6 +513,22 @@ fn read_all(files: &[String], err: &mut dyn Write) -> Option<Vec<Document>> {
                 return None;
             }
         }
+    }
+    if let Some(doc) = docs.iter().find(|d| {
+        ["/apiVersion", "/kind"].iter().any(|p| {
+            d.object
+                .pointer(p)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        })
+    }) {
+        let _ = writeln!(
+            err,
+            "error: {} ({}): not a Kubernetes object: apiVersion and kind are required (kubectl refuses it too)",
+            doc.path,
+            doc.position()
+        );
+        return None;
     }
     if docs.is_empty() {
         // kubectl apply refuses such an input too ("no objects passed to apply"): a pipeline that checks nothing
@@ -535,6 +567,7 @@ fn report(checked: &[Checked], strict: bool, out: &mut dyn Write) -> bool {
                 message, warnings, ..
             }) => {
                 denied = true;
+                warned += warnings.len();
                 for w in warnings {
                     let _ = writeln!(out, "Warning: {place}: {w}");
                 }

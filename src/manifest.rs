@@ -157,12 +157,13 @@ pub fn read(path: &str) -> Result<Vec<Document>, ManifestError> {
         std::io::read_to_string(std::io::stdin())
     } else {
         std::fs::read_to_string(path)
-    }
-    .map_err(|source| ManifestError::Read {
-        path: path.to_string(),
+    };
+    let name = if path == "-" { STDIN_NAME } else { path };
+    let text = text.map_err(|source| ManifestError::Read {
+        path: name.to_string(),
         source,
     })?;
-    parse(if path == "-" { STDIN_NAME } else { path }, &text)
+    parse(name, &text)
 }
 
 #[cfg(test)]

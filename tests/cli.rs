@@ -273,7 +273,20 @@ fn check_exit_codes_and_messages() {
     assert!(rendered.stdout.is_empty(), "{}", text(&rendered.stdout));
 
     // Usage and I/O errors: exit 2.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty_dir = dir.path().display().to_string();
     for (args, stdin, needle) in [
+        // Documents kubectl refuses too, and a directory without manifests.
+        (
+            vec!["check", "-"],
+            Some("foo: bar\n---\n{}\n"),
+            "apiVersion and kind are required",
+        ),
+        (
+            vec!["check", empty_dir.as_str()],
+            None,
+            "no .yaml, .yml or .json files",
+        ),
         (
             vec!["check", "/nonexistent/cluster.yaml"],
             None,
@@ -642,6 +655,17 @@ fn unquoted_annotation_values_are_refused_with_the_quoted_spelling() {
 }
 
 #[test]
+fn objects_of_other_api_groups_may_share_a_name() {
+    // Objects of other API groups may share a name (a CloudNativePG Cluster beside a Cluster API one, twice).
+    let other = "apiVersion: postgresql.cnpg.io/v1\nkind: Cluster\nmetadata: {name: db}\nspec: {instances: 1}\n";
+    let out = run(
+        &["check", "-"],
+        Some(&format!("{other}---\n{}", other.replace("1}", "3}"))),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
 fn a_directory_reads_its_manifest_files_in_name_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fixture_text = std::fs::read_to_string(fixture("classic-v1beta2.yaml")).expect("read");
@@ -712,8 +736,17 @@ fn inputs_are_read_as_kubectl_reads_them() {
         &format!("{first_annotation}    capi-calico.io/CALICO_NAT_OUTGOING:\n"),
         1,
     );
-    // The same Cluster twice: which settings apply would be ambiguous.
-    let twice = format!("{cluster}\n---\n{cluster}");
+    // The same objects twice, the second Cluster with other settings: which settings apply would be ambiguous.
+    // (The same file given twice is no ambiguity, and passes.)
+    let block = "    capi-calico.io/CALICO_BLOCK_SIZE: \"26\"\n";
+    assert!(cluster.contains(block));
+    let other = cluster.replacen(block, "    capi-calico.io/CALICO_BLOCK_SIZE: \"27\"\n", 1);
+    let twice = format!("{cluster}\n---\n{other}");
+    let same_twice = format!("{cluster}\n---\n{cluster}");
+    assert_eq!(
+        run(&["check", "-"], Some(&same_twice)).status.code(),
+        Some(0)
+    );
     for (input, needle) in [
         (
             empty,

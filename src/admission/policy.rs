@@ -336,7 +336,7 @@ impl Origin {
 }
 
 fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<String> {
-    vec![
+    let mut warnings = vec![
         fit_warning(&format!(
             "capi-calico: no Cluster found for {} {name}; admitted without Calico changes",
             kind.kind()
@@ -352,7 +352,14 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
                  MachineDeployment before it"
             }
         }),
-    ]
+    ];
+    if kind == SubjectKind::ConfigTemplate {
+        // The worker template of a ClusterClass has no Cluster of its own, and must not be labelled with one.
+        warnings.push(fit_warning(
+            "capi-calico: a ClusterClass's own template needs nothing: the copies made for each Cluster are injected",
+        ));
+    }
+    warnings
 }
 
 /// Warnings for a Cluster UPDATE (`old` is the stored Cluster, pruned to its settings and pod CIDRs) that changes
@@ -1086,10 +1093,18 @@ mod tests {
             panic!("expected allow");
         };
         assert!(patch.is_empty());
-        let hint = warnings.last().expect("hint");
+        let hint = warnings.get(2).expect("hint");
         assert!(
             hint.ends_with("or apply the Cluster and its MachineDeployment before it"),
             "{hint}"
+        );
+        // A ClusterClass's worker template is also applied without a Cluster: it must not be labelled.
+        assert_eq!(
+            warnings.last().map(String::as_str),
+            Some(
+                "capi-calico: a ClusterClass's own template needs nothing: the copies made for each Cluster are \
+                 injected"
+            )
         );
         assert!(hint.chars().count() <= MAX_WARNING_CHARS, "{hint}");
         // the KCP keeps its hint
