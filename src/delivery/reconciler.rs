@@ -93,6 +93,8 @@ struct Ctx {
     cluster_resource: ApiResource,
     /// The inputs each Cluster (by uid) was last reconciled with in full.
     applied: Seen,
+    /// The bundle copies each Cluster (by uid) last finished retiring.
+    retired: retire::Done,
 }
 
 /// Run until SIGTERM or Ctrl-C.
@@ -151,6 +153,7 @@ where
         cluster_resource: cluster_resource.clone(),
         config: config.clone(),
         applied: Seen::default(),
+        retired: retire::Done::default(),
     });
     tracing::info!(bundle_namespace = %config.bundle_namespace, "delivery reconciler starting");
 
@@ -187,6 +190,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     if cluster.metadata.deletion_timestamp.is_some() {
         // Everything we wrote is owned by the Cluster; the garbage collector removes it.
         ctx.applied.forget(&uid);
+        ctx.retired.forget(&uid);
         return Ok(Action::await_change());
     }
     // Until the bundle cache has listed once, "no bundle" would be a false report.
@@ -237,7 +241,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     record(&ctx, &cluster, &object, &status).await?;
     // After the status: a failure here does not hide the delivery, it fails the pass (retried in 30 s, with
     // the copies of other loaded versions found again).
-    if let Some((cref, names)) = retire_step {
+    if let Some((cref, names)) = retire_step.filter(|(_, names)| !ctx.retired.covers(&uid, names)) {
         let apis = retire::Apis {
             configmaps: Api::namespaced(ctx.client.clone(), &cref.namespace),
             sets: Api::namespaced_with(ctx.client.clone(), &cref.namespace, &crs_resource()),
@@ -248,7 +252,9 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             ),
         };
         let reconciled = cluster.metadata.annotations.clone().unwrap_or_default();
-        retire::retire_copies(&apis, &cref, &reconciled, &names).await?;
+        if retire::retire_copies(&apis, &cref, &reconciled, &names).await? {
+            ctx.retired.remember(&uid, &names);
+        }
     }
     ctx.applied.remember(&uid, fingerprint);
     Ok(Action::requeue(ctx.config.resync))

@@ -129,6 +129,38 @@ pub fn settings_of(annotations: Option<&BTreeMap<String, String>>) -> BTreeMap<&
         .collect()
 }
 
+/// Per Cluster (by uid), the candidate list whose retiring last completed. A pass with the same candidates skips
+/// the reads: nothing it could find has changed, because this Cluster only ever adds itself to the copies it uses.
+/// New candidates (another version loaded, a version change) and a restart of the process look again.
+#[derive(Debug, Default)]
+pub struct Done {
+    by_cluster: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+}
+
+impl Done {
+    /// Whether retiring `names` already completed for `uid`.
+    pub fn covers(&self, uid: &str, names: &[String]) -> bool {
+        self.by_cluster
+            .lock()
+            .map(|done| done.get(uid).is_some_and(|n| n == names))
+            .unwrap_or(false)
+    }
+
+    /// Retiring `names` completed for `uid`.
+    pub fn remember(&self, uid: &str, names: &[String]) {
+        if let Ok(mut done) = self.by_cluster.lock() {
+            done.insert(uid.to_string(), names.to_vec());
+        }
+    }
+
+    /// Forget `uid` (the Cluster is being deleted).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut done) = self.by_cluster.lock() {
+            done.remove(uid);
+        }
+    }
+}
+
 /// The Kubernetes side of retiring: where the copies, the sets and the Cluster are.
 pub struct Apis {
     pub configmaps: Api<ConfigMap>,
@@ -137,14 +169,15 @@ pub struct Apis {
 }
 
 /// Retire `names` for `cluster`, whose settings this pass reconciled were `reconciled` (see the module docs).
+/// `Ok(false)` when the Cluster changed since, and nothing was done.
 pub async fn retire_copies(
     apis: &Apis,
     cluster: &ClusterRef,
     reconciled: &BTreeMap<String, String>,
     names: &[String],
-) -> Result<(), DeliveryError> {
+) -> Result<bool, DeliveryError> {
     if names.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let fresh = apis.clusters.get_metadata_opt(&cluster.name).await?;
     let current = fresh
@@ -156,12 +189,12 @@ pub async fn retire_copies(
     if !same {
         tracing::debug!(namespace = %cluster.namespace, cluster = %cluster.name,
             "the Cluster changed since this pass read it; retiring left to the next pass");
-        return Ok(());
+        return Ok(false);
     }
     for name in names {
         retire_one(apis, cluster, name).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 fn gone_or_changed(e: &kube::Error) -> Option<u16> {
@@ -381,6 +414,21 @@ mod tests {
             assert_eq!(next_step(&meta, &me), want, "{what}");
         }
         assert_eq!(next_step(&ObjectMeta::default(), &me), Step::Leave);
+    }
+
+    #[test]
+    fn a_completed_candidate_list_is_not_read_again() {
+        let done = Done::default();
+        let names = vec!["calico-v3.30.7-crds-00".to_string()];
+        assert!(!done.covers("u1", &names));
+        done.remember("u1", &names);
+        assert!(done.covers("u1", &names));
+        assert!(!done.covers("u2", &names));
+        // Another candidate (a bundle loaded since) is read.
+        let more = vec![names[0].clone(), "calico-v3.29.7-crds-00".to_string()];
+        assert!(!done.covers("u1", &more));
+        done.forget("u1");
+        assert!(!done.covers("u1", &names));
     }
 
     #[test]
