@@ -356,26 +356,20 @@ pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
                     .filter(|(_, earlier)| *earlier != document.object)
                     .map(|(place, _)| place)
             });
-            let verdict = Kind::of_object(&document.object).map(|kind| {
-                if let Some(denial) = non_string_annotations(&document.object) {
-                    return denial;
-                }
-                if let Some(first) = &duplicate {
-                    return duplicate_denial(&document, first);
-                }
-                futures::executor::block_on(policy::decide(
-                    &source,
-                    Endpoint::Mutate,
-                    kind,
-                    &document.object,
-                ))
-                .verdict
-            });
-            let verdict = verdict.or_else(|| {
-                duplicate
-                    .as_ref()
-                    .map(|first| duplicate_denial(&document, first))
-            });
+            let verdict = match &duplicate {
+                Some(first) => Some(duplicate_denial(&document, first)),
+                None => Kind::of_object(&document.object).map(|kind| {
+                    non_string_annotations(&document.object).unwrap_or_else(|| {
+                        futures::executor::block_on(policy::decide(
+                            &source,
+                            Endpoint::Mutate,
+                            kind,
+                            &document.object,
+                        ))
+                        .verdict
+                    })
+                }),
+            };
             Checked { document, verdict }
         })
         .collect()

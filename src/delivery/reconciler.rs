@@ -214,7 +214,8 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     // followed by a revert to the remembered inputs would otherwise leave this pass's writes in place).
     ctx.applied.forget(&uid);
 
-    let status: (DeliveryStatus, Option<(ClusterRef, Vec<String>)>) = match plan(
+    // The status to record, and for an applied Cluster the bundle copies it may no longer use.
+    let (status, retire_step): (DeliveryStatus, Option<(ClusterRef, Vec<String>)>) = match plan(
         &object,
         &ctx.config.bundle_namespace,
         bundle_configmaps.iter(),
@@ -237,7 +238,6 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         }
         Plan::Report(status) => (status, None),
     };
-    let (status, retire_step) = status;
     record(&ctx, &cluster, &object, &status).await?;
     // After the status: a failure here does not hide the delivery, it fails the pass (retried in 30 s, with
     // the copies of other loaded versions found again).

@@ -826,6 +826,18 @@ fn bgp_configuration_tail(a: &Apply) -> [String; 2] {
     ]
 }
 
+/// The calls of a run that succeeds at once with one peers file: Calico answers, the peers, then the
+/// BGPConfiguration created.
+fn one_successful_pass(a: &Apply) -> Vec<String> {
+    let [get, create] = bgp_configuration_tail(a);
+    vec![
+        "get clusterinformation default".to_string(),
+        format!("apply -f {}", a.peer_files[0]),
+        get,
+        create,
+    ]
+}
+
 #[test]
 fn apply_waits_then_applies_peers_before_configuration() {
     let a = Apply::new(120);
@@ -1105,16 +1117,7 @@ fn apply_stops_a_hung_attempt_and_retries() {
         2,
         "{stdout}"
     );
-    let [get, create] = bgp_configuration_tail(&a);
-    assert_eq!(
-        a.verbs()[2..],
-        [
-            "get clusterinformation default".to_string(),
-            format!("apply -f {}", a.peer_files[0]),
-            get,
-            create
-        ]
-    );
+    assert_eq!(a.verbs()[2..], one_successful_pass(&a));
 }
 
 /// Without coreutils' timeout the script still works, and says that runs are not bounded.
@@ -1149,16 +1152,7 @@ fn apply_works_without_timeout() {
         ),
         "{stdout}"
     );
-    let [get, create] = bgp_configuration_tail(&a);
-    assert_eq!(
-        a.verbs()[1..],
-        [
-            "get clusterinformation default".to_string(),
-            format!("apply -f {}", a.peer_files[0]),
-            get,
-            create
-        ]
-    );
+    assert_eq!(a.verbs()[1..], one_successful_pass(&a));
 }
 
 #[test]
