@@ -788,3 +788,43 @@ fn inputs_are_read_as_kubectl_reads_them() {
         );
     }
 }
+
+/// A KubeadmConfigTemplate that MachineDeployments of two Clusters use carries one Cluster's settings: `check` says
+/// so when the other Cluster's settings would give its workers other entries, and not when they would not.
+#[test]
+fn a_template_shared_with_a_cluster_of_other_settings_is_warned_about() {
+    let manifest = std::fs::read_to_string(fixture("classic-v1beta2.yaml")).expect("read");
+    let second = |annotations: &str| {
+        format!(
+            "{manifest}\n---\napiVersion: cluster.x-k8s.io/v1beta2\nkind: Cluster\nmetadata:\n  name: wl-2\n  \
+             namespace: team-a\n  annotations: {annotations}\nspec:\n  clusterNetwork:\n    pods:\n      \
+             cidrBlocks: [100.96.0.0/11]\n---\napiVersion: cluster.x-k8s.io/v1beta2\nkind: MachineDeployment\n\
+             metadata:\n  name: wl-2-md-0\n  namespace: team-a\nspec:\n  clusterName: wl-2\n  template:\n    \
+             spec:\n      clusterName: wl-2\n      bootstrap:\n        configRef:\n          apiGroup: \
+             bootstrap.cluster.x-k8s.io\n          kind: KubeadmConfigTemplate\n          name: wl-1-md-0\n"
+        )
+    };
+    let not_opted_in = run(&["check", "-"], Some(&second("{}")));
+    let out = text(&not_opted_in.stdout);
+    assert_eq!(not_opted_in.status.code(), Some(0), "{out}");
+    for line in [
+        "Warning: <stdin> (document 3, KubeadmConfigTemplate team-a/wl-1-md-0): capi-calico: MachineDeployments of \
+         Cluster wl-2 use this template too",
+        "capi-calico: all its workers get Cluster wl-1's capi-calico entries",
+        "capi-calico: give each Cluster its own KubeadmConfigTemplate",
+    ] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+    assert_eq!(
+        run(&["check", "--strict", "-"], Some(&second("{}")))
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // The same settings as wl-1: nothing to say.
+    let wl1: Value = parse_docs(&manifest)[0].clone();
+    let same = serde_json::to_string(&wl1["metadata"]["annotations"]).expect("json");
+    let same = run(&["check", "--strict", "-"], Some(&second(&same)));
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same.stdout));
+}

@@ -196,6 +196,7 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
     subject_kind: SubjectKind,
 ) -> Decided {
     let own = settings::has_settings(annotations);
+    let mut sharers = Vec::new();
     let (resolution, origin, lookup) = if own {
         (
             prepare.resolve(annotations, None),
@@ -220,8 +221,13 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
         let lookup = source.find(&subject).await;
         let label = lookup.label();
         match lookup {
-            Lookup::Found { cluster, .. } => {
+            Lookup::Found {
+                cluster,
+                also_used_by,
+                ..
+            } => {
                 let resolution = prepare.resolve(&cluster.annotations, Some(&cluster.network));
+                sharers = also_used_by;
                 (resolution, Origin::Cluster(cluster), label)
             }
             Lookup::NotFound { looked_for } => {
@@ -310,7 +316,72 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
             fit_all(warnings),
         ),
     };
+    let mut verdict = verdict;
+    if let Origin::Cluster(cluster) = &origin
+        && !matches!(verdict, Verdict::Deny { .. })
+    {
+        for warning in sharing_warnings(prepare, target, cluster, &resolution, &sharers) {
+            verdict.push_warning(warning);
+        }
+    }
     Decided { verdict, lookup }
+}
+
+/// What an object injected for `resolution` carries: nothing (not opted in, or nothing for this target), the
+/// injection, or `Err` when the settings are invalid or cannot be injected.
+fn carried<P: Prepare>(
+    prepare: &P,
+    target: Target,
+    resolution: &Resolution,
+) -> Result<Option<Arc<Injection>>, ()> {
+    match resolution {
+        Resolution::NotOptedIn { .. } => Ok(None),
+        Resolution::Invalid { .. } => Err(()),
+        Resolution::OptedIn { settings, .. } => match prepare.injection(settings, target) {
+            Ok(injection) if injection.is_empty() => Ok(None),
+            Ok(injection) => Ok(Some(injection)),
+            Err(_) => Err(()),
+        },
+    }
+}
+
+/// Warnings for a KubeadmConfigTemplate that MachineDeployments of other Clusters use too (`sharers`), when their
+/// settings would give it other capi-calico entries than the Cluster it follows: a template carries one Cluster's
+/// settings, so the other Clusters' workers get those. Nothing when every sharer's settings give the same entries.
+fn sharing_warnings<P: Prepare>(
+    prepare: &P,
+    target: Target,
+    cluster: &ClusterInfo,
+    resolution: &Resolution,
+    sharers: &[ClusterInfo],
+) -> Vec<String> {
+    let own = carried(prepare, target, resolution);
+    let differing: Vec<&str> = sharers
+        .iter()
+        .filter(|other| {
+            let theirs = prepare.resolve(&other.annotations, Some(&other.network));
+            own.is_err() || carried(prepare, target, &theirs) != own
+        })
+        .map(|other| other.name.as_str())
+        .collect();
+    if differing.is_empty() {
+        return Vec::new();
+    }
+    let (clusters, names) = if differing.len() == 1 {
+        ("Cluster", differing[0].to_string())
+    } else {
+        ("Clusters", differing.join(", "))
+    };
+    vec![
+        fit_warning(&format!(
+            "capi-calico: MachineDeployments of {clusters} {names} use this template too, with other Calico settings"
+        )),
+        fit_warning(&format!(
+            "capi-calico: all its workers get Cluster {}'s capi-calico entries",
+            cluster.name
+        )),
+        fit_warning("capi-calico: give each Cluster its own KubeadmConfigTemplate"),
+    ]
 }
 
 /// Where the settings of a KCP/KCT came from, for the wording of a denial.
@@ -581,6 +652,7 @@ mod tests {
             Self::new(Lookup::Found {
                 cluster: Box::new(ClusterInfo::from_object(cluster).expect("cluster")),
                 source: LookupSource::Cache,
+                also_used_by: Vec::new(),
             })
         }
     }
@@ -1148,6 +1220,100 @@ mod tests {
             assert!(
                 looked_for.contains("names it, in namespace team-"),
                 "{looked_for}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kct_shared_with_clusters_of_other_settings_says_so() {
+        let kct = json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
+            "metadata": {"name": "shared-md", "namespace": "team-a"},
+            "spec": {"template": {"spec": {}}}
+        });
+        let named = |name: &str, annotations: Value| {
+            let mut c = cluster(annotations);
+            c["metadata"]["name"] = json!(name);
+            ClusterInfo::from_object(&c).expect("cluster")
+        };
+        let mut other_version = calico_on();
+        other_version["capi-calico.io/CALICO_VERSION"] = json!("v3.30.7");
+        let mut no_calicoctl = calico_on();
+        no_calicoctl["capi-calico.io/INSTALL_CALICOCTL"] = json!("false");
+        // (the Cluster the template follows, the other users, the other users named in the warning)
+        let cases: Vec<(Value, Vec<ClusterInfo>, Option<&str>)> = vec![
+            (calico_on(), vec![], None),
+            (calico_on(), vec![named("b", calico_on())], None),
+            (calico_on(), vec![named("b", json!({}))], Some("Cluster b ")),
+            (
+                calico_on(),
+                vec![named("b", other_version.clone())],
+                Some("Cluster b "),
+            ),
+            (
+                calico_on(),
+                vec![
+                    named("b", calico_on()),
+                    named("c", other_version),
+                    named("d", json!({})),
+                ],
+                Some("Clusters c, d "),
+            ),
+            // Neither gives the workers anything: no difference that matters.
+            (no_calicoctl.clone(), vec![named("b", json!({}))], None),
+            (json!({}), vec![named("b", no_calicoctl)], None),
+            // The template follows a Cluster that is not opted in; another user is.
+            (json!({}), vec![named("b", calico_on())], Some("Cluster b ")),
+        ];
+        for (annotations, also_used_by, named_in_warning) in cases {
+            let source = FixedSource::new(Lookup::Found {
+                cluster: Box::new(
+                    ClusterInfo::from_object(&cluster(annotations.clone())).expect("cluster"),
+                ),
+                source: LookupSource::Cache,
+                also_used_by: also_used_by.clone(),
+            });
+            let decided = run(&source, Endpoint::Mutate, &kct);
+            let Verdict::Allow { warnings, .. } = &decided.verdict else {
+                panic!("denied: {:?}", decided.verdict);
+            };
+            let sharing: Vec<&String> = warnings
+                .iter()
+                .filter(|w| {
+                    w.contains("use this template too") || w.contains("own KubeadmConfigTemplate")
+                })
+                .collect();
+            match named_in_warning {
+                None => assert!(
+                    sharing.is_empty(),
+                    "{annotations} {also_used_by:?}: {warnings:?}"
+                ),
+                Some(names) => {
+                    assert_eq!(sharing.len(), 2, "{warnings:?}");
+                    assert!(sharing[0].contains(names), "{names}: {warnings:?}");
+                    assert!(
+                        warnings
+                            .iter()
+                            .any(|w| w.contains("get Cluster wl-1's capi-calico entries")),
+                        "{warnings:?}"
+                    );
+                    assert!(
+                        warnings
+                            .iter()
+                            .all(|w| w.chars().count() <= MAX_WARNING_CHARS)
+                    );
+                }
+            }
+            // The template is injected for the Cluster it follows, whoever else uses it.
+            let alone = run(
+                &FixedSource::found(&cluster(annotations.clone())),
+                Endpoint::Mutate,
+                &kct,
+            );
+            assert_eq!(
+                patch_of(&decided.verdict),
+                patch_of(&alone.verdict),
+                "{annotations}"
             );
         }
     }

@@ -1,10 +1,12 @@
 //! Cluster lookup among a set of manifest documents (the CLI's input files).
 
+use std::collections::{BTreeSet, HashMap};
+
 use serde_json::Value;
 
 use super::{
     CLUSTER_NAME_LABEL, ClusterInfo, ClusterSource, Lookup, LookupSource, Subject, SubjectKind,
-    reference_names,
+    reference_names, template_users,
 };
 
 /// Namespace of a document; manifests often leave it out, which means "the namespace it will be applied to".
@@ -23,11 +25,28 @@ fn is_kind(doc: &Value, group: &str, kind: &str) -> bool {
 }
 
 /// Finds Clusters among documents: by the `cluster.x-k8s.io/cluster-name` label, by `Cluster.spec.controlPlaneRef`
-/// (KCP), or by a MachineDeployment's bootstrap `configRef` and `spec.clusterName` (KCT).
+/// (KCP), or by a MachineDeployment's bootstrap `configRef` and `spec.clusterName` (KCT). The documents are indexed
+/// by the names they refer to, so checking a manifest of thousands of Clusters takes time in proportion to its size.
 #[derive(Debug, Clone, Default)]
 pub struct DocumentSource {
-    clusters: Vec<Value>,
-    machine_deployments: Vec<Value>,
+    /// Each Cluster, by namespace and name (the first of a name: the CLI refuses differing duplicates).
+    clusters: HashMap<(String, String), Value>,
+    /// The Clusters whose `spec.controlPlaneRef` names (namespace, name), in document order.
+    control_plane_refs: HashMap<(String, String), Vec<Value>>,
+    /// The MachineDeployments (with their namespace) whose bootstrap `configRef` names (namespace, name), in
+    /// document order.
+    template_refs: HashMap<(String, String), Vec<(String, Value)>>,
+}
+
+/// The (namespace, name) a `controlPlaneRef`/`configRef` of an object in `own_namespace` points at.
+fn referenced(reference: Option<&Value>, own_namespace: &str) -> Option<(String, String)> {
+    let reference = reference?;
+    let name = reference.get("name")?.as_str()?;
+    let namespace = reference
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(own_namespace);
+    Some((namespace.to_string(), name.to_string()))
 }
 
 impl DocumentSource {
@@ -35,28 +54,59 @@ impl DocumentSource {
     pub fn new<'a>(documents: impl IntoIterator<Item = &'a Value>) -> Self {
         let mut source = DocumentSource::default();
         for doc in documents {
+            let namespace = namespace_of(doc);
             if is_kind(doc, "cluster.x-k8s.io", "Cluster") {
-                source.clusters.push(doc.clone());
-            } else if is_kind(doc, "cluster.x-k8s.io", "MachineDeployment") {
-                source.machine_deployments.push(doc.clone());
+                if let Some(name) = doc.pointer("/metadata/name").and_then(Value::as_str) {
+                    source
+                        .clusters
+                        .entry((namespace.to_string(), name.to_string()))
+                        .or_insert_with(|| doc.clone());
+                }
+                if let Some(key) = referenced(doc.pointer("/spec/controlPlaneRef"), namespace) {
+                    source
+                        .control_plane_refs
+                        .entry(key)
+                        .or_default()
+                        .push(doc.clone());
+                }
+            } else if is_kind(doc, "cluster.x-k8s.io", "MachineDeployment")
+                && let Some(key) = referenced(
+                    doc.pointer("/spec/template/spec/bootstrap/configRef"),
+                    namespace,
+                )
+            {
+                source
+                    .template_refs
+                    .entry(key)
+                    .or_default()
+                    .push((namespace.to_string(), doc.clone()));
             }
         }
         source
     }
 
     fn cluster_named(&self, namespace: &str, name: &str) -> Option<&Value> {
-        self.clusters.iter().find(|c| {
-            namespace_of(c) == namespace
-                && c.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
-        })
+        self.clusters
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
-    fn found(cluster: &Value) -> Lookup {
+    /// `cluster` as found, with the other Clusters named in `users` (for a KCT: the Clusters of the
+    /// MachineDeployments that use it) that are among the documents.
+    fn found(&self, cluster: &Value, namespace: &str, users: &BTreeSet<String>) -> Lookup {
         match ClusterInfo::from_object(cluster) {
-            Some(info) => Lookup::Found {
-                cluster: Box::new(info),
-                source: LookupSource::Documents,
-            },
+            Some(info) => {
+                let also_used_by = users
+                    .iter()
+                    .filter(|name| **name != info.name)
+                    .filter_map(|name| self.cluster_named(namespace, name))
+                    .filter_map(ClusterInfo::from_object)
+                    .collect();
+                Lookup::Found {
+                    cluster: Box::new(info),
+                    source: LookupSource::Documents,
+                    also_used_by,
+                }
+            }
             // Offline there is nothing to retry: a document to fix, reported like a Cluster that is not there.
             None => Lookup::NotFound {
                 looked_for:
@@ -66,12 +116,31 @@ impl DocumentSource {
         }
     }
 
+    /// The Clusters (by `spec.clusterName`) of the MachineDeployments that use the KCT `subject`.
+    fn template_users(&self, subject: &Subject) -> BTreeSet<String> {
+        let key = (subject.namespace.clone(), subject.name.clone());
+        let mds = self
+            .template_refs
+            .get(&key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        template_users(
+            mds.iter().map(|(ns, md)| (ns.as_str(), md)),
+            &subject.name,
+            &subject.namespace,
+        )
+    }
+
     /// The synchronous lookup behind [`ClusterSource::find`].
     pub fn lookup(&self, subject: &Subject) -> Lookup {
         let ns = subject.namespace.as_str();
+        let users = match subject.kind {
+            SubjectKind::ConfigTemplate => self.template_users(subject),
+            SubjectKind::ControlPlane => BTreeSet::new(),
+        };
         if let Some(name) = subject.labels.get(CLUSTER_NAME_LABEL) {
             return match self.cluster_named(ns, name) {
-                Some(cluster) => Self::found(cluster),
+                Some(cluster) => self.found(cluster, ns, &users),
                 None => Lookup::NotFound {
                     looked_for: format!(
                         "Cluster {ns}/{name} (from the {CLUSTER_NAME_LABEL} label)"
@@ -81,17 +150,20 @@ impl DocumentSource {
         }
         match subject.kind {
             SubjectKind::ControlPlane => {
-                let owner = self.clusters.iter().find(|c| {
-                    reference_names(
-                        c.pointer("/spec/controlPlaneRef"),
-                        SubjectKind::ControlPlane.kind(),
-                        &subject.name,
-                        ns,
-                        namespace_of(c),
-                    )
+                let key = (subject.namespace.clone(), subject.name.clone());
+                let owner = self.control_plane_refs.get(&key).and_then(|clusters| {
+                    clusters.iter().find(|c| {
+                        reference_names(
+                            c.pointer("/spec/controlPlaneRef"),
+                            SubjectKind::ControlPlane.kind(),
+                            &subject.name,
+                            ns,
+                            namespace_of(c),
+                        )
+                    })
                 });
                 match owner {
-                    Some(cluster) => Self::found(cluster),
+                    Some(cluster) => self.found(cluster, ns, &users),
                     None => Lookup::NotFound {
                         looked_for: format!(
                             "a Cluster whose spec.controlPlaneRef names it, in namespace {ns}"
@@ -100,31 +172,24 @@ impl DocumentSource {
                 }
             }
             SubjectKind::ConfigTemplate => {
-                let md = self.machine_deployments.iter().find(|md| {
-                    reference_names(
-                        md.pointer("/spec/template/spec/bootstrap/configRef"),
-                        SubjectKind::ConfigTemplate.kind(),
-                        &subject.name,
-                        ns,
-                        namespace_of(md),
-                    )
-                });
-                let Some(md) = md else {
+                // The first Cluster by name: which one a shared template follows must not depend on file order.
+                let Some(cluster_name) = users.first() else {
+                    let used = self
+                        .template_refs
+                        .get(&(subject.namespace.clone(), subject.name.clone()))
+                        .is_some_and(|mds| !mds.is_empty());
                     return Lookup::NotFound {
-                        looked_for: format!(
-                            "a MachineDeployment whose bootstrap configRef names it, in namespace {ns}"
-                        ),
+                        looked_for: if used {
+                            "the spec.clusterName of the MachineDeployment that uses it".to_string()
+                        } else {
+                            format!(
+                                "a MachineDeployment whose bootstrap configRef names it, in namespace {ns}"
+                            )
+                        },
                     };
                 };
-                let Some(cluster_name) = md.pointer("/spec/clusterName").and_then(Value::as_str)
-                else {
-                    return Lookup::NotFound {
-                        looked_for: "the spec.clusterName of the MachineDeployment that uses it"
-                            .to_string(),
-                    };
-                };
-                match self.cluster_named(namespace_of(md), cluster_name) {
-                    Some(cluster) => Self::found(cluster),
+                match self.cluster_named(ns, cluster_name) {
+                    Some(cluster) => self.found(cluster, ns, &users),
                     None => Lookup::NotFound {
                         looked_for: format!(
                             "Cluster {ns}/{cluster_name} (the clusterName of its MachineDeployment)"
@@ -218,7 +283,9 @@ mod tests {
         ];
         for (subject, want) in cases {
             let got = match source.lookup(&subject) {
-                Lookup::Found { cluster, source } => {
+                Lookup::Found {
+                    cluster, source, ..
+                } => {
                     assert_eq!(source, LookupSource::Documents);
                     Some(cluster.name)
                 }
@@ -230,6 +297,61 @@ mod tests {
             };
             assert_eq!(got.as_deref(), want, "{subject:?}");
         }
+    }
+
+    #[test]
+    fn a_template_shared_by_clusters_follows_the_first_by_name_and_lists_the_others() {
+        let doc = |kind: &str, name: &str, spec: Value| {
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": kind,
+                   "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
+        };
+        let md = |name: &str, cluster: &str| {
+            doc(
+                "MachineDeployment",
+                name,
+                json!({"clusterName": cluster, "template": {"spec": {"bootstrap":
+                {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate",
+                               "name": "shared"}}}}}),
+            )
+        };
+        let mut docs = vec![
+            md("md-c", "c"),
+            md("md-a", "a"),
+            md("md-b", "b"),
+            md("md-a-2", "a"),
+            md("md-missing", "missing"),
+            doc("Cluster", "c", json!({})),
+            doc("Cluster", "b", json!({})),
+            doc("Cluster", "a", json!({})),
+        ];
+        let names = |lookup: Lookup| match lookup {
+            Lookup::Found {
+                cluster,
+                also_used_by,
+                ..
+            } => (
+                cluster.name,
+                also_used_by.into_iter().map(|c| c.name).collect::<Vec<_>>(),
+            ),
+            other => panic!("unexpected {other:?}"),
+        };
+        let want = ("a".to_string(), vec!["b".to_string(), "c".to_string()]);
+        for _ in 0..2 {
+            let source = DocumentSource::new(&docs);
+            let shared = subject(SubjectKind::ConfigTemplate, "ns", "shared", None);
+            assert_eq!(names(source.lookup(&shared)), want);
+            // The label wins; the others are still listed.
+            let labelled = subject(SubjectKind::ConfigTemplate, "ns", "shared", Some("c"));
+            assert_eq!(
+                names(source.lookup(&labelled)),
+                ("c".to_string(), vec!["a".to_string(), "b".to_string()])
+            );
+            docs.reverse();
+        }
+        // A control plane is never shared.
+        let source = DocumentSource::new(&docs);
+        let kcp = subject(SubjectKind::ControlPlane, "ns", "x", Some("a"));
+        assert_eq!(names(source.lookup(&kcp)), ("a".to_string(), Vec::new()));
     }
 
     #[test]

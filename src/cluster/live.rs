@@ -3,6 +3,7 @@
 //! same `kubectl apply` is still found.
 
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -27,7 +28,7 @@ use crate::delivery::VERSION_LABEL;
 
 use super::{
     CLUSTER_NAME_LABEL, ClusterInfo, ClusterSource, Lookup, LookupSource, Subject, SubjectKind,
-    reference_names,
+    reference_names, template_users,
 };
 
 /// Default bound on the fallback API call.
@@ -110,10 +111,56 @@ impl LiveSource {
             Some(info) => Lookup::Found {
                 cluster: Box::new(info),
                 source,
+                also_used_by: Vec::new(),
             },
             None => Lookup::Failed {
                 reason: "the Cluster object could not be read".to_string(),
             },
+        }
+    }
+
+    /// The Clusters (by `spec.clusterName`) of the cached MachineDeployments that use the KCT `subject`.
+    fn cached_template_users(&self, subject: &Subject) -> BTreeSet<String> {
+        let mds = self.machine_deployments.state();
+        template_users(
+            mds.iter().filter_map(|md| {
+                md.metadata
+                    .namespace
+                    .as_deref()
+                    .filter(|ns| *ns == subject.namespace)
+                    .map(|ns| (ns, &md.data))
+            }),
+            &subject.name,
+            &subject.namespace,
+        )
+    }
+
+    /// `lookup` with the other cached Clusters among `users` added to what it found.
+    fn with_sharing(&self, lookup: Lookup, namespace: &str, users: &BTreeSet<String>) -> Lookup {
+        match lookup {
+            Lookup::Found {
+                cluster,
+                source,
+                mut also_used_by,
+            } => {
+                also_used_by.extend(
+                    users
+                        .iter()
+                        .filter(|name| **name != cluster.name)
+                        .filter_map(|name| {
+                            let key = ObjectRef::new_with(name, self.cluster_resource.clone())
+                                .within(namespace);
+                            self.clusters.get(&key)
+                        })
+                        .filter_map(|other| Self::info(&other)),
+                );
+                Lookup::Found {
+                    cluster,
+                    source,
+                    also_used_by,
+                }
+            }
+            other => other,
         }
     }
 
@@ -221,7 +268,14 @@ impl ClusterSource for LiveSource {
         let ns = subject.namespace.as_str();
         if let Some(name) = subject.labels.get(CLUSTER_NAME_LABEL) {
             let looked_for = format!("Cluster {ns}/{name} (from the {CLUSTER_NAME_LABEL} label)");
-            return self.cluster_by_name(ns, name, looked_for).await;
+            let lookup = self.cluster_by_name(ns, name, looked_for).await;
+            return match subject.kind {
+                SubjectKind::ConfigTemplate => {
+                    let users = self.cached_template_users(subject);
+                    self.with_sharing(lookup, ns, &users)
+                }
+                SubjectKind::ControlPlane => lookup,
+            };
         }
         match subject.kind {
             SubjectKind::ControlPlane => {
@@ -242,6 +296,7 @@ impl ClusterSource for LiveSource {
                         Some(info) => Lookup::Found {
                             cluster: Box::new(info),
                             source,
+                            also_used_by: Vec::new(),
                         },
                         None => Lookup::Failed {
                             reason: "the Cluster object could not be read".to_string(),
@@ -256,40 +311,65 @@ impl ClusterSource for LiveSource {
                 }
             }
             SubjectKind::ConfigTemplate => {
-                let uses_subject = |md: &Value| {
-                    reference_names(
-                        md.pointer("/spec/template/spec/bootstrap/configRef"),
-                        SubjectKind::ConfigTemplate.kind(),
-                        &subject.name,
-                        ns,
-                        ns,
-                    )
-                };
-                let md = match self
-                    .find_in(
-                        &self.machine_deployments,
-                        &self.md_resource,
-                        ns,
-                        uses_subject,
+                let mut users = self.cached_template_users(subject);
+                if users.is_empty() {
+                    // A MachineDeployment created a moment ago may not be cached yet: one LIST.
+                    let api: Api<DynamicObject> =
+                        Api::namespaced_with(self.client.clone(), ns, &self.md_resource);
+                    let list = match tokio::time::timeout(
+                        self.api_timeout,
+                        api.list(&ListParams::default()),
                     )
                     .await
-                {
-                    Ok(Some((md, _))) => md,
-                    Ok(None) => {
+                    {
+                        Ok(Ok(list)) => list,
+                        Ok(Err(err)) => {
+                            return Lookup::Failed {
+                                reason: format!(
+                                    "listing {} in {ns}: {err}",
+                                    self.md_resource.plural
+                                ),
+                            };
+                        }
+                        Err(_) => {
+                            return Lookup::Failed {
+                                reason: format!(
+                                    "listing {} in {ns} timed out after {:?}",
+                                    self.md_resource.plural, self.api_timeout
+                                ),
+                            };
+                        }
+                    };
+                    let uses_subject = |md: &&DynamicObject| {
+                        reference_names(
+                            md.data.pointer("/spec/template/spec/bootstrap/configRef"),
+                            SubjectKind::ConfigTemplate.kind(),
+                            &subject.name,
+                            ns,
+                            ns,
+                        )
+                    };
+                    if !list.items.iter().any(|md| uses_subject(&md)) {
                         return Lookup::NotFound {
                             looked_for: format!(
                                 "a MachineDeployment whose bootstrap configRef names it, in namespace {ns}"
                             ),
                         };
                     }
-                    Err(reason) => return Lookup::Failed { reason },
-                };
-                match md.pointer("/spec/clusterName").and_then(Value::as_str) {
+                    users = template_users(
+                        list.items.iter().map(|md| (ns, &md.data)),
+                        &subject.name,
+                        ns,
+                    );
+                }
+                // The first Cluster by name: which one a shared template follows must not depend on cache order.
+                match users.first() {
                     Some(cluster) => {
                         let looked_for = format!(
                             "Cluster {ns}/{cluster} (the clusterName of its MachineDeployment)"
                         );
-                        self.cluster_by_name(ns, cluster, looked_for).await
+                        let lookup = self.cluster_by_name(ns, cluster, looked_for).await;
+                        self.with_sharing(lookup, ns, &users)
                     }
                     None => Lookup::NotFound {
                         looked_for: "the spec.clusterName of the MachineDeployment that uses it"

@@ -4,7 +4,10 @@
 //! among the input files), `serve` plugs in [`live::LiveSource`] (reflector caches with a fallback GET) or
 //! [`NoLookup`] when it runs without cluster access.
 
-use std::{collections::BTreeMap, future::Future};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+};
 
 use serde_json::Value;
 
@@ -145,6 +148,10 @@ pub enum Lookup {
     Found {
         cluster: Box<ClusterInfo>,
         source: LookupSource,
+        /// For a KubeadmConfigTemplate: the other Clusters whose MachineDeployments use it too, in name order (a
+        /// template is written once, so it can carry only one Cluster's settings). Clusters that cannot be found
+        /// are not listed.
+        also_used_by: Vec<ClusterInfo>,
     },
     /// No Cluster links to the subject. `looked_for` says what was searched, for the user's warning.
     NotFound { looked_for: String },
@@ -207,6 +214,29 @@ pub fn reference_names(
     field("kind") == Some(kind)
         && field("name") == Some(name)
         && field("namespace").unwrap_or(own_namespace) == namespace
+}
+
+/// The `spec.clusterName`s, distinct and in order, of the MachineDeployments among `machine_deployments` (each with
+/// its namespace) whose bootstrap `configRef` names the KubeadmConfigTemplate `name` in `namespace`.
+pub fn template_users<'a>(
+    machine_deployments: impl IntoIterator<Item = (&'a str, &'a Value)>,
+    name: &str,
+    namespace: &str,
+) -> BTreeSet<String> {
+    machine_deployments
+        .into_iter()
+        .filter(|(md_namespace, md)| {
+            reference_names(
+                md.pointer("/spec/template/spec/bootstrap/configRef"),
+                SubjectKind::ConfigTemplate.kind(),
+                name,
+                namespace,
+                md_namespace,
+            )
+        })
+        .filter_map(|(_, md)| md.pointer("/spec/clusterName").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The source `serve` runs with: live lookups when it has cluster access, none otherwise.

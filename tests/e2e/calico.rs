@@ -1172,6 +1172,37 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
         injected(h, &ns, &kct)?,
         "KCT linked through its MachineDeployment not injected"
     );
+    // (a') a second Cluster, not opted in, whose MachineDeployment uses the same KCT: a change of the KCT keeps the
+    // first Cluster's injection, and kubectl shows that the other Cluster's workers get it too
+    let mut other = cluster.clone();
+    other["metadata"]["name"] = json!("other");
+    if let Some(annotations) = other["metadata"]["annotations"].as_object_mut() {
+        annotations.retain(|key, _| !key.starts_with("capi-calico.io/"));
+    }
+    if let Some(spec) = other["spec"].as_object_mut() {
+        spec.remove("controlPlaneRef");
+    }
+    let mut other_md = md.clone();
+    other_md["metadata"]["name"] = json!("other-md-0");
+    other_md["spec"]["clusterName"] = json!("other");
+    other_md["spec"]["template"]["spec"]["clusterName"] = json!("other");
+    h.apply(&ns, &other.to_string())?;
+    h.apply(&ns, &other_md.to_string())?;
+    let mut attempt = 0;
+    eventually("the KCT's warnings name the other Cluster", || {
+        attempt += 1;
+        let mut changed = kct.clone();
+        changed["spec"]["template"]["spec"]["preKubeadmCommands"] =
+            json!([format!("echo change {attempt}")]);
+        let out = h.apply(&ns, &changed.to_string())?;
+        Ok(out.stderr.contains(
+            "Warning: capi-calico: MachineDeployments of Cluster other use this template too, with other \
+             Calico settings",
+        ) && out
+            .stderr
+            .contains("Warning: capi-calico: all its workers get Cluster calico's capi-calico entries"))
+    })?;
+    ensure!(injected(h, &ns, &kct)?, "the shared KCT lost its injection");
 
     // (b) labelled KCP and KCT, no controlPlaneRef match and no MachineDeployment
     let ns = h.create_namespace("calico-6-label")?;
