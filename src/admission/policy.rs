@@ -317,8 +317,12 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
         ),
     };
     let mut verdict = verdict;
+    // A template of a Cluster that is not opted in keeps what it carries (warned above), whatever its users want.
+    let keeps_entries = matches!(&*resolution, Resolution::NotOptedIn { .. })
+        && mutation::carries_injection(object, target);
     if let Origin::Cluster(cluster) = &origin
         && !matches!(verdict, Verdict::Deny { .. })
+        && !keeps_entries
     {
         for warning in sharing_warnings(prepare, target, cluster, &resolution, &sharers) {
             verdict.push_warning(warning);
@@ -376,10 +380,16 @@ fn sharing_warnings<P: Prepare>(
         fit_warning(&format!(
             "capi-calico: MachineDeployments of {clusters} {names} use this template too, with other Calico settings"
         )),
-        fit_warning(&format!(
-            "capi-calico: all its workers get Cluster {}'s capi-calico entries",
-            cluster.name
-        )),
+        fit_warning(&match own {
+            Ok(Some(_)) => format!(
+                "capi-calico: all its workers get Cluster {}'s capi-calico entries",
+                cluster.name
+            ),
+            _ => format!(
+                "capi-calico: it follows Cluster {}, whose settings give workers no capi-calico entries",
+                cluster.name
+            ),
+        }),
         fit_warning("capi-calico: give each Cluster its own KubeadmConfigTemplate"),
     ]
 }
@@ -1291,12 +1301,12 @@ mod tests {
                 Some(names) => {
                     assert_eq!(sharing.len(), 2, "{warnings:?}");
                     assert!(sharing[0].contains(names), "{names}: {warnings:?}");
-                    assert!(
-                        warnings
-                            .iter()
-                            .any(|w| w.contains("get Cluster wl-1's capi-calico entries")),
-                        "{warnings:?}"
-                    );
+                    let follows = if annotations == json!({}) {
+                        "it follows Cluster wl-1, whose settings give workers no capi-calico entries"
+                    } else {
+                        "all its workers get Cluster wl-1's capi-calico entries"
+                    };
+                    assert!(warnings.iter().any(|w| w.contains(follows)), "{warnings:?}");
                     assert!(
                         warnings
                             .iter()
@@ -1316,6 +1326,33 @@ mod tests {
                 "{annotations}"
             );
         }
+        // A template that keeps its entries because its Cluster opted out says that, not who else uses it.
+        let injected = run(
+            &FixedSource::found(&cluster(calico_on())),
+            Endpoint::Mutate,
+            &kct,
+        );
+        let injected = applied(&kct, &injected.verdict);
+        let source = FixedSource::new(Lookup::Found {
+            cluster: Box::new(ClusterInfo::from_object(&cluster(json!({}))).expect("cluster")),
+            source: LookupSource::Cache,
+            also_used_by: vec![named("b", calico_on())],
+        });
+        let Verdict::Allow { warnings, patch } = run(&source, Endpoint::Mutate, &injected).verdict
+        else {
+            panic!("denied");
+        };
+        assert!(patch.is_empty());
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("keeps capi-calico's files")),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("use this template too")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

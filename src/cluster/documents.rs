@@ -1,12 +1,12 @@
 //! Cluster lookup among a set of manifest documents (the CLI's input files).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
 use super::{
     CLUSTER_NAME_LABEL, ClusterInfo, ClusterSource, Lookup, LookupSource, Subject, SubjectKind,
-    reference_names, template_users,
+    TemplateUsers, reference_names, template_users,
 };
 
 /// Namespace of a document; manifests often leave it out, which means "the namespace it will be applied to".
@@ -50,18 +50,21 @@ fn referenced(reference: Option<&Value>, own_namespace: &str) -> Option<(String,
 }
 
 impl DocumentSource {
-    /// Index the Clusters and MachineDeployments among `documents`.
+    /// Index the Clusters and MachineDeployments among `documents` (the first of a name counts: the CLI refuses
+    /// differing duplicates).
     pub fn new<'a>(documents: impl IntoIterator<Item = &'a Value>) -> Self {
         let mut source = DocumentSource::default();
+        let mut machine_deployments = HashSet::new();
         for doc in documents {
             let namespace = namespace_of(doc);
+            let name = doc.pointer("/metadata/name").and_then(Value::as_str);
             if is_kind(doc, "cluster.x-k8s.io", "Cluster") {
-                if let Some(name) = doc.pointer("/metadata/name").and_then(Value::as_str) {
-                    source
-                        .clusters
-                        .entry((namespace.to_string(), name.to_string()))
-                        .or_insert_with(|| doc.clone());
+                let Some(name) = name else { continue };
+                let key = (namespace.to_string(), name.to_string());
+                if source.clusters.contains_key(&key) {
+                    continue;
                 }
+                source.clusters.insert(key, doc.clone());
                 if let Some(key) = referenced(doc.pointer("/spec/controlPlaneRef"), namespace) {
                     source
                         .control_plane_refs
@@ -70,6 +73,7 @@ impl DocumentSource {
                         .push(doc.clone());
                 }
             } else if is_kind(doc, "cluster.x-k8s.io", "MachineDeployment")
+                && machine_deployments.insert((namespace, name))
                 && let Some(key) = referenced(
                     doc.pointer("/spec/template/spec/bootstrap/configRef"),
                     namespace,
@@ -90,15 +94,19 @@ impl DocumentSource {
             .get(&(namespace.to_string(), name.to_string()))
     }
 
-    /// `cluster` as found, with the other Clusters named in `users` (for a KCT: the Clusters of the
-    /// MachineDeployments that use it) that are among the documents.
-    fn found(&self, cluster: &Value, namespace: &str, users: &BTreeSet<String>) -> Lookup {
+    /// `cluster` as found, with `others` (for a KCT: the other Clusters whose MachineDeployments use it) that are
+    /// among the documents.
+    fn found<'a>(
+        &'a self,
+        cluster: &Value,
+        others: impl IntoIterator<Item = &'a (String, String)>,
+    ) -> Lookup {
         match ClusterInfo::from_object(cluster) {
             Some(info) => {
-                let also_used_by = users
-                    .iter()
-                    .filter(|name| **name != info.name)
-                    .filter_map(|name| self.cluster_named(namespace, name))
+                let also_used_by = others
+                    .into_iter()
+                    .filter(|(ns, name)| *ns != info.namespace || *name != info.name)
+                    .filter_map(|(ns, name)| self.cluster_named(ns, name))
                     .filter_map(ClusterInfo::from_object)
                     .collect();
                 Lookup::Found {
@@ -116,8 +124,8 @@ impl DocumentSource {
         }
     }
 
-    /// The Clusters (by `spec.clusterName`) of the MachineDeployments that use the KCT `subject`.
-    fn template_users(&self, subject: &Subject) -> BTreeSet<String> {
+    /// The MachineDeployments that use the KCT `subject`.
+    fn template_users(&self, subject: &Subject) -> TemplateUsers {
         let key = (subject.namespace.clone(), subject.name.clone());
         let mds = self
             .template_refs
@@ -136,11 +144,11 @@ impl DocumentSource {
         let ns = subject.namespace.as_str();
         let users = match subject.kind {
             SubjectKind::ConfigTemplate => self.template_users(subject),
-            SubjectKind::ControlPlane => BTreeSet::new(),
+            SubjectKind::ControlPlane => TemplateUsers::default(),
         };
         if let Some(name) = subject.labels.get(CLUSTER_NAME_LABEL) {
             return match self.cluster_named(ns, name) {
-                Some(cluster) => self.found(cluster, ns, &users),
+                Some(cluster) => self.found(cluster, &users.clusters),
                 None => Lookup::NotFound {
                     looked_for: format!(
                         "Cluster {ns}/{name} (from the {CLUSTER_NAME_LABEL} label)"
@@ -163,7 +171,7 @@ impl DocumentSource {
                     })
                 });
                 match owner {
-                    Some(cluster) => self.found(cluster, ns, &users),
+                    Some(cluster) => self.found(cluster, &users.clusters),
                     None => Lookup::NotFound {
                         looked_for: format!(
                             "a Cluster whose spec.controlPlaneRef names it, in namespace {ns}"
@@ -172,28 +180,16 @@ impl DocumentSource {
                 }
             }
             SubjectKind::ConfigTemplate => {
-                // The first Cluster by name: which one a shared template follows must not depend on file order.
-                let Some(cluster_name) = users.first() else {
-                    let used = self
-                        .template_refs
-                        .get(&(subject.namespace.clone(), subject.name.clone()))
-                        .is_some_and(|mds| !mds.is_empty());
-                    return Lookup::NotFound {
-                        looked_for: if used {
-                            "the spec.clusterName of the MachineDeployment that uses it".to_string()
-                        } else {
-                            format!(
-                                "a MachineDeployment whose bootstrap configRef names it, in namespace {ns}"
-                            )
-                        },
-                    };
-                };
-                match self.cluster_named(ns, cluster_name) {
-                    Some(cluster) => self.found(cluster, ns, &users),
+                // The first Cluster by namespace and name that is among the documents: which one a shared template
+                // follows must not depend on file order.
+                let first = users
+                    .clusters
+                    .iter()
+                    .find_map(|(md_ns, name)| self.cluster_named(md_ns, name));
+                match first {
+                    Some(cluster) => self.found(cluster, &users.clusters),
                     None => Lookup::NotFound {
-                        looked_for: format!(
-                            "Cluster {ns}/{cluster_name} (the clusterName of its MachineDeployment)"
-                        ),
+                        looked_for: users.looked_for(ns),
                     },
                 }
             }
@@ -320,6 +316,8 @@ mod tests {
             md("md-b", "b"),
             md("md-a-2", "a"),
             md("md-missing", "missing"),
+            // Sorts first, but its Cluster is not among the documents: the first Cluster found is followed.
+            md("md-0", "0-missing"),
             doc("Cluster", "c", json!({})),
             doc("Cluster", "b", json!({})),
             doc("Cluster", "a", json!({})),
@@ -352,6 +350,56 @@ mod tests {
         let source = DocumentSource::new(&docs);
         let kcp = subject(SubjectKind::ControlPlane, "ns", "x", Some("a"));
         assert_eq!(names(source.lookup(&kcp)), ("a".to_string(), Vec::new()));
+    }
+
+    #[test]
+    fn template_lookups_keep_namespaces_kinds_and_the_first_definition() {
+        let cluster = |ns: &str, name: &str| {
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+                   "metadata": {"name": name, "namespace": ns}})
+        };
+        let md = |ns: &str, name: &str, cluster: &str, kind: &str| {
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineDeployment",
+                   "metadata": {"name": name, "namespace": ns},
+                   "spec": {"clusterName": cluster, "template": {"spec": {"bootstrap": {"configRef":
+                       {"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta1", "kind": kind,
+                        "name": "kct", "namespace": "kct-ns"}}}}}})
+        };
+        let docs = vec![
+            // A v1beta1 reference across namespaces: the Cluster is the MachineDeployment's namespace's.
+            md("md-ns", "md", "c", "KubeadmConfigTemplate"),
+            // A later definition of the same MachineDeployment does not count.
+            md("md-ns", "md", "other", "KubeadmConfigTemplate"),
+            cluster("md-ns", "c"),
+            cluster("kct-ns", "c"),
+            cluster("md-ns", "other"),
+            // Another kind of bootstrap template with the same name.
+            md("kct-ns", "eks", "c", "EKSConfigTemplate"),
+        ];
+        let source = DocumentSource::new(&docs);
+        match source.lookup(&subject(SubjectKind::ConfigTemplate, "kct-ns", "kct", None)) {
+            Lookup::Found {
+                cluster,
+                also_used_by,
+                ..
+            } => {
+                assert_eq!(
+                    (cluster.namespace.as_str(), cluster.name.as_str()),
+                    ("md-ns", "c")
+                );
+                assert!(also_used_by.is_empty(), "{also_used_by:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let only_other_kinds = DocumentSource::new(&docs[5..]);
+        assert_eq!(
+            only_other_kinds.lookup(&subject(SubjectKind::ConfigTemplate, "kct-ns", "kct", None)),
+            Lookup::NotFound {
+                looked_for:
+                    "a MachineDeployment whose bootstrap configRef names it, in namespace kct-ns"
+                        .to_string()
+            }
+        );
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! same `kubectl apply` is still found.
 
 use std::{
-    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,7 +27,7 @@ use crate::delivery::VERSION_LABEL;
 
 use super::{
     CLUSTER_NAME_LABEL, ClusterInfo, ClusterSource, Lookup, LookupSource, Subject, SubjectKind,
-    reference_names, template_users,
+    TemplateUsers, reference_names, template_users,
 };
 
 /// Default bound on the fallback API call.
@@ -119,8 +118,8 @@ impl LiveSource {
         }
     }
 
-    /// The Clusters (by `spec.clusterName`) of the cached MachineDeployments that use the KCT `subject`.
-    fn cached_template_users(&self, subject: &Subject) -> BTreeSet<String> {
+    /// The cached MachineDeployments that use the KCT `subject`.
+    fn cached_template_users(&self, subject: &Subject) -> TemplateUsers {
         let mds = self.machine_deployments.state();
         template_users(
             mds.iter().filter_map(|md| {
@@ -135,8 +134,13 @@ impl LiveSource {
         )
     }
 
+    fn cached_cluster(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let key = ObjectRef::new_with(name, self.cluster_resource.clone()).within(namespace);
+        self.clusters.get(&key)
+    }
+
     /// `lookup` with the other cached Clusters among `users` added to what it found.
-    fn with_sharing(&self, lookup: Lookup, namespace: &str, users: &BTreeSet<String>) -> Lookup {
+    fn with_sharing(&self, lookup: Lookup, users: &TemplateUsers) -> Lookup {
         match lookup {
             Lookup::Found {
                 cluster,
@@ -145,13 +149,10 @@ impl LiveSource {
             } => {
                 also_used_by.extend(
                     users
+                        .clusters
                         .iter()
-                        .filter(|name| **name != cluster.name)
-                        .filter_map(|name| {
-                            let key = ObjectRef::new_with(name, self.cluster_resource.clone())
-                                .within(namespace);
-                            self.clusters.get(&key)
-                        })
+                        .filter(|(ns, name)| *ns != cluster.namespace || *name != cluster.name)
+                        .filter_map(|(ns, name)| self.cached_cluster(ns, name))
                         .filter_map(|other| Self::info(&other)),
                 );
                 Lookup::Found {
@@ -165,8 +166,7 @@ impl LiveSource {
     }
 
     async fn cluster_by_name(&self, namespace: &str, name: &str, looked_for: String) -> Lookup {
-        let key = ObjectRef::new_with(name, self.cluster_resource.clone()).within(namespace);
-        if let Some(cluster) = self.clusters.get(&key) {
+        if let Some(cluster) = self.cached_cluster(namespace, name) {
             return Self::found(&cluster, LookupSource::Cache);
         }
         let api: Api<DynamicObject> =
@@ -272,7 +272,7 @@ impl ClusterSource for LiveSource {
             return match subject.kind {
                 SubjectKind::ConfigTemplate => {
                     let users = self.cached_template_users(subject);
-                    self.with_sharing(lookup, ns, &users)
+                    self.with_sharing(lookup, &users)
                 }
                 SubjectKind::ControlPlane => lookup,
             };
@@ -312,17 +312,20 @@ impl ClusterSource for LiveSource {
             }
             SubjectKind::ConfigTemplate => {
                 let mut users = self.cached_template_users(subject);
-                if users.is_empty() {
+                if !users.referenced {
                     // A MachineDeployment created a moment ago may not be cached yet: one LIST.
                     let api: Api<DynamicObject> =
                         Api::namespaced_with(self.client.clone(), ns, &self.md_resource);
-                    let list = match tokio::time::timeout(
-                        self.api_timeout,
-                        api.list(&ListParams::default()),
-                    )
-                    .await
+                    match tokio::time::timeout(self.api_timeout, api.list(&ListParams::default()))
+                        .await
                     {
-                        Ok(Ok(list)) => list,
+                        Ok(Ok(list)) => {
+                            users = template_users(
+                                list.items.iter().map(|md| (ns, &md.data)),
+                                &subject.name,
+                                ns,
+                            );
+                        }
                         Ok(Err(err)) => {
                             return Lookup::Failed {
                                 reason: format!(
@@ -339,43 +342,25 @@ impl ClusterSource for LiveSource {
                                 ),
                             };
                         }
-                    };
-                    let uses_subject = |md: &&DynamicObject| {
-                        reference_names(
-                            md.data.pointer("/spec/template/spec/bootstrap/configRef"),
-                            SubjectKind::ConfigTemplate.kind(),
-                            &subject.name,
-                            ns,
-                            ns,
-                        )
-                    };
-                    if !list.items.iter().any(|md| uses_subject(&md)) {
-                        return Lookup::NotFound {
-                            looked_for: format!(
-                                "a MachineDeployment whose bootstrap configRef names it, in namespace {ns}"
-                            ),
-                        };
                     }
-                    users = template_users(
-                        list.items.iter().map(|md| (ns, &md.data)),
-                        &subject.name,
-                        ns,
-                    );
                 }
-                // The first Cluster by name: which one a shared template follows must not depend on cache order.
-                match users.first() {
-                    Some(cluster) => {
-                        let looked_for = format!(
-                            "Cluster {ns}/{cluster} (the clusterName of its MachineDeployment)"
-                        );
-                        let lookup = self.cluster_by_name(ns, cluster, looked_for).await;
-                        self.with_sharing(lookup, ns, &users)
+                // The first Cluster by name that is cached, else one GET for the first name: which Cluster a shared
+                // template follows must not depend on cache order.
+                let cached = users
+                    .clusters
+                    .iter()
+                    .find_map(|(md_ns, name)| self.cached_cluster(md_ns, name));
+                let lookup = match (cached, users.clusters.first()) {
+                    (Some(cluster), _) => Self::found(&cluster, LookupSource::Cache),
+                    (None, Some((md_ns, name))) => {
+                        self.cluster_by_name(md_ns, name, users.looked_for(ns))
+                            .await
                     }
-                    None => Lookup::NotFound {
-                        looked_for: "the spec.clusterName of the MachineDeployment that uses it"
-                            .to_string(),
+                    (None, None) => Lookup::NotFound {
+                        looked_for: users.looked_for(ns),
                     },
-                }
+                };
+                self.with_sharing(lookup, &users)
             }
         }
     }

@@ -216,27 +216,59 @@ pub fn reference_names(
         && field("namespace").unwrap_or(own_namespace) == namespace
 }
 
-/// The `spec.clusterName`s, distinct and in order, of the MachineDeployments among `machine_deployments` (each with
-/// its namespace) whose bootstrap `configRef` names the KubeadmConfigTemplate `name` in `namespace`.
+/// The MachineDeployments that use a KubeadmConfigTemplate, as [`template_users`] finds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateUsers {
+    /// Some MachineDeployment's bootstrap `configRef` names the template (with or without a `spec.clusterName`).
+    pub referenced: bool,
+    /// The Clusters of those MachineDeployments, as (namespace of the MachineDeployment, `spec.clusterName`),
+    /// distinct and in order.
+    pub clusters: BTreeSet<(String, String)>,
+}
+
+impl TemplateUsers {
+    /// What a lookup that found none of these Clusters looked for, for the user's warning.
+    pub fn looked_for(&self, namespace: &str) -> String {
+        match self.clusters.first() {
+            Some((md_namespace, name)) => {
+                format!("Cluster {md_namespace}/{name} (the clusterName of its MachineDeployment)")
+            }
+            None if self.referenced => {
+                "the spec.clusterName of the MachineDeployment that uses it".to_string()
+            }
+            None => format!(
+                "a MachineDeployment whose bootstrap configRef names it, in namespace {namespace}"
+            ),
+        }
+    }
+}
+
+/// The MachineDeployments among `machine_deployments` (each with its namespace) whose bootstrap `configRef` names
+/// the KubeadmConfigTemplate `name` in `namespace`.
 pub fn template_users<'a>(
     machine_deployments: impl IntoIterator<Item = (&'a str, &'a Value)>,
     name: &str,
     namespace: &str,
-) -> BTreeSet<String> {
-    machine_deployments
-        .into_iter()
-        .filter(|(md_namespace, md)| {
-            reference_names(
-                md.pointer("/spec/template/spec/bootstrap/configRef"),
-                SubjectKind::ConfigTemplate.kind(),
-                name,
-                namespace,
-                md_namespace,
-            )
-        })
-        .filter_map(|(_, md)| md.pointer("/spec/clusterName").and_then(Value::as_str))
-        .map(str::to_string)
-        .collect()
+) -> TemplateUsers {
+    let mut users = TemplateUsers::default();
+    for (md_namespace, md) in machine_deployments {
+        if !reference_names(
+            md.pointer("/spec/template/spec/bootstrap/configRef"),
+            SubjectKind::ConfigTemplate.kind(),
+            name,
+            namespace,
+            md_namespace,
+        ) {
+            continue;
+        }
+        users.referenced = true;
+        if let Some(cluster) = md.pointer("/spec/clusterName").and_then(Value::as_str) {
+            users
+                .clusters
+                .insert((md_namespace.to_string(), cluster.to_string()));
+        }
+    }
+    users
 }
 
 /// The source `serve` runs with: live lookups when it has cluster access, none otherwise.
