@@ -355,3 +355,67 @@ async fn the_memory_all_request_bodies_hold_is_bounded() {
     );
     assert!(!tight.log_text().contains("panicked"));
 }
+
+/// A review whose JSON would grow ~40 times once built as `serde_json::Value`: a KubeadmConfigTemplate whose `files`
+/// is 1.5 million zeros (3 MiB, what the API server lets through). The webhook keeps at most 20,000 values of the
+/// parts it reads, denies the object with a message, and grows by a bounded amount with four such reviews at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_would_grow_when_read_is_denied_in_bounded_memory() {
+    let (_g, dir) = tmp();
+    let serve = Serve::start(&["--no-cluster-lookup", "--self-signed-dir", path_str(&dir)]);
+    let ca = vec![read_ca(&dir)];
+    let client = https_client(&ca, true);
+    for shot in mix() {
+        shoot(&client, serve.addr, &shot).await.unwrap();
+    }
+    let base = serve.rss_kib();
+    let mut review: serde_json::Value =
+        serde_json::from_slice(&fixture("kct-inject.json")).expect("fixture");
+    review["request"]["object"]["spec"]["template"]["spec"]["files"] =
+        serde_json::json!(vec![0; 1_500_000]);
+    let body = serde_json::to_vec(&review).expect("encode");
+    let t0 = Instant::now();
+    let answers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, body) = (client.clone(), body.clone());
+            let url = url(serve.addr, "/mutate");
+            tokio::spawn(async move {
+                let resp = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(resp.status(), 200);
+                resp.json::<serde_json::Value>().await.expect("json")
+            })
+        })
+        .collect();
+    for answer in answers {
+        let answer = answer.await.expect("join");
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], false, "{response}");
+        assert_eq!(response["status"]["code"], 403);
+        let message = response["status"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("too large for capi-calico-webhook to check")
+                && message.contains("more than 20000 values"),
+            "{message}"
+        );
+    }
+    let took = t0.elapsed();
+    let growth = serve.peak_rss_kib().saturating_sub(base);
+    eprintln!(
+        "4 reviews of 3 MiB that would expand: denied in {took:?}, peak RSS growth {growth} KiB"
+    );
+    // Four bodies of 3 MiB, their 20,000 kept values each (~1.6 MB), the allocator's steps: under 48 MiB (30 MiB in
+    // the run on record). Without the bound on kept values the same four reviews made the server grow by 367 MiB,
+    // over the Deployment's 256 MiB memory limit (2026-11-27).
+    assert!(growth < 48 * 1024, "grew {growth} KiB");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // And normal reviews are still answered.
+    for shot in mix() {
+        shoot(&client, serve.addr, &shot).await.unwrap();
+    }
+}

@@ -98,6 +98,7 @@ impl<S: ClusterSource> Webhook<S> {
         let acts = matches!(request.operation, Operation::Create | Operation::Update)
             && request.sub_resource.is_none();
         let verdict = match (kind, &request.object, acts) {
+            (Some(_), Some(_), true) if request.too_large => too_large_denial(),
             (Some(kind), Some(object), true) if object.is_object() => {
                 let decided =
                     policy::decide_with(&self.source, &self.settings, endpoint, kind, object).await;
@@ -127,6 +128,23 @@ impl<S: ClusterSource> Webhook<S> {
             },
             Err(err) => error_reply(err, decision),
         }
+    }
+}
+
+/// The rule id of [`too_large_denial`].
+pub const TOO_LARGE_RULE: &str = "object-too-large";
+
+/// The answer for an object whose read parts exceed [`prune::MAX_KEPT_VALUES`] (see [`prune::budgeted`]).
+fn too_large_denial() -> Verdict {
+    Verdict::Deny {
+        message: format!(
+            "this object is too large for capi-calico-webhook to check: its labels, capi-calico.io/ annotations, \
+             spec.clusterNetwork and kubeadm files, preKubeadmCommands and postKubeadmCommands hold more than {} \
+             values together (Cluster API allows at most 200 files and 1000 commands in each list); shorten them",
+            prune::MAX_KEPT_VALUES
+        ),
+        rules: vec![TOO_LARGE_RULE.to_string()],
+        warnings: Vec::new(),
     }
 }
 

@@ -13,7 +13,14 @@
 //!
 //! A value that is not an object where the tree expects one is kept whole, so type errors read the same.
 //! Anything new the policy reads from the admitted object must be added to [`OBJECT`].
+//!
+//! What is kept is bounded: a `serde_json::Value` takes ~80 bytes however short its JSON text is, so a body of
+//! `[0,0,0,…]` under a kept path would cost 40 times its size in memory (a 3 MiB object: ~120 MiB), outside the
+//! transport's body budget. [`budgeted`] counts the values kept while reading one review; past
+//! [`MAX_KEPT_VALUES`] the rest is skipped and the caller learns it, and the webhook then denies the object with a
+//! message instead of deciding on a part of it.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::Deserializer;
@@ -126,6 +133,39 @@ pub const OLD_OBJECT: Node = Node::Object {
     others: Others::Drop,
 };
 
+/// The most values kept from one review (object and `oldObject` together). Cluster API allows 200 `files` and 1000
+/// commands in each kubeadm list, which with labels and settings makes a few thousand values at most.
+pub const MAX_KEPT_VALUES: usize = 20_000;
+
+thread_local! {
+    /// Values that may still be kept in the current [`budgeted`] call (`usize::MAX` outside one: unbounded).
+    static LEFT: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Whether the current [`budgeted`] call ran out.
+    static EXCEEDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `read` (a synchronous deserialization) with a budget of [`MAX_KEPT_VALUES`] kept values; the second part of
+/// the answer says whether the budget ran out (what was read is then incomplete).
+pub fn budgeted<T>(read: impl FnOnce() -> T) -> (T, bool) {
+    let outer = (LEFT.replace(MAX_KEPT_VALUES), EXCEEDED.replace(false));
+    let value = read();
+    let exceeded = EXCEEDED.get();
+    LEFT.set(outer.0);
+    EXCEEDED.set(outer.1);
+    (value, exceeded)
+}
+
+/// Take one value from the budget: false (and the call marked as exceeded) when none is left.
+fn charge() -> bool {
+    let left = LEFT.get();
+    if left == 0 {
+        EXCEEDED.set(true);
+        return false;
+    }
+    LEFT.set(left - 1);
+    true
+}
+
 /// `deserialize_with` for an optional admitted object, pruned by [`OBJECT`].
 pub fn object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
     optional(OBJECT, deserializer)
@@ -160,7 +200,7 @@ fn optional<'de, D: Deserializer<'de>>(
 }
 
 /// Read an object's JSON text pruned by [`OBJECT`], as the server reads `request.object` (for tests and tools that
-/// hold the object alone).
+/// hold the object alone; unbounded).
 pub fn read(json: &[u8]) -> serde_json::Result<Value> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let value = OBJECT.deserialize(&mut deserializer)?;
@@ -173,51 +213,67 @@ impl<'de> DeserializeSeed<'de> for Node {
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         match self {
-            Node::Keep => serde::Deserialize::deserialize(deserializer),
-            Node::Object { fields, others } => {
-                deserializer.deserialize_any(PruneVisitor { fields, others })
-            }
+            Node::Keep => KEEP.deserialize(deserializer),
+            Node::Object { fields, others } => deserializer.deserialize_any(Build {
+                prune: Some((fields, others)),
+            }),
         }
     }
 }
 
-/// Visits an object key by key; any other value is built whole, as `Value`'s own visitor would.
-struct PruneVisitor {
-    fields: &'static [(&'static str, Node)],
-    others: Others,
+/// Builds a value: an object key by key as [`Node::Object`] says when `prune` is set, anything else whole (as
+/// `Value`'s own visitor would), each kept entry taken from the [`budgeted`] budget: past it, the rest of a list or
+/// object is skipped.
+#[derive(Clone, Copy)]
+struct Build {
+    prune: Option<(&'static [(&'static str, Node)], Others)>,
 }
 
-impl PruneVisitor {
-    /// Whether an unlisted key stays, with its value whole.
-    fn keeps_whole(&self, key: &str) -> bool {
-        // In any case: the settings say when a key's prefix is spelt in another case.
-        matches!(self.others, Others::Prefixed(prefix)
-            if key.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix)))
-    }
+/// A whole value.
+const KEEP: Build = Build { prune: None };
+
+/// Whether an unlisted key stays, with its value whole.
+fn keeps_whole(others: Others, key: &str) -> bool {
+    // In any case: the settings say when a key's prefix is spelt in another case.
+    matches!(others, Others::Prefixed(prefix)
+        if key.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix)))
 }
 
-impl<'de> Visitor<'de> for PruneVisitor {
+impl<'de> DeserializeSeed<'de> for Build {
     type Value = Value;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
     }
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+impl Build {
+    fn pruned_map<'de, A: MapAccess<'de>>(
+        self,
+        fields: &'static [(&'static str, Node)],
+        others: Others,
+        mut access: A,
+    ) -> Result<Value, A::Error> {
         let mut out = Map::with_capacity(8);
         while let Some(key) = access.next_key::<String>()? {
-            match self.fields.iter().find(|(name, _)| *name == key) {
+            let child = fields.iter().find(|(name, _)| *name == key);
+            let kept = child.is_some() || keeps_whole(others, &key) || others == Others::Null;
+            if kept && !charge() {
+                access.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            match child {
                 Some((_, child)) => {
                     let value = access.next_value_seed(*child)?;
                     out.insert(key, value);
                 }
-                None if self.keeps_whole(&key) => {
-                    let value = access.next_value()?;
+                None if keeps_whole(others, &key) => {
+                    let value = access.next_value_seed(KEEP)?;
                     out.insert(key, value);
                 }
                 None => {
                     access.next_value::<IgnoredAny>()?;
-                    if self.others == Others::Null {
+                    if others == Others::Null {
                         out.insert(key, Value::Null);
                     }
                 }
@@ -225,9 +281,44 @@ impl<'de> Visitor<'de> for PruneVisitor {
         }
         Ok(Value::Object(out))
     }
+}
 
-    fn visit_seq<A: SeqAccess<'de>>(self, access: A) -> Result<Value, A::Error> {
-        serde::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(access))
+impl<'de> Visitor<'de> for Build {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        if let Some((fields, others)) = self.prune {
+            return self.pruned_map(fields, others, access);
+        }
+        let mut out = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if charge() {
+                let value = access.next_value_seed(KEEP)?;
+                out.insert(key, value);
+            } else {
+                access.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            if charge() {
+                match access.next_element_seed(KEEP)? {
+                    Some(value) => out.push(value),
+                    None => break,
+                }
+            } else if access.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+        }
+        Ok(Value::Array(out))
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
@@ -261,6 +352,10 @@ impl<'de> Visitor<'de> for PruneVisitor {
     fn visit_none<E: de::Error>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        KEEP.deserialize(deserializer)
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +366,54 @@ mod tests {
 
     fn read_str(text: &str) -> Value {
         read(text.as_bytes()).expect("pruned read")
+    }
+
+    #[test]
+    fn kept_values_are_bounded_and_the_caller_told() {
+        let many = |n: usize| {
+            serde_json::to_vec(&json!({
+                "metadata": {"name": "t", "labels": {"a": "b"}},
+                "spec": {"template": {"spec": {"files": vec![0; n], "preKubeadmCommands": ["echo"]}}}
+            }))
+            .expect("encode")
+        };
+        // (values in `files`, budget exceeded, `files` entries kept: at least, at most)
+        for (n, exceeded, kept) in [
+            (10, false, 10..=10),
+            (
+                MAX_KEPT_VALUES / 2,
+                false,
+                MAX_KEPT_VALUES / 2..=MAX_KEPT_VALUES / 2,
+            ),
+            // The budget also paid for the keys and values read before `files`.
+            (
+                MAX_KEPT_VALUES * 3,
+                true,
+                MAX_KEPT_VALUES - 20..=MAX_KEPT_VALUES - 1,
+            ),
+        ] {
+            let body = many(n);
+            let (value, over) = budgeted(|| read(&body));
+            let value = value.expect("read");
+            assert_eq!(over, exceeded, "{n}");
+            let files = value
+                .pointer("/spec/template/spec/files")
+                .and_then(Value::as_array);
+            let len = files.map_or(0, Vec::len);
+            assert!(kept.contains(&len), "{n}: kept {len}");
+        }
+        // Outside `budgeted`, reading is unbounded, and a call does not leak its state into the next.
+        let body = many(MAX_KEPT_VALUES * 2);
+        let whole = read(&body).expect("read");
+        assert_eq!(
+            whole
+                .pointer("/spec/template/spec/files")
+                .and_then(Value::as_array)
+                .map(Vec::len),
+            Some(MAX_KEPT_VALUES * 2)
+        );
+        let (_, over) = budgeted(|| read(&many(1)));
+        assert!(!over);
     }
 
     #[test]

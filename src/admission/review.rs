@@ -60,21 +60,27 @@ pub struct Request {
     pub old_object: Option<Value>,
     #[serde(default)]
     pub dry_run: Option<bool>,
+    /// The object and `oldObject` held more values in the paths the policy reads than
+    /// [`super::prune::MAX_KEPT_VALUES`]: what was kept of them is incomplete, so the object must not be decided on.
+    #[serde(skip)]
+    pub too_large: bool,
 }
 
 /// Parse a request body.
 pub fn parse(body: &[u8]) -> Result<Request, ReviewError> {
-    let review: Review = serde_json::from_slice(body).map_err(ReviewError::NotJson)?;
+    let (review, too_large) = super::prune::budgeted(|| serde_json::from_slice::<Review>(body));
+    let review = review.map_err(ReviewError::NotJson)?;
     if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
         return Err(ReviewError::WrongType {
             api_version: review.api_version,
             kind: review.kind,
         });
     }
-    let request = review.request.ok_or(ReviewError::MissingRequest)?;
+    let mut request = review.request.ok_or(ReviewError::MissingRequest)?;
     if request.uid.is_empty() {
         return Err(ReviewError::MissingUid);
     }
+    request.too_large = too_large;
     Ok(request)
 }
 
