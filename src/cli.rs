@@ -206,7 +206,7 @@ pub struct ServeArgs {
     )]
     pub log_format: crate::server::LogFormat,
     /// Deadline for one review, from the first body byte to the answer; keep it below the webhook timeoutSeconds.
-    #[arg(long, env = "CAPI_CALICO_REQUEST_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
+    #[arg(long, env = "CAPI_CALICO_REQUEST_TIMEOUT", default_value = "4s", value_parser = parse_positive_duration)]
     pub request_timeout: std::time::Duration,
     /// After SIGTERM, keep serving (unready) this long so endpoints can drop the pod.
     #[arg(long, env = "CAPI_CALICO_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
@@ -215,7 +215,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CAPI_CALICO_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
     /// Bound on the direct API call made on a Cluster cache miss.
-    #[arg(long, env = "CAPI_CALICO_LOOKUP_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    #[arg(long, env = "CAPI_CALICO_LOOKUP_TIMEOUT", default_value = "1500ms", value_parser = parse_positive_duration)]
     pub lookup_timeout: std::time::Duration,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CAPI_CALICO_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
@@ -307,7 +307,11 @@ impl ServeArgs {
     }
 }
 
-/// Parse `250ms`, `20s`, `2m`.
+/// The longest duration a flag takes: every one of them is a timeout or an interval of seconds to minutes, and a
+/// deadline computed from a much longer one could overflow the clock.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Parse `250ms`, `20s`, `2m` (at most [`MAX_DURATION`]).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
@@ -315,18 +319,23 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 250ms, 20s or 2m"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" | "" => Ok(std::time::Duration::from_secs(n)),
+    let duration = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" | "" => std::time::Duration::from_secs(n),
         "m" => n
             .checked_mul(60)
             .map(std::time::Duration::from_secs)
-            .ok_or_else(|| format!("{text:?} is too long")),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+            .ok_or_else(|| format!("{text:?} is too long"))?,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than 24 hours (1440m)"));
     }
+    Ok(duration)
 }
 
-/// [`parse_duration`], refusing zero (a zero timeout would cut every connection; a zero resync would spin).
+/// [`parse_duration`], refusing zero (a zero timeout would cut every connection or answer every review with an
+/// error; a zero resync would spin).
 pub fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
     match parse_duration(text)? {
         d if d.is_zero() => Err(format!("{text:?} must be more than zero")),
@@ -881,6 +890,19 @@ mod tests {
         );
         assert!(parse_duration(&format!("{}m", u64::MAX)).is_err());
         assert!(parse_duration("5h").is_err());
+        // Long enough to overflow a deadline: refused, not a panic on every request.
+        assert_eq!(parse_duration("1440m"), Ok(MAX_DURATION));
+        for long in ["1441m", "86401s", &format!("{}s", u64::MAX / 2)] {
+            assert!(parse_duration(long).is_err(), "{long}");
+        }
+        for flag in ["--request-timeout", "--lookup-timeout"] {
+            let err = Cli::try_parse_from(["capi-calico-webhook", "serve", flag, "0s"])
+                .expect_err("zero timeout");
+            assert!(
+                err.to_string().contains("must be more than zero"),
+                "{flag}: {err}"
+            );
+        }
         assert!(parse_positive_duration("0s").is_err());
         let err = Cli::try_parse_from(["capi-calico-webhook", "serve", "--resync-interval", "0s"])
             .expect_err("zero resync");
