@@ -60,16 +60,18 @@ pub fn hasher() -> DefaultHasher {
     DefaultHasher::new()
 }
 
-/// Per Cluster (by key): the fingerprint of the inputs last handled in full, and when. Bounded: emptied past
-/// [`Seen::MAX`] entries.
+/// Per Cluster (by key): the fingerprint of the inputs last handled in full, when, and for how long at most it may
+/// stand for them (`None`: until the resync). Bounded: emptied past [`Seen::MAX`] entries.
 #[derive(Debug, Default)]
-pub struct Seen(Mutex<HashMap<String, (u64, Instant)>>);
+pub struct Seen(Mutex<HashMap<String, Entry>>);
+
+type Entry = (u64, Instant, Option<Duration>);
 
 impl Seen {
     /// Entries kept before the map is emptied.
     pub const MAX: usize = 10_000;
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -77,20 +79,31 @@ impl Seen {
     /// `None` when it must be handled now.
     pub fn skip(&self, key: &str, fingerprint: u64, resync: Duration) -> Option<Duration> {
         let map = self.map();
-        let (seen, at) = map.get(key)?;
+        let (seen, at, valid) = map.get(key)?;
+        let valid = valid.map_or(resync, |valid| valid.min(resync));
         (*seen == fingerprint)
-            .then(|| resync.checked_sub(at.elapsed()))
+            .then(|| valid.checked_sub(at.elapsed()))
             .flatten()
             .filter(|left| !left.is_zero())
     }
 
     /// Record that `key` was handled in full with `fingerprint`.
     pub fn remember(&self, key: &str, fingerprint: u64) {
+        self.insert(key, (fingerprint, Instant::now(), None));
+    }
+
+    /// Record that `key` was handled in full with `fingerprint`, but must be handled again after `valid` even when
+    /// nothing changes (something outside the inputs is awaited).
+    pub fn remember_for(&self, key: &str, fingerprint: u64, valid: Duration) {
+        self.insert(key, (fingerprint, Instant::now(), Some(valid)));
+    }
+
+    fn insert(&self, key: &str, entry: Entry) {
         let mut map = self.map();
         if map.len() >= Self::MAX && !map.contains_key(key) {
             map.clear();
         }
-        map.insert(key.to_string(), (fingerprint, Instant::now()));
+        map.insert(key.to_string(), entry);
     }
 
     /// Forget `key` (deleted, or its other inputs changed).
@@ -185,6 +198,20 @@ mod tests {
         assert_eq!(seen.skip("u-1", 7, Duration::ZERO), None);
         seen.forget("u-1");
         assert_eq!(seen.skip("u-1", 7, resync), None, "forgotten");
+        // Remembered for a shorter time: skipped until then, never past the resync.
+        seen.remember_for("u-1", 7, Duration::from_secs(60));
+        let left = seen.skip("u-1", 7, resync).expect("skipped for a while");
+        assert!(
+            left <= Duration::from_secs(60) && left > Duration::from_secs(50),
+            "{left:?}"
+        );
+        assert!(
+            seen.skip("u-1", 7, Duration::from_secs(5))
+                .expect("resync sooner")
+                <= Duration::from_secs(5)
+        );
+        seen.remember_for("u-1", 7, Duration::ZERO);
+        assert_eq!(seen.skip("u-1", 7, resync), None, "due");
     }
 
     #[test]

@@ -222,7 +222,57 @@ pub enum DeliveryStatus {
     InvalidSettings { message: String },
     /// Valid settings the operator would refuse.
     Unsupported { message: String },
+    /// Everything applied here, but Cluster API reports that it could not apply the ClusterResourceSet to the
+    /// workload cluster (its `ResourcesApplied` condition is `False`).
+    NotApplied {
+        version: String,
+        crs: String,
+        reason: String,
+        message: String,
+    },
 }
+
+/// What Cluster API last said about applying a ClusterResourceSet: its `ResourcesApplied` condition (v1beta2
+/// `status.conditions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrsApplied {
+    /// No condition yet: Cluster API has not looked at the set since it was created (or it selects no Cluster).
+    Unknown,
+    /// Applied.
+    Applied,
+    /// Not applied, with Cluster API's reason and message.
+    Failed { reason: String, message: String },
+}
+
+/// Read [`CrsApplied`] from a ClusterResourceSet object.
+pub fn crs_applied(crs: &Value) -> CrsApplied {
+    let condition = crs
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("ResourcesApplied"));
+    let text = |c: &Value, field: &str| {
+        c.get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    match condition {
+        Some(c) => match c.get("status").and_then(Value::as_str) {
+            Some("True") => CrsApplied::Applied,
+            Some("False") => CrsApplied::Failed {
+                reason: text(c, "reason"),
+                message: text(c, "message"),
+            },
+            _ => CrsApplied::Unknown,
+        },
+        None => CrsApplied::Unknown,
+    }
+}
+
+/// Cluster API's reason for a Secret of another type than `addons.cluster.x-k8s.io/resource-set` in a set.
+const WRONG_SECRET_TYPE: &str = "WrongSecretType";
 
 impl DeliveryStatus {
     /// `Delivered`, `BundleMissing`, ...: the Event reason and the annotation's `reason`.
@@ -234,6 +284,7 @@ impl DeliveryStatus {
             DeliveryStatus::BundleIncomplete { .. } => "BundleIncomplete",
             DeliveryStatus::InvalidSettings { .. } => "InvalidSettings",
             DeliveryStatus::Unsupported { .. } => "Unsupported",
+            DeliveryStatus::NotApplied { .. } => "NotApplied",
         }
     }
 
@@ -251,6 +302,24 @@ impl DeliveryStatus {
             DeliveryStatus::LabelMissing { version } => format!(
                 "Calico {version}: objects are in place, but the Cluster has no label {CLUSTER_LABEL}=<cluster name>, so the ClusterResourceSet selects nothing (is the mutating webhook running?)"
             ),
+            DeliveryStatus::NotApplied {
+                version,
+                crs,
+                reason,
+                message,
+            } => {
+                let hint = if reason == WRONG_SECRET_TYPE {
+                    " (Cluster API applies nothing of a set that lists a Secret of another type than \
+                     addons.cluster.x-k8s.io/resource-set: create the CALICO_IMAGE_PULL_SECRET Secret again with \
+                     that type, and Cluster API applies the set again)"
+                } else {
+                    ""
+                };
+                format!(
+                    "Calico {version}: objects are in place, but Cluster API has not applied the \
+                     ClusterResourceSet {crs} to the workload cluster: {reason}: {message}{hint}"
+                )
+            }
             DeliveryStatus::BundleMissing { message }
             | DeliveryStatus::BundleIncomplete { message }
             | DeliveryStatus::InvalidSettings { message }
@@ -432,6 +501,56 @@ pub(crate) mod tests {
     use crate::settings::{BgpOption, Encapsulation, NatOutgoing};
 
     const BUNDLES_NS: &str = crate::delivery::DEFAULT_BUNDLE_NAMESPACE;
+
+    #[test]
+    fn cluster_api_says_whether_it_applied_the_set() {
+        let with = |conditions: Value| json!({"kind": "ClusterResourceSet", "status": {"conditions": conditions}});
+        let cases = [
+            (json!({"kind": "ClusterResourceSet"}), CrsApplied::Unknown),
+            (
+                with(json!([{"type": "Paused", "status": "False"}])),
+                CrsApplied::Unknown,
+            ),
+            (
+                with(json!([{"type": "ResourcesApplied", "status": "Unknown"}])),
+                CrsApplied::Unknown,
+            ),
+            (
+                with(json!([{"type": "Paused", "status": "False"},
+                            {"type": "ResourcesApplied", "status": "True", "reason": "Applied"}])),
+                CrsApplied::Applied,
+            ),
+            (
+                with(
+                    json!([{"type": "ResourcesApplied", "status": "False", "reason": "WrongSecretType",
+                             "message": "Secret type of resource pull is not supported"}]),
+                ),
+                CrsApplied::Failed {
+                    reason: "WrongSecretType".into(),
+                    message: "Secret type of resource pull is not supported".into(),
+                },
+            ),
+        ];
+        for (crs, want) in cases {
+            assert_eq!(crs_applied(&crs), want, "{crs}");
+        }
+        let status = DeliveryStatus::NotApplied {
+            version: "v3.31.7".into(),
+            crs: "wl-1-calico".into(),
+            reason: "WrongSecretType".into(),
+            message: "Secret type of resource pull is not supported".into(),
+        };
+        assert!(!status.is_ready());
+        assert_eq!(status.reason(), "NotApplied");
+        let message = status.message();
+        for part in [
+            "ClusterResourceSet wl-1-calico",
+            "WrongSecretType: Secret type of resource pull is not supported",
+            "addons.cluster.x-k8s.io/resource-set",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
 
     #[test]
     fn the_fingerprint_follows_the_cluster_and_the_bundles() {

@@ -38,8 +38,8 @@ use super::{
     DEFAULT_BUNDLE_NAMESPACE, DIGEST_ANNOTATION, DeliveryError, FIELD_MANAGER, MANAGED_BY_LABEL,
     ROLE_LABEL, STATUS_ANNOTATION,
     desired::{
-        ClusterRef, DeliveryStatus, Desired, Plan, current_status, inputs_fingerprint, name_of,
-        owner_field_manager, plan,
+        ClusterRef, CrsApplied, DeliveryStatus, Desired, Plan, crs_applied, current_status,
+        inputs_fingerprint, name_of, owner_field_manager, plan,
     },
     retire::{self, copies_to_retire, listed_configmaps},
 };
@@ -214,7 +214,9 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     // followed by a revert to the remembered inputs would otherwise leave this pass's writes in place).
     ctx.applied.forget(&uid);
 
-    // The status to record, and for an applied Cluster the bundle copies it may no longer use.
+    // The status to record, and for an applied Cluster the bundle copies it may no longer use. `settled`: nothing
+    // left to watch for until the inputs change (Cluster API has answered about the set, or there is no set).
+    let mut settled = true;
     let (status, retire_step): (DeliveryStatus, Option<(ClusterRef, Vec<String>)>) = match plan(
         &object,
         &ctx.config.bundle_namespace,
@@ -232,8 +234,22 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             let Some(cref) = ClusterRef::from_object(&object) else {
                 return Ok(Action::await_change());
             };
-            let listed_before = apply(&ctx.client, &cref, &desired).await?;
-            let retired = copies_to_retire(&desired, &bundle_configmaps, &listed_before);
+            let applied = apply(&ctx.client, &cref, &desired).await?;
+            let retired = copies_to_retire(&desired, &bundle_configmaps, &applied.listed_before);
+            // Cluster API applies the set a moment after it changes and says how in the set's status, which no
+            // watch here follows: until it has said "applied", look again in a minute.
+            settled = applied.crs == CrsApplied::Applied;
+            let status = match (status, applied.crs) {
+                (DeliveryStatus::Delivered { version }, CrsApplied::Failed { reason, message }) => {
+                    DeliveryStatus::NotApplied {
+                        version,
+                        crs: name_of(&desired.cluster_resource_set).to_string(),
+                        reason,
+                        message,
+                    }
+                }
+                (status, _) => status,
+            };
             (status, Some((cref, retired)))
         }
         Plan::Report(status) => (status, None),
@@ -256,9 +272,19 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             ctx.retired.remember(&uid, &names);
         }
     }
-    ctx.applied.remember(&uid, fingerprint);
-    Ok(Action::requeue(ctx.config.resync))
+    if settled {
+        ctx.applied.remember(&uid, fingerprint);
+        Ok(Action::requeue(ctx.config.resync))
+    } else {
+        // Events with the same inputs (CAPI's status updates) are still skipped until then.
+        ctx.applied
+            .remember_for(&uid, fingerprint, UNSETTLED_RECHECK);
+        Ok(Action::requeue(UNSETTLED_RECHECK))
+    }
 }
+
+/// How soon a Cluster whose ClusterResourceSet Cluster API has not reported as applied is looked at again.
+const UNSETTLED_RECHECK: Duration = Duration::from_secs(60);
 
 /// Server-side apply everything in `desired`: bundle copies (content, then this Cluster's ownerReference under its
 /// own field manager, each skipped when already in place), the Installation ConfigMap, the ClusterResourceSet last.
@@ -267,7 +293,7 @@ async fn apply(
     client: &Client,
     cluster: &ClusterRef,
     desired: &Desired,
-) -> Result<Vec<String>, DeliveryError> {
+) -> Result<Applied, DeliveryError> {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cluster.namespace);
     let content = PatchParams::apply(FIELD_MANAGER).force();
     let owner_manager = owner_field_manager(&cluster.uid);
@@ -333,13 +359,25 @@ async fn apply(
         }
         Err(e) => return Err(e.into()),
     };
-    crs.patch(
-        crs_name,
-        &content,
-        &Patch::Apply(&desired.cluster_resource_set),
-    )
-    .await?;
-    Ok(listed_before)
+    let applied = crs
+        .patch(
+            crs_name,
+            &content,
+            &Patch::Apply(&desired.cluster_resource_set),
+        )
+        .await?;
+    Ok(Applied {
+        listed_before,
+        crs: crs_applied(&serde_json::to_value(&applied)?),
+    })
+}
+
+/// What [`apply`] learnt.
+struct Applied {
+    /// The ConfigMaps the ClusterResourceSet listed before (for [`retire`]).
+    listed_before: Vec<String>,
+    /// What Cluster API last said about applying the set.
+    crs: CrsApplied,
 }
 
 /// Set (a string) or remove (`null`) the status annotation with a JSON merge patch on the Cluster.

@@ -429,6 +429,70 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
         "CRS selector selects {selected:?}"
     );
 
+    // Cluster API says in the set's status whether it applied it; the reconciler reads that (again every minute
+    // until it says applied) and reports a failure on the Cluster. No CAPI controller runs here, so the status is
+    // written as CAPI's would be: a pull Secret of the wrong type (CAPI then applies nothing of the set), then
+    // applied. A metadata change of the Cluster makes the reconciler look at once.
+    let crs_status = |status: &str, reason: &str, message: &str, touch: &str| -> TestResult {
+        let patch = json!({"status": {"conditions": [{"type": "ResourcesApplied", "status": status,
+            "reason": reason, "message": message, "lastTransitionTime": "2026-11-27T00:00:00Z"}]}});
+        h.kubectl_ok(
+            &[
+                "patch",
+                "-n",
+                &ns,
+                "clusterresourcesets.addons.cluster.x-k8s.io",
+                "calico-calico",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ],
+            None,
+        )?;
+        h.kubectl_ok(
+            &[
+                "annotate",
+                "--overwrite",
+                "-n",
+                &ns,
+                "cluster",
+                "calico",
+                &format!("e2e/crs-check={touch}"),
+            ],
+            None,
+        )?;
+        Ok(())
+    };
+    crs_status(
+        "False",
+        "WrongSecretType",
+        "Secret type of resource calico-pull is not supported",
+        "1",
+    )?;
+    let failed = poll("NotApplied on the Cluster", 30, || {
+        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+        Ok(status_of(&c).filter(|s| s["reason"] == "NotApplied"))
+    })?;
+    let message = failed["message"].as_str().unwrap_or_default();
+    ensure!(
+        failed["status"] == "False"
+            && message.contains("has not applied the ClusterResourceSet calico-calico")
+            && message
+                .contains("WrongSecretType: Secret type of resource calico-pull is not supported")
+            && message.contains("addons.cluster.x-k8s.io/resource-set"),
+        "{failed}"
+    );
+    crs_status("True", "Applied", "", "2")?;
+    poll(
+        "Delivered again once Cluster API applied the set",
+        30,
+        || {
+            let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+            Ok(status_of(&c).filter(|s| s["reason"] == "Delivered"))
+        },
+    )?;
+
     // re-apply (client-side, server-side) and an unrelated Cluster update (which triggers a
     // reconcile): nothing the reconciler owns is rewritten
     let before = versions(h, &ns)?;
