@@ -531,7 +531,8 @@ pub fn select_bundle<'a>(
     chunks.sort_by_key(|c| c.index);
     let count = counts.into_iter().next().unwrap_or(0);
     let indexes: Vec<usize> = chunks.iter().map(|c| c.index).collect();
-    if indexes != (0..count).collect::<Vec<_>>() {
+    // Compared in place: `count` comes from an annotation and could be any number.
+    if indexes.len() != count || indexes.iter().enumerate().any(|(i, index)| i != *index) {
         return Err(incomplete(format!(
             "expected ConfigMaps 0..{count}, found indexes {indexes:?}"
         )));
@@ -777,5 +778,17 @@ mod tests {
             select_bundle(mixed.iter(), "v3.31.7"),
             Err(BundleProblem::Incomplete { .. })
         ));
+        // A count no load could have (edited by hand): reported, without building the list it names.
+        let mut huge = a.clone();
+        for cm in &mut huge {
+            cm["metadata"]["annotations"][COUNT_ANNOTATION] = json!(usize::MAX.to_string());
+        }
+        match select_bundle(huge.iter(), "v3.31.7") {
+            Err(BundleProblem::Incomplete { detail, .. }) => {
+                assert!(detail.contains("expected ConfigMaps 0.."), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(select_bundle(a.iter(), "v3.31.7").is_ok());
     }
 }
