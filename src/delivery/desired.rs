@@ -222,6 +222,9 @@ pub enum DeliveryStatus {
     InvalidSettings { message: String },
     /// Valid settings the operator would refuse.
     Unsupported { message: String },
+    /// Writing the delivery objects failed (a quota, an object someone else controls, a refusal by an admission
+    /// webhook); retried.
+    ApplyFailed { version: String, error: String },
     /// Everything applied here, but Cluster API reports that it could not apply the ClusterResourceSet to the
     /// workload cluster (its `ResourcesApplied` condition is `False`).
     NotApplied {
@@ -285,6 +288,18 @@ impl DeliveryStatus {
             DeliveryStatus::InvalidSettings { .. } => "InvalidSettings",
             DeliveryStatus::Unsupported { .. } => "Unsupported",
             DeliveryStatus::NotApplied { .. } => "NotApplied",
+            DeliveryStatus::ApplyFailed { .. } => "ApplyFailed",
+        }
+    }
+
+    /// The Calico version of a status that has one (the objects were or are being applied).
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            DeliveryStatus::Delivered { version }
+            | DeliveryStatus::LabelMissing { version }
+            | DeliveryStatus::ApplyFailed { version, .. }
+            | DeliveryStatus::NotApplied { version, .. } => Some(version),
+            _ => None,
         }
     }
 
@@ -301,6 +316,10 @@ impl DeliveryStatus {
             ),
             DeliveryStatus::LabelMissing { version } => format!(
                 "Calico {version}: objects are in place, but the Cluster has no label {CLUSTER_LABEL}=<cluster name>, so the ClusterResourceSet selects nothing (is the mutating webhook running?)"
+            ),
+            DeliveryStatus::ApplyFailed { version, error } => format!(
+                "Calico {version}: writing the bundle copies, Installation ConfigMap or ClusterResourceSet failed \
+                 (retried every 30 s): {error}"
             ),
             DeliveryStatus::NotApplied {
                 version,

@@ -234,7 +234,22 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             let Some(cref) = ClusterRef::from_object(&object) else {
                 return Ok(Action::await_change());
             };
-            let applied = apply(&ctx.client, &cref, &desired).await?;
+            let applied = match apply(&ctx.client, &cref, &desired).await {
+                Ok(applied) => applied,
+                Err(error) => {
+                    // Said on the Cluster too, not only in this process's log; the pass still fails and is retried.
+                    if let Some(version) = status.version() {
+                        let failed = DeliveryStatus::ApplyFailed {
+                            version: version.to_string(),
+                            error: in_words(&error),
+                        };
+                        if let Err(e) = record(&ctx, &cluster, &object, &failed).await {
+                            tracing::warn!(error = %e, cluster = %cluster.name_any(), "recording the failure");
+                        }
+                    }
+                    return Err(error);
+                }
+            };
             let retired = copies_to_retire(&desired, &bundle_configmaps, &applied.listed_before);
             // Cluster API applies the set a moment after it changes and says how in the set's status, which no
             // watch here follows: until it has said "applied", look again in a minute.
@@ -280,6 +295,17 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         ctx.applied
             .remember_for(&uid, fingerprint, UNSETTLED_RECHECK);
         Ok(Action::requeue(UNSETTLED_RECHECK))
+    }
+}
+
+/// An error as a user reads it on the Cluster: the API server's own message (with its code and reason) rather
+/// than the client's whole debug form.
+fn in_words(error: &DeliveryError) -> String {
+    match error {
+        DeliveryError::Kube(kube::Error::Api(status)) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
     }
 }
 

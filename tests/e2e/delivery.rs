@@ -27,6 +27,10 @@ pub const SCENARIOS: &[Scenario] = &[
         delivery_bundle_missing_reported_on_cluster,
     ),
     (
+        "delivery_apply_failure_reported_on_cluster",
+        delivery_apply_failure_reported_on_cluster,
+    ),
+    (
         "delivery_real_calico_operator_bundle",
         delivery_real_calico_operator_bundle,
     ),
@@ -827,6 +831,55 @@ fn delivery_bundle_missing_reported_on_cluster(h: &mut Harness) -> TestResult {
         list(h, "configmaps", &ns)?.is_empty(),
         "ConfigMaps were written"
     );
+    Ok(())
+}
+
+/// A write the API server refuses is reported on the Cluster (ApplyFailed, with the API server's words) and
+/// retried: here the Installation ConfigMap already exists with another controller, which the API server refuses to
+/// give a second one. Once that ConfigMap is gone, the next pass delivers.
+fn delivery_apply_failure_reported_on_cluster(h: &mut Harness) -> TestResult {
+    ensure_webhook(h)?;
+    load_synthetic_bundle(h, VERSION)?;
+    let ns = h.create_namespace("delivery-fails")?;
+    let blocker = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": "calico-calico-installation",
+        "labels": {"app.kubernetes.io/managed-by": "someone-else"},
+        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "elsewhere",
+                             "uid": "8d1bd5bb-0c5c-4c39-9d2e-2f2f4c1d0e01", "controller": true}]}});
+    h.apply(&ns, &blocker.to_string())?;
+    let cluster = yaml_docs(&e2e_fixture("classic-calico.yaml")?)?[0].clone();
+    h.apply(&ns, &cluster.to_string())?;
+    let status = poll("ApplyFailed on the Cluster", 30, || {
+        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+        Ok(status_of(&c).filter(|s| s["reason"] == "ApplyFailed"))
+    })?;
+    let message = status["message"].as_str().unwrap_or_default();
+    println!("  reported: {message}");
+    ensure!(
+        status["status"] == "False"
+            && message.contains(&format!("Calico {VERSION}: writing the bundle copies"))
+            && message.contains("Controller"),
+        "status {status}"
+    );
+    h.kubectl_ok(
+        &[
+            "delete",
+            "configmap",
+            "-n",
+            &ns,
+            "calico-calico-installation",
+        ],
+        None,
+    )?;
+    // The retry comes within 30 s; a change of the Cluster brings it at once.
+    h.kubectl_ok(
+        &["annotate", "-n", &ns, "cluster", "calico", "e2e/retry=now"],
+        None,
+    )?;
+    poll("Delivered once the refused write can be done", 30, || {
+        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+        Ok(status_of(&c).filter(|s| s["reason"] == "Delivered"))
+    })?;
     Ok(())
 }
 
