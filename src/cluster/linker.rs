@@ -356,7 +356,8 @@ mod tests {
         json!({
             "metadata": {"name": "wl", "namespace": "ns",
                          "annotations": {"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": if opted {"true"} else {"false"}}},
-            "spec": {"controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io",
+            "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["100.96.0.0/11"]}},
+                     "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io",
                                          "kind": "KubeadmControlPlane", "name": "wl-cp"}}
         })
     }

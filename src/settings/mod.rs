@@ -593,6 +593,18 @@ impl<'a> Resolver<'a> {
                         ));
                         return None;
                     }
+                    (None, _) if self.network.is_some() => {
+                        // A Cluster: the reconciler builds its Installation's IP pool from this, and has nothing.
+                        self.problems.push(Problem::without_value(
+                            keys::CALICO_POD_CIDR,
+                            rules::POD_CIDR_REQUIRED,
+                            "is not set, and the Cluster's spec.clusterNetwork.pods.cidrBlocks holds no CIDR: Calico's \
+                             IP pool needs one; set the Cluster's pod cidrBlocks (kubeadm's pod subnet) or \
+                             CALICO_POD_CIDR"
+                                .to_string(),
+                        ));
+                        return None;
+                    }
                     (None, _) => {
                         if let Some(Some(size)) = explicit_block {
                             self.warnings.push(format!(

@@ -348,9 +348,20 @@ fn defaults() {
             "d7adff41398cb77b97451bf238022376382725ff231228f78b3ebc35d9fb9fda".into()
         ))
     );
-    // No Cluster known: no pool.
+    // No Cluster known (a KCP or KCT with its own settings): no pool, and none needed.
     assert_eq!(settings(&[], None).0.pod_pool, None);
-    assert_eq!(settings(&[], Some(&network(&[]))).0.pod_pool, None);
+    // A Cluster without any pod CIDR: refused, since its Installation needs a pool.
+    for pairs in [vec![], vec![(keys::CALICO_BLOCK_SIZE, "26")]] {
+        let p = problems(&pairs, Some(&network(&[])));
+        assert_eq!(rules_of(&p), vec![rules::POD_CIDR_REQUIRED], "{pairs:?}");
+        assert_eq!(p[0].key, "capi-calico.io/CALICO_POD_CIDR");
+    }
+    assert!(
+        settings(&[(keys::CALICO_POD_CIDR, "100.96.0.0/11")], Some(&network(&[])))
+            .0
+            .pod_pool
+            .is_some()
+    );
 }
 
 // ------------------------------------------------------------------------------------------------------------
