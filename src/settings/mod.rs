@@ -619,6 +619,15 @@ impl<'a> Resolver<'a> {
             }
         };
         let family = values::Family::of(&cidr);
+        if let Some(other) = cluster_blocks
+            .iter()
+            .find(|block| values::Family::of(block) != family)
+        {
+            // Short enough for one `Warning:` line with the longest IPv6 CIDR.
+            self.warnings.push(format!(
+                "capi-calico: dual-stack: Calico pool {cidr} only, none for {other}"
+            ));
+        }
         let explicit = explicit_block?; // invalid block size: already reported
         let block_size = explicit.unwrap_or(family.default_block_size());
         if let Err(e) = values::check_block_size(block_size, &cidr) {

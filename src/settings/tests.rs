@@ -357,10 +357,13 @@ fn defaults() {
         assert_eq!(p[0].key, "capi-calico.io/CALICO_POD_CIDR");
     }
     assert!(
-        settings(&[(keys::CALICO_POD_CIDR, "100.96.0.0/11")], Some(&network(&[])))
-            .0
-            .pod_pool
-            .is_some()
+        settings(
+            &[(keys::CALICO_POD_CIDR, "100.96.0.0/11")],
+            Some(&network(&[]))
+        )
+        .0
+        .pod_pool
+        .is_some()
     );
 }
 
@@ -435,6 +438,26 @@ fn enum_and_bool_suggestions_through_resolve() {
 
 // ------------------------------------------------------------------------------------------------------------
 // Pool: CIDR, block size, Cluster blocks
+
+#[test]
+fn a_dual_stack_cluster_is_told_that_one_family_gets_a_pool() {
+    let dual = network(&["10.244.0.0/16", "fd00:10:244::/56"]);
+    let (_, warnings) = settings(&[], Some(&dual));
+    assert_eq!(
+        warnings,
+        vec![
+            "capi-calico: dual-stack: Calico pool 10.244.0.0/16 only, none for fd00:10:244::/56"
+                .to_string()
+        ]
+    );
+    let (_, warnings) = settings(&[("CALICO_BLOCK_SIZE", "122")], Some(&dual));
+    assert!(
+        warnings[0].contains("pool fd00:10:244::/56 only, none for 10.244.0.0/16"),
+        "{warnings:?}"
+    );
+    let (_, warnings) = settings(&[], Some(&network(&["100.96.0.0/11", "10.0.0.0/16"])));
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
 
 #[test]
 fn pool_table() {
