@@ -241,6 +241,9 @@ pub struct ServeArgs {
     /// A keep-alive connection with no request for this long is closed (never shorter than --request-timeout + 1s).
     #[arg(long, env = "CAPI_CALICO_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_positive_duration)]
     pub idle_timeout: std::time::Duration,
+    /// A connection older than this (within 10 %) is asked to finish, then closed --drain-timeout later.
+    #[arg(long, env = "CAPI_CALICO_MAX_CONNECTION_AGE", default_value = "10m", value_parser = parse_positive_duration)]
+    pub max_connection_age: std::time::Duration,
     /// HTTP/2 streams at once per connection.
     #[arg(long, env = "CAPI_CALICO_MAX_CONCURRENT_STREAMS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
@@ -301,6 +304,7 @@ impl ServeArgs {
             body_read_timeout: self.body_read_timeout,
             tls_handshake_timeout: self.tls_handshake_timeout,
             idle_timeout: self.idle_timeout,
+            max_connection_age: self.max_connection_age,
             max_concurrent_streams: self.max_concurrent_streams,
             cert_poll_interval: self.cert_poll_interval,
         })

@@ -503,3 +503,68 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
 
     stop_server(server, stop).await;
 }
+
+/// An HTTP/2 client that keeps its connection busy with PINGs is never idle, so only the connection age ends it:
+/// the server sends GOAWAY once the connection is `max_connection_age` (±10 %) old, and the connection closes. A
+/// request on a fresh connection is then answered as usual.
+#[tokio::test]
+async fn connections_kept_busy_with_pings_end_at_the_maximum_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(TlsSource::SelfSigned {
+        dir: dir.path().to_owned(),
+    });
+    // The idle timer is raised to request_timeout + 1 s = 4 s; the age is shorter, so a close before 4 s can only be
+    // the age's, and the PINGs keep the connection from being idle anyway.
+    config.max_connection_age = Duration::from_secs(2);
+    let (server, stop) = start_server(config, FakeHandler::new()).await;
+    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let addr = server.local_addr;
+
+    let h2 = tls_connect(addr, &[&ca], &[b"h2"]).await.unwrap();
+    let t0 = Instant::now();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(200))
+            .keep_alive_while_idle(true)
+            .handshake(hyper_util::rt::TokioIo::new(h2))
+            .await
+            .unwrap();
+    let closed = tokio::spawn(async move {
+        let result = conn.await;
+        (t0.elapsed(), result.is_ok())
+    });
+    let req = || {
+        hyper::Request::post(url(addr, "/validate"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(axum::body::Bytes::from_static(
+                b"{}",
+            )))
+            .unwrap()
+    };
+    assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
+    let (lived, clean) = tokio::time::timeout(Duration::from_secs(6), closed)
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    assert!(
+        lived >= Duration::from_millis(1700) && lived < Duration::from_millis(3500),
+        "lived {lived:?}"
+    );
+    assert!(clean, "GOAWAY, not a reset");
+    assert!(
+        sender.send_request(req()).await.is_err(),
+        "closed for new requests"
+    );
+
+    let h2 = tls_connect(addr, &[&ca], &[b"h2"]).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
+    stop_server(server, stop).await;
+}

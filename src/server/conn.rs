@@ -1,7 +1,9 @@
 //! Accept loop and per-connection bounds: a connection limit (accepting pauses while it is reached), a TLS
 //! handshake deadline, hyper's HTTP/1 header read timeout (slowloris; hyper starts it whenever it waits for a request
 //! head, so it also closes HTTP/1 keep-alive connections idle for that long), an I/O idle timeout (no byte either
-//! way: closes silent HTTP/2 connections and stalled peers), HTTP/2 stream limits, and graceful drain.
+//! way: closes silent HTTP/2 connections and stalled peers), a maximum connection age (a client that keeps its
+//! connection busy with PINGs is never idle, and one that stops reading its answers holds them: past the age, the
+//! connection is asked to finish and closed a drain deadline later), HTTP/2 stream limits, and graceful drain.
 //!
 //! The protocol is chosen from ALPN (`h2` → HTTP/2, anything else → HTTP/1.1), never by sniffing the first bytes:
 //! sniffing would wait for bytes with no header timer running, so a silent client would be bounded only by the idle
@@ -17,7 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -36,6 +38,7 @@ pub(crate) struct ConnLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_concurrent_streams: u32,
+    pub max_connection_age: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -89,8 +92,9 @@ pub(crate) async fn serve(
         http2: builder(&limits).http2_only(),
     });
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
+    let conn_stop = stop.clone();
+    let ages = std::hash::RandomState::new();
     let stopped = async move {
         // An Err means the sender is gone: treat it as stop too.
         let _ = stop.wait_for(|s| *s).await;
@@ -119,7 +123,9 @@ pub(crate) async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
+        // Subscribed before the task starts: a connection that finishes its handshake after the stop still sees it.
+        let mut stop = conn_stop.clone();
+        let age = jittered(limits.max_connection_age, &ages, peer);
         let builders = Arc::clone(&builders);
         let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
@@ -127,42 +133,39 @@ pub(crate) async fn serve(
         let metrics = metrics.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            if let Some(m) = &metrics {
-                m.connection_opened();
-            }
+            let _open = metrics.map(OpenConnection::new);
+            let drain = limits.drain_timeout;
             let result = match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                         let builder = if h2 { &builders.http2 } else { &builders.http1 };
                         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-                        watcher.watch(builder.serve_connection(io, service)).await
+                        serve_until(builder.serve_connection(io, service), age, drain, &mut stop).await
                     }
                     Ok(Err(e)) => Err(e.into()),
                     Err(_) => Err("TLS handshake timed out".into()),
                 },
                 None => {
                     let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
-                    watcher.watch(builders.http1.serve_connection(io, service)).await
+                    serve_until(builders.http1.serve_connection(io, service), age, drain, &mut stop).await
                 }
             };
             if let Err(e) = result {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
-            if let Some(m) = &metrics {
-                m.connection_closed();
-            }
         });
     }
 
     drop(listener);
-    let open = graceful.count();
+    let open = tasks.len();
     tracing::info!(
         listener = name,
         open_connections = open,
         "stopped accepting; draining"
     );
-    match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    match tokio::time::timeout(limits.drain_timeout, drained).await {
         Ok(()) => tracing::info!(listener = name, "drained"),
         Err(_) => tracing::warn!(
             listener = name,
@@ -171,6 +174,56 @@ pub(crate) async fn serve(
         ),
     }
     tasks.shutdown().await;
+}
+
+/// Drive `conn` until it ends. At the listener's stop, or once it is `age` old, ask it to finish (HTTP/2 GOAWAY;
+/// HTTP/1 closes after the request in flight): after a stop, the listener's drain deadline bounds the rest; after
+/// the age, `drain` does, and then the connection is dropped (closed) whatever it was doing.
+async fn serve_until<C, E>(
+    conn: C,
+    age: Duration,
+    drain: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: GracefulConnection<Error = E>,
+{
+    tokio::pin!(conn);
+    let stopping = tokio::select! {
+        result = conn.as_mut() => return result,
+        _ = stop.wait_for(|s| *s) => true,
+        _ = tokio::time::sleep(age) => false,
+    };
+    conn.as_mut().graceful_shutdown();
+    if stopping {
+        return conn.await;
+    }
+    tokio::time::timeout(drain, conn).await.unwrap_or(Ok(()))
+}
+
+/// `age` give or take 10 %, different for each connection, so that connections opened together (the API server's,
+/// after a restart) are not all closed at once.
+fn jittered(age: Duration, seed: &std::hash::RandomState, peer: std::net::SocketAddr) -> Duration {
+    use std::hash::BuildHasher as _;
+    let spread = age / 5;
+    let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX).max(1);
+    age - age / 10 + Duration::from_nanos(seed.hash_one((peer, Instant::now())) % nanos)
+}
+
+/// Counts a connection in the `open_connections` gauge for as long as it lives, even if its task panics.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.connection_opened();
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
 }
 
 /// Fails I/O with `TimedOut` when no byte moved in either direction for `timeout`.

@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// A connection with no byte in either direction for this long is closed (default 90 s; bounds idle HTTP/2).
     /// Raised to `request_timeout + 1 s` if set lower.
     pub idle_timeout: Duration,
+    /// A connection older than this (±10 %) is asked to finish (HTTP/2 GOAWAY, HTTP/1 `Connection: close` after the
+    /// request in flight) and closed `drain_timeout` later (default 10 min). Bounds what a client that keeps a
+    /// connection busy with pings, or stops reading its answers, can hold.
+    pub max_connection_age: Duration,
     /// Open connections on the webhook port; at the limit, accepting pauses (default 1024).
     pub max_connections: usize,
     /// Reviews handled at once; more wait for a slot within `request_timeout` (default 64).
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(3),
             tls_handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
+            max_connection_age: Duration::from_secs(600),
             max_connections: 1024,
             max_concurrent_reviews: 64,
             max_concurrent_streams: 64,
@@ -213,6 +218,7 @@ pub async fn start<H: ReviewHandler>(
             .idle_timeout
             .max(config.request_timeout + Duration::from_secs(1)),
         max_concurrent_streams: config.max_concurrent_streams,
+        max_connection_age: config.max_connection_age,
         drain_timeout: config.drain_timeout,
     };
     let metrics_limits = conn::ConnLimits {

@@ -86,6 +86,7 @@ pub fn fast_config(tls: capi_calico_webhook::server::TlsSource) -> ServerConfig 
         body_read_timeout: Duration::from_secs(1),
         tls_handshake_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(5),
+        max_connection_age: Duration::from_secs(600),
         max_connections: 64,
         max_concurrent_reviews: 8,
         max_concurrent_streams: 16,
