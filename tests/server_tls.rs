@@ -25,6 +25,20 @@ use tls_client::{
     HTTP1, closed_within, cut_off_while_trickling, https_client, install_provider, tls_connect, url,
 };
 
+/// A fast configuration serving a self-signed certificate written to a fresh directory.
+fn self_signed() -> (tempfile::TempDir, ServerConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(TlsSource::SelfSigned {
+        dir: dir.path().to_owned(),
+    });
+    (dir, config)
+}
+
+/// The CA of a self-signed server's directory.
+fn ca_of(dir: &tempfile::TempDir) -> String {
+    fs::read_to_string(dir.path().join("ca.crt")).unwrap()
+}
+
 async fn start_server(
     config: ServerConfig,
     handler: Arc<FakeHandler>,
@@ -97,12 +111,9 @@ where
 
 #[tokio::test]
 async fn https_end_to_end_with_self_signed_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = fast_config(TlsSource::SelfSigned {
-        dir: dir.path().to_owned(),
-    });
+    let (dir, config) = self_signed();
     let (server, stop) = start_server(config, FakeHandler::new()).await;
-    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let ca = ca_of(&dir);
     let client = https_client(&[&ca], true);
 
     let resp = post_json(&client, server.local_addr, "/mutate", "{}")
@@ -324,13 +335,10 @@ async fn plain_file_overwrite_is_picked_up() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_and_refuses_new_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = fast_config(TlsSource::SelfSigned {
-        dir: dir.path().to_owned(),
-    });
+    let (dir, config) = self_signed();
     let handler = FakeHandler::new();
     let (server, stop) = start_server(config, handler.clone()).await;
-    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let ca = ca_of(&dir);
     let client = https_client(&[&ca], true);
     let (addr, metrics) = (server.local_addr, server.metrics_addr.unwrap());
 
@@ -377,15 +385,12 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new_connections() {
 
 #[tokio::test]
 async fn drain_deadline_bounds_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = fast_config(TlsSource::SelfSigned {
-        dir: dir.path().to_owned(),
-    });
+    let (dir, mut config) = self_signed();
     config.request_timeout = Duration::from_secs(60);
     config.drain_timeout = Duration::from_millis(300);
     let handler = FakeHandler::new();
     let (server, stop) = start_server(config, handler.clone()).await;
-    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let ca = ca_of(&dir);
     let client = https_client(&[&ca], true);
     let addr = server.local_addr;
     let started = handler.started.notified();
@@ -410,12 +415,9 @@ async fn drain_deadline_bounds_shutdown() {
 
 #[tokio::test]
 async fn abusive_clients_are_cut_off_while_others_are_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = fast_config(TlsSource::SelfSigned {
-        dir: dir.path().to_owned(),
-    });
+    let (dir, config) = self_signed();
     let (server, stop) = start_server(config, FakeHandler::new()).await;
-    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let ca = ca_of(&dir);
     let addr = server.local_addr;
 
     // Slowloris: request head one byte every 100 ms, never finished. header_read_timeout is 1 s.
@@ -509,15 +511,12 @@ async fn abusive_clients_are_cut_off_while_others_are_served() {
 /// request on a fresh connection is then answered as usual.
 #[tokio::test]
 async fn connections_kept_busy_with_pings_end_at_the_maximum_age() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = fast_config(TlsSource::SelfSigned {
-        dir: dir.path().to_owned(),
-    });
+    let (dir, mut config) = self_signed();
     // The idle timer is raised to request_timeout + 1 s = 4 s; the age is shorter, so a close before 4 s can only be
     // the age's, and the PINGs keep the connection from being idle anyway.
     config.max_connection_age = Duration::from_secs(2);
     let (server, stop) = start_server(config, FakeHandler::new()).await;
-    let ca = fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let ca = ca_of(&dir);
     let addr = server.local_addr;
 
     let h2 = tls_connect(addr, &[&ca], &[b"h2"]).await.unwrap();
