@@ -1,6 +1,7 @@
 //! What the reconciler wants to exist for one Cluster: a pure function of the Cluster, its settings and the loaded
 //! bundle. The controller only applies what this module computes.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -483,11 +484,12 @@ pub fn current_status(cluster: &Value) -> Option<&str> {
 }
 
 /// A fingerprint of everything [`plan`] and the status record can depend on: the Cluster as a status-only update
-/// leaves it ([`crate::cluster::seen::hash_cluster`]), and the name and resourceVersion of every bundle ConfigMap.
-/// Equal fingerprints give equal plans.
+/// leaves it ([`crate::cluster::seen::hash_cluster`]), and the name and resourceVersion of every bundle ConfigMap
+/// (from their metadata: the reconciler computes this before it turns the ~2.6 MB of a loaded bundle into JSON, which
+/// it does only when the fingerprint changed). Equal fingerprints give equal plans.
 pub fn inputs_fingerprint<'a>(
     cluster: &Value,
-    bundle_configmaps: impl IntoIterator<Item = &'a Value>,
+    bundle_configmaps: impl IntoIterator<Item = &'a ObjectMeta>,
 ) -> u64 {
     use std::hash::{Hash, Hasher};
 
@@ -496,14 +498,7 @@ pub fn inputs_fingerprint<'a>(
     // Sorted: the bundle store is a hash map, which a relist rebuilds in another order.
     let mut bundle: Vec<(Option<&str>, Option<&str>)> = bundle_configmaps
         .into_iter()
-        .map(|configmap| {
-            let field = |name: &str| {
-                configmap
-                    .pointer(&format!("/metadata/{name}"))
-                    .and_then(Value::as_str)
-            };
-            (field("name"), field("resourceVersion"))
-        })
+        .map(|meta| (meta.name.as_deref(), meta.resource_version.as_deref()))
         .collect();
     bundle.sort_unstable();
     bundle.hash(&mut hasher);
@@ -577,8 +572,12 @@ pub(crate) mod tests {
             "metadata": {"name": "prod-1", "uid": "u-1", "resourceVersion": "10"},
             "status": {"phase": "Provisioning"},
         });
-        let bundle =
-            vec![json!({"metadata": {"name": "calico-v3.31.7-crds-00", "resourceVersion": "5"}})];
+        let meta = |name: &str, version: &str| ObjectMeta {
+            name: Some(name.to_string()),
+            resource_version: Some(version.to_string()),
+            ..ObjectMeta::default()
+        };
+        let bundle = vec![meta("calico-v3.31.7-crds-00", "5")];
         let base = inputs_fingerprint(&cluster, &bundle);
         let mut status_only = cluster.clone();
         status_only["status"]["phase"] = json!("Provisioned");
@@ -587,8 +586,7 @@ pub(crate) mod tests {
         let mut labelled = cluster.clone();
         labelled["metadata"]["labels"] = json!({"a": "b"});
         assert_ne!(inputs_fingerprint(&labelled, &bundle), base);
-        let reloaded =
-            vec![json!({"metadata": {"name": "calico-v3.31.7-crds-00", "resourceVersion": "6"}})];
+        let reloaded = vec![meta("calico-v3.31.7-crds-00", "6")];
         assert_ne!(
             inputs_fingerprint(&cluster, &reloaded),
             base,
@@ -596,10 +594,10 @@ pub(crate) mod tests {
         );
         assert_ne!(inputs_fingerprint(&cluster, &[]), base, "bundle removed");
         let two = vec![
-            json!({"metadata": {"name": "calico-v3.31.7-crds-00", "resourceVersion": "5"}}),
-            json!({"metadata": {"name": "calico-v3.31.7-operator-00", "resourceVersion": "7"}}),
+            meta("calico-v3.31.7-crds-00", "5"),
+            meta("calico-v3.31.7-operator-00", "7"),
         ];
-        let reversed: Vec<Value> = two.iter().rev().cloned().collect();
+        let reversed: Vec<ObjectMeta> = two.iter().rev().cloned().collect();
         assert_eq!(
             inputs_fingerprint(&cluster, &two),
             inputs_fingerprint(&cluster, &reversed),

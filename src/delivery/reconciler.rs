@@ -199,17 +199,17 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         _ => return Ok(Action::requeue(Duration::from_secs(5))),
     }
     let object = serde_json::to_value(&*cluster)?;
-    let bundle_configmaps = ctx
-        .bundles
-        .state()
-        .iter()
-        .map(|cm| serde_json::to_value(&**cm))
-        .collect::<Result<Vec<Value>, _>>()?;
-    let fingerprint = inputs_fingerprint(&object, &bundle_configmaps);
+    let bundle_state = ctx.bundles.state();
+    let fingerprint = inputs_fingerprint(&object, bundle_state.iter().map(|cm| &cm.metadata));
     if let Some(resync_in) = ctx.applied.skip(&uid, fingerprint, ctx.config.resync) {
         tracing::debug!(cluster = %cluster.name_any(), "inputs unchanged since the last reconcile; skipped");
         return Ok(Action::requeue(resync_in));
     }
+    // Only now, for a full pass: the loaded bundles are megabytes of JSON.
+    let bundle_configmaps = bundle_state
+        .iter()
+        .map(|cm| serde_json::to_value(&**cm))
+        .collect::<Result<Vec<Value>, _>>()?;
     // A full pass from here: until it succeeds, no earlier fingerprint may cause a skip (a pass that fails halfway
     // followed by a revert to the remembered inputs would otherwise leave this pass's writes in place).
     ctx.applied.forget(&uid);
