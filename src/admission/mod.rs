@@ -131,7 +131,7 @@ impl<S: ClusterSource> Webhook<S> {
     }
 }
 
-/// The rule id of [`too_large_denial`].
+/// The rule id of the denial of an object too large to check (see [`prune::budgeted`]).
 pub const TOO_LARGE_RULE: &str = "object-too-large";
 
 /// The answer for an object whose read parts exceed [`prune::MAX_KEPT_VALUES`] (see [`prune::budgeted`]).

@@ -147,12 +147,18 @@ thread_local! {
 /// Run `read` (a synchronous deserialization) with a budget of [`MAX_KEPT_VALUES`] kept values; the second part of
 /// the answer says whether the budget ran out (what was read is then incomplete).
 pub fn budgeted<T>(read: impl FnOnce() -> T) -> (T, bool) {
-    let outer = (LEFT.replace(MAX_KEPT_VALUES), EXCEEDED.replace(false));
+    /// Puts the enclosing state back however `read` ends (a panic included: the handler catches panics, and the
+    /// worker thread goes on serving).
+    struct Restore(usize, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEFT.set(self.0);
+            EXCEEDED.set(self.1);
+        }
+    }
+    let _restore = Restore(LEFT.replace(MAX_KEPT_VALUES), EXCEEDED.replace(false));
     let value = read();
-    let exceeded = EXCEEDED.get();
-    LEFT.set(outer.0);
-    EXCEEDED.set(outer.1);
-    (value, exceeded)
+    (value, EXCEEDED.get())
 }
 
 /// Take one value from the budget: false (and the call marked as exceeded) when none is left.
@@ -414,6 +420,17 @@ mod tests {
         );
         let (_, over) = budgeted(|| read(&many(1)));
         assert!(!over);
+        // A panic inside leaves the thread unbounded again.
+        let caught = std::panic::catch_unwind(|| budgeted(|| panic!("inside")));
+        assert!(caught.is_err());
+        let whole = read(&body).expect("read");
+        assert_eq!(
+            whole
+                .pointer("/spec/template/spec/files")
+                .and_then(Value::as_array)
+                .map(Vec::len),
+            Some(MAX_KEPT_VALUES * 2)
+        );
     }
 
     #[test]
