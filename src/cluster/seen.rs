@@ -98,6 +98,26 @@ impl Seen {
         self.insert(key, (fingerprint, Instant::now(), Some(valid)));
     }
 
+    /// [`Seen::remember_for`] with a time that doubles, from `first` up to `max`, while `key` is handled again with
+    /// the same `fingerprint` and still waits: how long it will be this time.
+    pub fn remember_backing_off(
+        &self,
+        key: &str,
+        fingerprint: u64,
+        first: Duration,
+        max: Duration,
+    ) -> Duration {
+        let previous = match self.map().get(key) {
+            Some((seen, _, Some(valid))) if *seen == fingerprint => Some(*valid),
+            _ => None,
+        };
+        let valid = previous
+            .map_or(first, |valid| valid.saturating_mul(2))
+            .min(max);
+        self.remember_for(key, fingerprint, valid);
+        valid
+    }
+
     fn insert(&self, key: &str, entry: Entry) {
         let mut map = self.map();
         if map.len() >= Self::MAX && !map.contains_key(key) {
@@ -212,6 +232,20 @@ mod tests {
         );
         seen.remember_for("u-1", 7, Duration::ZERO);
         assert_eq!(seen.skip("u-1", 7, resync), None, "due");
+        // Backing off: doubles while the inputs stay, up to the bound; starts again for other inputs.
+        let (first, max) = (Duration::from_secs(60), Duration::from_secs(300));
+        seen.forget("u-1");
+        let times: Vec<u64> = (0..5)
+            .map(|_| seen.remember_backing_off("u-1", 7, first, max).as_secs())
+            .collect();
+        assert_eq!(times, [60, 120, 240, 300, 300]);
+        assert_eq!(seen.remember_backing_off("u-1", 8, first, max), first);
+        seen.remember("u-1", 8);
+        assert_eq!(
+            seen.remember_backing_off("u-1", 8, first, max),
+            first,
+            "after a settled pass"
+        );
     }
 
     #[test]

@@ -237,14 +237,17 @@ pub enum DeliveryStatus {
 }
 
 /// What Cluster API last said about applying a ClusterResourceSet: its `ResourcesApplied` condition (v1beta2
-/// `status.conditions`).
+/// `status.conditions`), for the set's current generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrsApplied {
-    /// No condition yet: Cluster API has not looked at the set since it was created (or it selects no Cluster).
+    /// Not known yet: no condition, or one about an earlier generation of the set, or a `False` that is usually
+    /// passing (the workload cluster not reachable yet while it provisions, a resource applied before its CRD is
+    /// served): Cluster API tries again by itself.
     Unknown,
     /// Applied.
     Applied,
-    /// Not applied, with Cluster API's reason and message.
+    /// Refused until the user acts, with Cluster API's reason and message: a listed Secret of another type than
+    /// `addons.cluster.x-k8s.io/resource-set` (then Cluster API applies nothing of the set).
     Failed { reason: String, message: String },
 }
 
@@ -256,22 +259,35 @@ pub fn crs_applied(crs: &Value) -> CrsApplied {
         .into_iter()
         .flatten()
         .find(|c| c.get("type").and_then(Value::as_str) == Some("ResourcesApplied"));
-    let text = |c: &Value, field: &str| {
-        c.get(field)
+    let Some(condition) = condition else {
+        return CrsApplied::Unknown;
+    };
+    // Written for the spec our apply just replaced, it says nothing about the current one.
+    let generation = crs.pointer("/metadata/generation").and_then(Value::as_i64);
+    let observed = condition
+        .get("observedGeneration")
+        .and_then(Value::as_i64)
+        .or_else(|| {
+            crs.pointer("/status/observedGeneration")
+                .and_then(Value::as_i64)
+        });
+    if generation.is_none() || observed != generation {
+        return CrsApplied::Unknown;
+    }
+    let text = |field: &str| {
+        condition
+            .get(field)
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string()
     };
-    match condition {
-        Some(c) => match c.get("status").and_then(Value::as_str) {
-            Some("True") => CrsApplied::Applied,
-            Some("False") => CrsApplied::Failed {
-                reason: text(c, "reason"),
-                message: text(c, "message"),
-            },
-            _ => CrsApplied::Unknown,
+    match condition.get("status").and_then(Value::as_str) {
+        Some("True") => CrsApplied::Applied,
+        Some("False") if text("reason") == WRONG_SECRET_TYPE => CrsApplied::Failed {
+            reason: text("reason"),
+            message: text("message"),
         },
-        None => CrsApplied::Unknown,
+        _ => CrsApplied::Unknown,
     }
 }
 
@@ -518,7 +534,21 @@ pub(crate) mod tests {
 
     #[test]
     fn cluster_api_says_whether_it_applied_the_set() {
-        let with = |conditions: Value| json!({"kind": "ClusterResourceSet", "status": {"conditions": conditions}});
+        let with = |conditions: Value| {
+            json!({"kind": "ClusterResourceSet", "metadata": {"generation": 2},
+                   "status": {"conditions": conditions}})
+        };
+        let applied = |generation: i64| {
+            json!([{"type": "Paused", "status": "False", "observedGeneration": generation},
+                   {"type": "ResourcesApplied", "status": "True", "reason": "Applied",
+                    "observedGeneration": generation}])
+        };
+        let wrong_secret = json!([{"type": "ResourcesApplied", "status": "False", "reason": "WrongSecretType",
+                                   "message": "Secret type of resource pull is not supported",
+                                   "observedGeneration": 2}]);
+        let mut generation_in_status =
+            with(json!([{"type": "ResourcesApplied", "status": "True"}]));
+        generation_in_status["status"]["observedGeneration"] = json!(2);
         let cases = [
             (json!({"kind": "ClusterResourceSet"}), CrsApplied::Unknown),
             (
@@ -526,19 +556,36 @@ pub(crate) mod tests {
                 CrsApplied::Unknown,
             ),
             (
-                with(json!([{"type": "ResourcesApplied", "status": "Unknown"}])),
+                with(
+                    json!([{"type": "ResourcesApplied", "status": "Unknown", "observedGeneration": 2}]),
+                ),
+                CrsApplied::Unknown,
+            ),
+            (with(applied(2)), CrsApplied::Applied),
+            (generation_in_status, CrsApplied::Applied),
+            // About the spec before our apply changed it: not known yet.
+            (with(applied(1)), CrsApplied::Unknown),
+            (
+                with(json!([{"type": "ResourcesApplied", "status": "True"}])),
+                CrsApplied::Unknown,
+            ),
+            // Passing failures while the workload cluster comes up: Cluster API retries by itself.
+            (
+                with(
+                    json!([{"type": "ResourcesApplied", "status": "False", "reason": "InternalError",
+                             "message": "Please check controller logs for errors", "observedGeneration": 2}]),
+                ),
                 CrsApplied::Unknown,
             ),
             (
-                with(json!([{"type": "Paused", "status": "False"},
-                            {"type": "ResourcesApplied", "status": "True", "reason": "Applied"}])),
-                CrsApplied::Applied,
+                with(
+                    json!([{"type": "ResourcesApplied", "status": "False", "reason": "NotApplied",
+                             "observedGeneration": 2}]),
+                ),
+                CrsApplied::Unknown,
             ),
             (
-                with(
-                    json!([{"type": "ResourcesApplied", "status": "False", "reason": "WrongSecretType",
-                             "message": "Secret type of resource pull is not supported"}]),
-                ),
+                with(wrong_secret),
                 CrsApplied::Failed {
                     reason: "WrongSecretType".into(),
                     message: "Secret type of resource pull is not supported".into(),

@@ -182,7 +182,18 @@ where
 
 fn error_policy(cluster: Arc<DynamicObject>, error: &DeliveryError, _ctx: Arc<Ctx>) -> Action {
     tracing::warn!(cluster = %cluster.name_any(), namespace = ?cluster.namespace(), %error, "delivery failed; retrying");
-    Action::requeue(Duration::from_secs(30))
+    Action::requeue(ERROR_RETRY)
+}
+
+/// When a failed pass is tried again.
+const ERROR_RETRY: Duration = Duration::from_secs(30);
+
+/// An error worth telling the user on the Cluster: the API server refused the write (a quota, an object with
+/// another controller, an admission refusal, missing RBAC), not a conflict, throttling or a dropped connection,
+/// which the retry clears.
+fn lasting(error: &DeliveryError) -> bool {
+    matches!(error, DeliveryError::Kube(kube::Error::Api(status))
+        if (400..500).contains(&status.code) && status.code != 409 && status.code != 429)
 }
 
 async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, DeliveryError> {
@@ -237,8 +248,9 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             let applied = match apply(&ctx.client, &cref, &desired).await {
                 Ok(applied) => applied,
                 Err(error) => {
-                    // Said on the Cluster too, not only in this process's log; the pass still fails and is retried.
-                    if let Some(version) = status.version() {
+                    // Said on the Cluster too, not only in this process's log, when it is not a passing one; the pass
+                    // still fails and is retried.
+                    if let (Some(version), true) = (status.version(), lasting(&error)) {
                         let failed = DeliveryStatus::ApplyFailed {
                             version: version.to_string(),
                             error: in_words(&error),
@@ -247,13 +259,18 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
                             tracing::warn!(error = %e, cluster = %cluster.name_any(), "recording the failure");
                         }
                     }
+                    // Until the error policy's retry, events with the same inputs (this status write among them) do
+                    // not bring the next attempt sooner.
+                    ctx.applied.remember_for(&uid, fingerprint, ERROR_RETRY);
                     return Err(error);
                 }
             };
             let retired = copies_to_retire(&desired, &bundle_configmaps, &applied.listed_before);
             // Cluster API applies the set a moment after it changes and says how in the set's status, which no
-            // watch here follows: until it has said "applied", look again in a minute.
-            settled = applied.crs == CrsApplied::Applied;
+            // watch here follows: until it has said "applied", look again (in a minute, then less often). A set that
+            // selects no Cluster gets no answer; the label it waits for is a change of the Cluster anyway.
+            settled = applied.crs == CrsApplied::Applied
+                || matches!(status, DeliveryStatus::LabelMissing { .. });
             let status = match (status, applied.crs) {
                 (DeliveryStatus::Delivered { version }, CrsApplied::Failed { reason, message }) => {
                     DeliveryStatus::NotApplied {
@@ -292,9 +309,13 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         Ok(Action::requeue(ctx.config.resync))
     } else {
         // Events with the same inputs (CAPI's status updates) are still skipped until then.
-        ctx.applied
-            .remember_for(&uid, fingerprint, UNSETTLED_RECHECK);
-        Ok(Action::requeue(UNSETTLED_RECHECK))
+        let recheck = ctx.applied.remember_backing_off(
+            &uid,
+            fingerprint,
+            UNSETTLED_RECHECK,
+            ctx.config.resync,
+        );
+        Ok(Action::requeue(recheck))
     }
 }
 
@@ -309,7 +330,8 @@ fn in_words(error: &DeliveryError) -> String {
     }
 }
 
-/// How soon a Cluster whose ClusterResourceSet Cluster API has not reported as applied is looked at again.
+/// How soon a Cluster whose ClusterResourceSet Cluster API has not reported as applied is looked at again the first
+/// time; then twice as late each time, up to the resync.
 const UNSETTLED_RECHECK: Duration = Duration::from_secs(60);
 
 /// Server-side apply everything in `desired`: bundle copies (content, then this Cluster's ownerReference under its

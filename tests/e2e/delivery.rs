@@ -438,8 +438,16 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
     // written as CAPI's would be: a pull Secret of the wrong type (CAPI then applies nothing of the set), then
     // applied. A metadata change of the Cluster makes the reconciler look at once.
     let crs_status = |status: &str, reason: &str, message: &str, touch: &str| -> TestResult {
+        // For the set's current generation, as Cluster API writes it.
+        let generation = h.get_json(
+            "clusterresourcesets.addons.cluster.x-k8s.io",
+            &ns,
+            "calico-calico",
+        )?["metadata"]["generation"]
+            .clone();
         let patch = json!({"status": {"conditions": [{"type": "ResourcesApplied", "status": status,
-            "reason": reason, "message": message, "lastTransitionTime": "2026-11-27T00:00:00Z"}]}});
+            "reason": reason, "message": message, "lastTransitionTime": "2026-11-27T00:00:00Z",
+            "observedGeneration": generation}]}});
         h.kubectl_ok(
             &[
                 "patch",
@@ -841,11 +849,18 @@ fn delivery_apply_failure_reported_on_cluster(h: &mut Harness) -> TestResult {
     ensure_webhook(h)?;
     load_synthetic_bundle(h, VERSION)?;
     let ns = h.create_namespace("delivery-fails")?;
+    // The other controller exists (the garbage collector, when it runs, would delete an object whose owner does not).
+    h.apply(
+        &ns,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "elsewhere"}})
+            .to_string(),
+    )?;
+    let elsewhere = h.get_json("configmaps", &ns, "elsewhere")?;
     let blocker = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
         "name": "calico-calico-installation",
         "labels": {"app.kubernetes.io/managed-by": "someone-else"},
         "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "elsewhere",
-                             "uid": "8d1bd5bb-0c5c-4c39-9d2e-2f2f4c1d0e01", "controller": true}]}});
+                             "uid": elsewhere["metadata"]["uid"], "controller": true}]}});
     h.apply(&ns, &blocker.to_string())?;
     let cluster = yaml_docs(&e2e_fixture("classic-calico.yaml")?)?[0].clone();
     h.apply(&ns, &cluster.to_string())?;
@@ -858,7 +873,7 @@ fn delivery_apply_failure_reported_on_cluster(h: &mut Harness) -> TestResult {
     ensure!(
         status["status"] == "False"
             && message.contains(&format!("Calico {VERSION}: writing the bundle copies"))
-            && message.contains("Controller"),
+            && message.contains("calico-calico-installation"),
         "status {status}"
     );
     h.kubectl_ok(
