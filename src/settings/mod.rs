@@ -594,15 +594,13 @@ impl<'a> Resolver<'a> {
                         return None;
                     }
                     (None, _) if self.network.is_some() => {
-                        // A Cluster: the reconciler builds its Installation's IP pool from this, and has nothing.
-                        self.problems.push(Problem::without_value(
-                            keys::CALICO_POD_CIDR,
-                            rules::POD_CIDR_REQUIRED,
-                            "is not set, and the Cluster's spec.clusterNetwork.pods.cidrBlocks holds no CIDR: Calico's \
-                             IP pool needs one; set the Cluster's pod cidrBlocks (kubeadm's pod subnet) or \
-                             CALICO_POD_CIDR"
+                        // A Cluster: the reconciler builds its Installation's IP pool from this, and has nothing. A
+                        // warning, not a denial: a Cluster admitted before this check must still take its updates.
+                        self.warnings.push(
+                            "capi-calico: no pod CIDR: Calico is not delivered until CALICO_POD_CIDR or the Cluster's \
+                             pod cidrBlocks is set"
                                 .to_string(),
-                        ));
+                        );
                         return None;
                     }
                     (None, _) => {

@@ -36,8 +36,6 @@ pub mod rules {
     pub const POD_CIDR_LINK_LOCAL: &str = "pod-cidr-link-local";
     /// `CALICO_POD_CIDR` is not inside any of the Cluster's pod cidrBlocks.
     pub const POD_CIDR_OUTSIDE_CLUSTER: &str = "pod-cidr-outside-cluster";
-    /// An opted-in Cluster with neither `CALICO_POD_CIDR` nor a pod CIDR block.
-    pub const POD_CIDR_REQUIRED: &str = "pod-cidr-required";
     /// IPIP, IPIPCrossSubnet or None without `CALICO_BGP_OPTION=Enabled`.
     pub const ENCAPSULATION_NEEDS_BGP: &str = "encapsulation-needs-bgp";
     /// IPIP on an IPv6 pool.

@@ -350,11 +350,19 @@ fn defaults() {
     );
     // No Cluster known (a KCP or KCT with its own settings): no pool, and none needed.
     assert_eq!(settings(&[], None).0.pod_pool, None);
-    // A Cluster without any pod CIDR: refused, since its Installation needs a pool.
+    // A Cluster without any pod CIDR: admitted (it may have been before this check), and told that its Installation
+    // needs a pool.
     for pairs in [vec![], vec![(keys::CALICO_BLOCK_SIZE, "26")]] {
-        let p = problems(&pairs, Some(&network(&[])));
-        assert_eq!(rules_of(&p), vec![rules::POD_CIDR_REQUIRED], "{pairs:?}");
-        assert_eq!(p[0].key, "capi-calico.io/CALICO_POD_CIDR");
+        let (s, warnings) = settings(&pairs, Some(&network(&[])));
+        assert_eq!(s.pod_pool, None);
+        assert_eq!(
+            warnings,
+            vec![
+                "capi-calico: no pod CIDR: Calico is not delivered until CALICO_POD_CIDR or the Cluster's pod \
+                 cidrBlocks is set"
+            ],
+            "{pairs:?}"
+        );
     }
     assert!(
         settings(
