@@ -241,7 +241,8 @@ pub struct ServeArgs {
     /// A keep-alive connection with no request for this long is closed (never shorter than --request-timeout + 1s).
     #[arg(long, env = "CAPI_CALICO_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_positive_duration)]
     pub idle_timeout: std::time::Duration,
-    /// A connection older than this (within 10 %) is asked to finish, then closed --drain-timeout later.
+    /// A connection older than this (within 10 %) is asked to finish, then closed --drain-timeout later (at least
+    /// --request-timeout + 1s).
     #[arg(long, env = "CAPI_CALICO_MAX_CONNECTION_AGE", default_value = "10m", value_parser = parse_positive_duration)]
     pub max_connection_age: std::time::Duration,
     /// HTTP/2 streams at once per connection.

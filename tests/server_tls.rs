@@ -567,3 +567,31 @@ async fn connections_kept_busy_with_pings_end_at_the_maximum_age() {
     assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
     stop_server(server, stop).await;
 }
+
+/// A request still in flight when its connection reaches the maximum age is answered: the connection is asked to
+/// finish, and given at least the request deadline, even with `drain_timeout` 0.
+#[tokio::test]
+async fn a_request_in_flight_at_the_maximum_age_is_answered() {
+    let (dir, mut config) = self_signed();
+    config.max_connection_age = Duration::from_secs(1);
+    config.drain_timeout = Duration::ZERO;
+    let (server, stop) = start_server(config, FakeHandler::new()).await;
+    let client = https_client(&[&ca_of(&dir)], true);
+    let t0 = Instant::now();
+    // The fake handler takes 1.5 s for a "slow" body: the age (0.9 to 1.1 s) passes while it works.
+    let resp = post_json(&client, server.local_addr, "/mutate", "slow")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t0.elapsed()
+    );
+    // The connection closed after it; the next request goes over a new one and is answered too.
+    let resp = post_json(&client, server.local_addr, "/mutate", "{}")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    stop_server(server, stop).await;
+}

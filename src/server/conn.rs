@@ -39,6 +39,8 @@ pub(crate) struct ConnLimits {
     pub idle_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub max_connection_age: Duration,
+    /// How long a connection past its age may take to finish: never less than a request may take.
+    pub age_drain: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -134,7 +136,7 @@ pub(crate) async fn serve(
         tasks.spawn(async move {
             let _slot = slot;
             let _open = metrics.map(OpenConnection::new);
-            let drain = limits.drain_timeout;
+            let drain = limits.age_drain;
             let result = match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -198,7 +200,16 @@ where
     if stopping {
         return conn.await;
     }
-    tokio::time::timeout(drain, conn).await.unwrap_or(Ok(()))
+    match tokio::time::timeout(drain, conn).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::debug!(
+                drain_ms = drain.as_millis() as u64,
+                "a connection past its maximum age did not finish in time; closed"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `age` give or take 10 %, different for each connection, so that connections opened together (the API server's,

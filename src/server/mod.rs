@@ -71,7 +71,7 @@ pub struct ServerConfig {
     /// Raised to `request_timeout + 1 s` if set lower.
     pub idle_timeout: Duration,
     /// A connection older than this (±10 %) is asked to finish (HTTP/2 GOAWAY, HTTP/1 `Connection: close` after the
-    /// request in flight) and closed `drain_timeout` later (default 10 min). Bounds what a client that keeps a
+    /// request in flight) and closed `drain_timeout` later, at least `request_timeout + 1 s` (default 10 min). Bounds what a client that keeps a
     /// connection busy with pings, or stops reading its answers, can hold.
     pub max_connection_age: Duration,
     /// Open connections on the webhook port; at the limit, accepting pauses (default 1024).
@@ -219,6 +219,9 @@ pub async fn start<H: ReviewHandler>(
             .max(config.request_timeout + Duration::from_secs(1)),
         max_concurrent_streams: config.max_concurrent_streams,
         max_connection_age: config.max_connection_age,
+        age_drain: config
+            .drain_timeout
+            .max(config.request_timeout + Duration::from_secs(1)),
         drain_timeout: config.drain_timeout,
     };
     let metrics_limits = conn::ConnLimits {
