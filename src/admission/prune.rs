@@ -235,6 +235,22 @@ struct Build {
     prune: Option<(&'static [(&'static str, Node)], Others)>,
 }
 
+/// A list element, kept whole when the budget has room for it (charged only once the element is known to exist, so a
+/// list that ends exactly at the budget is not taken for one that went past it).
+struct Charged;
+
+impl<'de> DeserializeSeed<'de> for Charged {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Value>, D::Error> {
+        if charge() {
+            KEEP.deserialize(deserializer).map(Some)
+        } else {
+            <IgnoredAny as serde::Deserialize>::deserialize(deserializer).map(|_| None)
+        }
+    }
+}
+
 /// A whole value.
 const KEEP: Build = Build { prune: None };
 
@@ -314,15 +330,8 @@ impl<'de> Visitor<'de> for Build {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
-        loop {
-            if charge() {
-                match access.next_element_seed(KEEP)? {
-                    Some(value) => out.push(value),
-                    None => break,
-                }
-            } else if access.next_element::<IgnoredAny>()?.is_none() {
-                break;
-            }
+        while let Some(element) = access.next_element_seed(Charged)? {
+            out.extend(element);
         }
         Ok(Value::Array(out))
     }
@@ -407,6 +416,21 @@ mod tests {
                 .and_then(Value::as_array);
             let len = files.map_or(0, Vec::len);
             assert!(kept.contains(&len), "{n}: kept {len}");
+        }
+        // Exceeded exactly when something was left out, at the boundary too.
+        let last = |n: usize| {
+            serde_json::to_vec(&json!({"spec": {"template": {"spec": {"files": vec![0; n]}}}}))
+                .expect("encode")
+        };
+        for n in MAX_KEPT_VALUES - 8..MAX_KEPT_VALUES + 2 {
+            let body = last(n);
+            let (value, over) = budgeted(|| read(&body));
+            let kept = value
+                .expect("read")
+                .pointer("/spec/template/spec/files")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            assert_eq!(over, kept < n, "{n} values, {kept} kept");
         }
         // Outside `budgeted`, reading is unbounded, and a call does not leak its state into the next.
         let body = many(MAX_KEPT_VALUES * 2);
