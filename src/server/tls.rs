@@ -7,7 +7,9 @@
 //! symlink, which a watch on the file itself never sees) and, as a backstop, every `cert_poll_interval`. A new pair is
 //! parsed and checked (certificate parses, key parses, key matches certificate, not expired) before it is swapped in;
 //! a bad pair is refused, the old one is kept, and the refusal is logged at error level and counted in
-//! `capi_calico_tls_reloads_total{result="error"}`. The same bad content is reported once, not on every poll.
+//! `capi_calico_tls_reloads_total{result="error"}`. The same bad content is reported once, not on every poll. The
+//! two files are read one after the other; a pair that does not load is read once more, so a `..data` swap that
+//! lands between the two reads is not reported as a bad rotation.
 
 use std::fs;
 use std::io::Write;
@@ -281,8 +283,13 @@ impl CertReloader {
 
     /// Re-read the files; serve them if they changed and are good, refuse them loudly if bad.
     pub fn check(&self) -> ReloadResult {
-        let contents = read(&self.cert).and_then(|c| read(&self.key).map(|k| (c, k)));
-        let (cert, key) = match contents {
+        self.check_with(read)
+    }
+
+    /// [`CertReloader::check`], reading files with `read`.
+    fn check_with(&self, read: impl Fn(&Path) -> Result<Vec<u8>, TlsError>) -> ReloadResult {
+        let read_pair = || read(&self.cert).and_then(|c| read(&self.key).map(|k| (c, k)));
+        let (mut cert, mut key) = match read_pair() {
             Ok(pair) => pair,
             Err(e) => {
                 if self.remember(Seen::Unreadable(e.to_string())) {
@@ -293,7 +300,22 @@ impl CertReloader {
                 return ReloadResult::Unchanged;
             }
         };
-        let result = load_pair(&cert, &key, &self.cert, &self.key, &self.provider);
+        let mut result = load_pair(&cert, &key, &self.cert, &self.key, &self.provider);
+        // The two files are read one after the other: a Secret volume's `..data` swap between the reads gives the
+        // old certificate with the new key. Read once more; content that moved meanwhile is what to judge.
+        if result.is_err()
+            && let Ok((again_cert, again_key)) = read_pair()
+            && (again_cert != cert || again_key != key)
+        {
+            result = load_pair(
+                &again_cert,
+                &again_key,
+                &self.cert,
+                &self.key,
+                &self.provider,
+            );
+            (cert, key) = (again_cert, again_key);
+        }
         if !self.remember(Seen::Content { cert, key }) {
             return ReloadResult::Unchanged;
         }
@@ -674,6 +696,50 @@ mod tests {
             text.contains(r#"capi_calico_tls_reloads_total{result="success"} 2"#),
             "{text}"
         );
+    }
+
+    /// A rotation that lands between the reads of the two files (old certificate, new key) is not refused: the pair
+    /// is read again and the new one served, with no error counted.
+    #[test]
+    fn a_swap_between_the_two_reads_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let a = generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap();
+        let b = generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap();
+        fs::write(&cert, &a.cert_pem).unwrap();
+        fs::write(&key, &a.key_pem).unwrap();
+        let resolver = Arc::new(CertResolver::default());
+        let metrics = Arc::new(Metrics::new());
+        let r = CertReloader::new(
+            cert.clone(),
+            key.clone(),
+            resolver.clone(),
+            metrics.clone(),
+            Arc::new(Health::default()),
+            Arc::new(provider()),
+        );
+        r.initial_load().unwrap();
+        let served = resolver.current_leaf().unwrap();
+        // The first read of the certificate still sees a's; every later read sees b's files.
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let swapping = |path: &Path| -> Result<Vec<u8>, TlsError> {
+            let n = reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(match (path == cert, n) {
+                (true, 0) => a.cert_pem.clone().into_bytes(),
+                (true, _) => b.cert_pem.clone().into_bytes(),
+                (false, _) => b.key_pem.clone().into_bytes(),
+            })
+        };
+        assert_eq!(r.check_with(swapping), ReloadResult::Reloaded);
+        assert_ne!(resolver.current_leaf().unwrap(), served);
+        let text = metrics.encode().unwrap();
+        assert!(
+            !text.contains(r#"capi_calico_tls_reloads_total{result="error"} 1"#),
+            "{text}"
+        );
+        // A pair that stays mismatched on the second read is still refused (the files on disk hold a's key).
+        fs::write(&cert, &b.cert_pem).unwrap();
+        assert_eq!(r.check(), ReloadResult::Refused);
     }
 
     #[tokio::test]
