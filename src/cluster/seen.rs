@@ -98,26 +98,41 @@ impl Seen {
         self.insert(key, (fingerprint, Instant::now(), Some(valid)));
     }
 
-    /// [`Seen::remember_for`] with a time that doubles, from `first` up to `max`, while `key` is handled again with
-    /// the same `fingerprint` and still waits: how long it will be this time.
-    pub fn remember_backing_off(
-        &self,
-        key: &str,
-        fingerprint: u64,
-        first: Duration,
-        max: Duration,
-    ) -> Duration {
-        let previous = match self.map().get(key) {
-            Some((seen, _, Some(valid))) if *seen == fingerprint => Some(*valid),
-            _ => None,
-        };
-        let valid = previous
-            .map_or(first, |valid| valid.saturating_mul(2))
-            .min(max);
-        self.remember_for(key, fingerprint, valid);
-        valid
+    /// Remove `key`'s entry and say what it was: the fingerprint, and how long it stood for (`None`: until the
+    /// resync). A full pass starts with this: until it succeeds, no earlier fingerprint may cause a skip.
+    pub fn take(&self, key: &str) -> Option<Remembered> {
+        self.map()
+            .remove(key)
+            .map(|(fingerprint, _, valid)| Remembered { fingerprint, valid })
     }
+}
 
+/// What [`Seen::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    pub fingerprint: u64,
+    pub valid: Option<Duration>,
+}
+
+/// How long to wait before looking again at something that still waits with `fingerprint`: `first`, then twice the
+/// previous wait (`previous`, from [`Seen::take`]) for as long as the fingerprint stays the same, up to `max`.
+pub fn backing_off(
+    previous: Option<Remembered>,
+    fingerprint: u64,
+    first: Duration,
+    max: Duration,
+) -> Duration {
+    match previous {
+        Some(Remembered {
+            fingerprint: seen,
+            valid: Some(valid),
+        }) if seen == fingerprint => valid.saturating_mul(2),
+        _ => first,
+    }
+    .min(max)
+}
+
+impl Seen {
     fn insert(&self, key: &str, entry: Entry) {
         let mut map = self.map();
         if map.len() >= Self::MAX && !map.contains_key(key) {
@@ -232,20 +247,23 @@ mod tests {
         );
         seen.remember_for("u-1", 7, Duration::ZERO);
         assert_eq!(seen.skip("u-1", 7, resync), None, "due");
-        // Backing off: doubles while the inputs stay, up to the bound; starts again for other inputs.
+        // Backing off, as a full pass does it (take, then remember for the next wait): doubles while the inputs
+        // stay, up to the bound; starts again for other inputs, or after a pass that settled.
         let (first, max) = (Duration::from_secs(60), Duration::from_secs(300));
         seen.forget("u-1");
-        let times: Vec<u64> = (0..5)
-            .map(|_| seen.remember_backing_off("u-1", 7, first, max).as_secs())
-            .collect();
+        let pass = |fingerprint: u64| {
+            let wait = backing_off(seen.take("u-1"), fingerprint, first, max);
+            seen.remember_for("u-1", fingerprint, wait);
+            wait.as_secs()
+        };
+        let times: Vec<u64> = (0..5).map(|_| pass(7)).collect();
         assert_eq!(times, [60, 120, 240, 300, 300]);
-        assert_eq!(seen.remember_backing_off("u-1", 8, first, max), first);
+        assert_eq!(pass(8), 60, "other inputs");
+        assert_eq!(pass(8), 120);
         seen.remember("u-1", 8);
-        assert_eq!(
-            seen.remember_backing_off("u-1", 8, first, max),
-            first,
-            "after a settled pass"
-        );
+        assert_eq!(pass(8), 60, "after a settled pass");
+        assert_eq!(seen.take("u-1").map(|r| r.valid), Some(Some(first)));
+        assert_eq!(seen.take("u-1"), None, "taken");
     }
 
     #[test]

@@ -336,7 +336,7 @@ impl DeliveryStatus {
             ),
             DeliveryStatus::ApplyFailed { version, error } => format!(
                 "Calico {version}: writing the bundle copies, Installation ConfigMap or ClusterResourceSet failed \
-                 (retried every 30 s): {error}"
+                 (retried from 30 s on, less often while it fails): {error}"
             ),
             DeliveryStatus::NotApplied {
                 version,

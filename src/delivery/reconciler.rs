@@ -32,7 +32,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::cluster::seen::Seen;
+use crate::cluster::seen::{Seen, backing_off};
 
 use super::{
     DEFAULT_BUNDLE_NAMESPACE, DIGEST_ANNOTATION, DeliveryError, FIELD_MANAGER, MANAGED_BY_LABEL,
@@ -222,12 +222,21 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         .map(|cm| serde_json::to_value(&**cm))
         .collect::<Result<Vec<Value>, _>>()?;
     // A full pass from here: until it succeeds, no earlier fingerprint may cause a skip (a pass that fails halfway
-    // followed by a revert to the remembered inputs would otherwise leave this pass's writes in place).
-    ctx.applied.forget(&uid);
+    // followed by a revert to the remembered inputs would otherwise leave this pass's writes in place). What was
+    // remembered tells how long the last wait was, for backing off.
+    let previous = ctx.applied.take(&uid);
+    // Waiting again with the same inputs (a failed pass, or Cluster API not done): not before this, and events with
+    // these inputs (our own status write, Cluster API's status updates) are skipped until then.
+    let wait_again = |first: Duration| {
+        let wait = backing_off(previous, fingerprint, first, ctx.config.resync);
+        ctx.applied.remember_for(&uid, fingerprint, wait);
+        wait
+    };
 
     // The status to record, and for an applied Cluster the bundle copies it may no longer use. `settled`: nothing
     // left to watch for until the inputs change (Cluster API has answered about the set, or there is no set).
     let mut settled = true;
+    let mut keep_recorded = false;
     let (status, retire_step): (DeliveryStatus, Option<(ClusterRef, Vec<String>)>) = match plan(
         &object,
         &ctx.config.bundle_namespace,
@@ -239,6 +248,8 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             if current_status(&object).is_some() {
                 patch_status(&ctx, &cluster, Value::Null).await?;
             }
+            // Most Clusters may be here: their status updates are skipped like any other.
+            ctx.applied.remember(&uid, fingerprint);
             return Ok(Action::await_change());
         }
         Plan::Apply { desired, status } => {
@@ -259,9 +270,8 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
                             tracing::warn!(error = %e, cluster = %cluster.name_any(), "recording the failure");
                         }
                     }
-                    // Until the error policy's retry, events with the same inputs (this status write among them) do
-                    // not bring the next attempt sooner.
-                    ctx.applied.remember_for(&uid, fingerprint, ERROR_RETRY);
+                    // 30 s, then less often while the same inputs keep failing.
+                    wait_again(ERROR_RETRY);
                     return Err(error);
                 }
             };
@@ -271,6 +281,11 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             // selects no Cluster gets no answer; the label it waits for is a change of the Cluster anyway.
             settled = applied.crs == CrsApplied::Applied
                 || matches!(status, DeliveryStatus::LabelMissing { .. });
+            // A change of the set (its generation) leaves its last verdict unknown until Cluster API looks again:
+            // a NotApplied on record stays until then, rather than flapping through Delivered.
+            keep_recorded = applied.crs == CrsApplied::Unknown
+                && matches!(status, DeliveryStatus::Delivered { .. })
+                && recorded_reason(&object).as_deref() == Some("NotApplied");
             let status = match (status, applied.crs) {
                 (DeliveryStatus::Delivered { version }, CrsApplied::Failed { reason, message }) => {
                     DeliveryStatus::NotApplied {
@@ -286,7 +301,9 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         }
         Plan::Report(status) => (status, None),
     };
-    record(&ctx, &cluster, &object, &status).await?;
+    if !keep_recorded {
+        record(&ctx, &cluster, &object, &status).await?;
+    }
     // After the status: a failure here does not hide the delivery, it fails the pass (retried in 30 s, with
     // the copies of other loaded versions found again).
     if let Some((cref, names)) = retire_step.filter(|(_, names)| !ctx.retired.covers(&uid, names)) {
@@ -300,23 +317,27 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             ),
         };
         let reconciled = cluster.metadata.annotations.clone().unwrap_or_default();
-        if retire::retire_copies(&apis, &cref, &reconciled, &names).await? {
-            ctx.retired.remember(&uid, &names);
+        match retire::retire_copies(&apis, &cref, &reconciled, &names).await {
+            Ok(true) => ctx.retired.remember(&uid, &names),
+            Ok(false) => {}
+            Err(error) => {
+                wait_again(ERROR_RETRY);
+                return Err(error);
+            }
         }
     }
     if settled {
         ctx.applied.remember(&uid, fingerprint);
         Ok(Action::requeue(ctx.config.resync))
     } else {
-        // Events with the same inputs (CAPI's status updates) are still skipped until then.
-        let recheck = ctx.applied.remember_backing_off(
-            &uid,
-            fingerprint,
-            UNSETTLED_RECHECK,
-            ctx.config.resync,
-        );
-        Ok(Action::requeue(recheck))
+        Ok(Action::requeue(wait_again(UNSETTLED_RECHECK)))
     }
+}
+
+/// The `reason` of the delivery status recorded on the Cluster, if any.
+fn recorded_reason(cluster: &Value) -> Option<String> {
+    let recorded: Value = serde_json::from_str(current_status(cluster)?).ok()?;
+    recorded.get("reason")?.as_str().map(str::to_string)
 }
 
 /// An error as a user reads it on the Cluster: the API server's own message (with its code and reason) rather

@@ -495,6 +495,51 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
             && message.contains("addons.cluster.x-k8s.io/resource-set"),
         "{failed}"
     );
+    // A change of the set (here: the Cluster gains a pull Secret, which the set lists) makes that verdict stale; the
+    // status stays NotApplied until Cluster API has looked at the new generation, instead of flapping to Delivered.
+    let generation_of_set = || -> TestResult<Value> {
+        Ok(h.get_json(
+            "clusterresourcesets.addons.cluster.x-k8s.io",
+            &ns,
+            "calico-calico",
+        )?["metadata"]["generation"]
+            .clone())
+    };
+    let before = generation_of_set()?;
+    let pull_secret = |value: &str| {
+        h.kubectl_ok(
+            &[
+                "annotate",
+                "--overwrite",
+                "-n",
+                &ns,
+                "cluster",
+                "calico",
+                &format!("capi-calico.io/CALICO_IMAGE_PULL_SECRET{value}"),
+            ],
+            None,
+        )
+    };
+    pull_secret("=calico-pull")?;
+    poll("the set changed by the pull Secret", 30, || {
+        Ok((generation_of_set()? != before).then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
+    ensure!(
+        status_of(&c).is_some_and(|s| s["reason"] == "NotApplied"),
+        "status after the set changed: {:?}",
+        status_of(&c)
+    );
+    pull_secret("-")?;
+    poll("the set back without the pull Secret", 30, || {
+        let crs = h.get_json(
+            "clusterresourcesets.addons.cluster.x-k8s.io",
+            &ns,
+            "calico-calico",
+        )?;
+        Ok((!crs["spec"]["resources"].to_string().contains("calico-pull")).then_some(()))
+    })?;
     crs_status("True", "Applied", "", "2")?;
     poll(
         "Delivered again once Cluster API applied the set",
