@@ -1114,18 +1114,7 @@ fn s5_unrelated_update_keeps_injection(h: &mut Harness) -> TestResult {
     );
 
     // A pool change on the stored Cluster is admitted, with `Warning:` lines from the comparison with oldObject.
-    let out = h.kubectl(
-        &[
-            "annotate",
-            "--overwrite",
-            "-n",
-            &ns,
-            "cluster",
-            "calico",
-            "capi-calico.io/CALICO_BLOCK_SIZE=27",
-        ],
-        None,
-    )?;
+    let out = h.annotate_cluster(&ns, "calico", "capi-calico.io/CALICO_BLOCK_SIZE=27")?;
     ensure!(out.success, "{out:?}");
     ensure!(
         out.stderr.contains(

@@ -462,18 +462,8 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
             ],
             None,
         )?;
-        h.kubectl_ok(
-            &[
-                "annotate",
-                "--overwrite",
-                "-n",
-                &ns,
-                "cluster",
-                "calico",
-                &format!("e2e/crs-check={touch}"),
-            ],
-            None,
-        )?;
+        h.annotate_cluster(&ns, "calico", &format!("e2e/crs-check={touch}"))?
+            .check("kubectl annotate")?;
         Ok(())
     };
     crs_status(
@@ -507,18 +497,12 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
     };
     let before = generation_of_set()?;
     let pull_secret = |value: &str| {
-        h.kubectl_ok(
-            &[
-                "annotate",
-                "--overwrite",
-                "-n",
-                &ns,
-                "cluster",
-                "calico",
-                &format!("capi-calico.io/CALICO_IMAGE_PULL_SECRET{value}"),
-            ],
-            None,
-        )
+        h.annotate_cluster(
+            &ns,
+            "calico",
+            &format!("capi-calico.io/CALICO_IMAGE_PULL_SECRET{value}"),
+        )?
+        .check("kubectl annotate")
     };
     pull_secret("=calico-pull")?;
     poll("the set changed by the pull Secret", 30, || {

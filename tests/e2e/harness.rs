@@ -625,6 +625,15 @@ impl Harness {
         Ok(self.kubectl(args, stdin)?.check(&what)?.stdout)
     }
 
+    /// `kubectl annotate --overwrite -n NS cluster NAME PAIR` (`key=value`, or `key-` to remove); the whole output,
+    /// whatever the exit (the caller checks it: a webhook may refuse the change).
+    pub fn annotate_cluster(&self, ns: &str, name: &str, pair: &str) -> TestResult<Output> {
+        self.kubectl(
+            &["annotate", "--overwrite", "-n", ns, "cluster", name, pair],
+            None,
+        )
+    }
+
     /// Client-side `kubectl apply -n NS -f -` of a YAML/JSON text; fails on a non-zero exit.
     pub fn apply(&self, ns: &str, yaml: &str) -> TestResult<Output> {
         self.kubectl(&["apply", "-n", ns, "-f", "-"], Some(yaml))?
