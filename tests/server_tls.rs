@@ -39,6 +39,30 @@ fn ca_of(dir: &tempfile::TempDir) -> String {
     fs::read_to_string(dir.path().join("ca.crt")).unwrap()
 }
 
+/// An HTTP/2 client over `stream`, its connection driven in the background.
+async fn h2_client(
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<axum::body::Bytes>> {
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// `POST /validate` of `{}` for a hyper client.
+fn empty_review(addr: SocketAddr) -> hyper::Request<http_body_util::Full<axum::body::Bytes>> {
+    hyper::Request::post(url(addr, "/validate"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(axum::body::Bytes::from_static(
+            b"{}",
+        )))
+        .unwrap()
+}
+
 async fn start_server(
     config: ServerConfig,
     handler: Arc<FakeHandler>,
@@ -167,20 +191,11 @@ async fn https_end_to_end_with_self_signed_certificate() {
         .await
         .unwrap();
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(h2),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::post(url(server.local_addr, "/validate"))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(axum::body::Bytes::from_static(
-            b"{}",
-        )))
+    let mut sender = h2_client(h2).await;
+    let resp = sender
+        .send_request(empty_review(server.local_addr))
+        .await
         .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), hyper::Version::HTTP_2);
     let body = http_body_util::BodyExt::collect(resp.into_body())
@@ -533,14 +548,7 @@ async fn connections_kept_busy_with_pings_end_at_the_maximum_age() {
         let result = conn.await;
         (t0.elapsed(), result.is_ok())
     });
-    let req = || {
-        hyper::Request::post(url(addr, "/validate"))
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(axum::body::Bytes::from_static(
-                b"{}",
-            )))
-            .unwrap()
-    };
+    let req = || empty_review(addr);
     assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
     let (lived, clean) = tokio::time::timeout(Duration::from_secs(6), closed)
         .await
@@ -557,13 +565,7 @@ async fn connections_kept_busy_with_pings_end_at_the_maximum_age() {
     );
 
     let h2 = tls_connect(addr, &[&ca], &[b"h2"]).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(h2),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_client(h2).await;
     assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
     stop_server(server, stop).await;
 }

@@ -433,28 +433,21 @@ mod tests {
             assert_eq!(over, kept < n, "{n} values, {kept} kept");
         }
         // Outside `budgeted`, reading is unbounded, and a call does not leak its state into the next.
-        let body = many(MAX_KEPT_VALUES * 2);
-        let whole = read(&body).expect("read");
-        assert_eq!(
-            whole
+        let files_read = |body: &[u8]| {
+            read(body)
+                .expect("read")
                 .pointer("/spec/template/spec/files")
                 .and_then(Value::as_array)
-                .map(Vec::len),
-            Some(MAX_KEPT_VALUES * 2)
-        );
+                .map_or(0, Vec::len)
+        };
+        let body = many(MAX_KEPT_VALUES * 2);
+        assert_eq!(files_read(&body), MAX_KEPT_VALUES * 2);
         let (_, over) = budgeted(|| read(&many(1)));
         assert!(!over);
         // A panic inside leaves the thread unbounded again.
         let caught = std::panic::catch_unwind(|| budgeted(|| panic!("inside")));
         assert!(caught.is_err());
-        let whole = read(&body).expect("read");
-        assert_eq!(
-            whole
-                .pointer("/spec/template/spec/files")
-                .and_then(Value::as_array)
-                .map(Vec::len),
-            Some(MAX_KEPT_VALUES * 2)
-        );
+        assert_eq!(files_read(&body), MAX_KEPT_VALUES * 2);
     }
 
     #[test]

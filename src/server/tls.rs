@@ -657,8 +657,18 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn reloader_keeps_old_pair_on_bad_content_and_reports_once() {
+    /// A reloader serving pair `a` from `tls.crt` / `tls.key` in a fresh directory.
+    struct Loaded {
+        _dir: tempfile::TempDir,
+        cert: PathBuf,
+        key: PathBuf,
+        a: GeneratedPair,
+        resolver: Arc<CertResolver>,
+        metrics: Arc<Metrics>,
+        reloader: CertReloader,
+    }
+
+    fn loaded_reloader() -> Loaded {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         let a = generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap();
@@ -666,7 +676,7 @@ mod tests {
         fs::write(&key, &a.key_pem).unwrap();
         let resolver = Arc::new(CertResolver::default());
         let metrics = Arc::new(Metrics::new());
-        let r = CertReloader::new(
+        let reloader = CertReloader::new(
             cert.clone(),
             key.clone(),
             resolver.clone(),
@@ -674,20 +684,35 @@ mod tests {
             Arc::new(Health::default()),
             Arc::new(provider()),
         );
-        r.initial_load().unwrap();
+        reloader.initial_load().unwrap();
+        Loaded {
+            _dir: dir,
+            cert,
+            key,
+            a,
+            resolver,
+            metrics,
+            reloader,
+        }
+    }
+
+    #[test]
+    fn reloader_keeps_old_pair_on_bad_content_and_reports_once() {
+        let t = loaded_reloader();
+        let (cert, key, resolver, r) = (&t.cert, &t.key, &t.resolver, &t.reloader);
         let served = resolver.current_leaf().unwrap();
         assert_eq!(r.check(), ReloadResult::Unchanged);
 
         let b = generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap();
-        fs::write(&cert, &b.cert_pem).unwrap(); // key still a's: mismatch
+        fs::write(cert, &b.cert_pem).unwrap(); // key still a's: mismatch
         assert_eq!(r.check(), ReloadResult::Refused);
         assert_eq!(r.check(), ReloadResult::Unchanged);
         assert_eq!(resolver.current_leaf().unwrap(), served);
 
-        fs::write(&key, &b.key_pem).unwrap();
+        fs::write(key, &b.key_pem).unwrap();
         assert_eq!(r.check(), ReloadResult::Reloaded);
         assert_ne!(resolver.current_leaf().unwrap(), served);
-        let text = metrics.encode().unwrap();
+        let text = t.metrics.encode().unwrap();
         assert!(
             text.contains(r#"capi_calico_tls_reloads_total{result="error"} 1"#),
             "{text}"
@@ -702,23 +727,9 @@ mod tests {
     /// is read again and the new one served, with no error counted.
     #[test]
     fn a_swap_between_the_two_reads_is_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        let a = generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap();
+        let t = loaded_reloader();
+        let (cert, a, resolver, r) = (&t.cert, &t.a, &t.resolver, &t.reloader);
         let b = generate_self_signed(&["localhost"], Duration::from_secs(3600)).unwrap();
-        fs::write(&cert, &a.cert_pem).unwrap();
-        fs::write(&key, &a.key_pem).unwrap();
-        let resolver = Arc::new(CertResolver::default());
-        let metrics = Arc::new(Metrics::new());
-        let r = CertReloader::new(
-            cert.clone(),
-            key.clone(),
-            resolver.clone(),
-            metrics.clone(),
-            Arc::new(Health::default()),
-            Arc::new(provider()),
-        );
-        r.initial_load().unwrap();
         let served = resolver.current_leaf().unwrap();
         // The first read of the certificate still sees a's; every later read sees b's files.
         let reads = std::sync::atomic::AtomicUsize::new(0);
@@ -732,13 +743,13 @@ mod tests {
         };
         assert_eq!(r.check_with(swapping), ReloadResult::Reloaded);
         assert_ne!(resolver.current_leaf().unwrap(), served);
-        let text = metrics.encode().unwrap();
+        let text = t.metrics.encode().unwrap();
         assert!(
             !text.contains(r#"capi_calico_tls_reloads_total{result="error"} 1"#),
             "{text}"
         );
         // A pair that stays mismatched on the second read is still refused (the files on disk hold a's key).
-        fs::write(&cert, &b.cert_pem).unwrap();
+        fs::write(cert, &b.cert_pem).unwrap();
         assert_eq!(r.check(), ReloadResult::Refused);
     }
 
