@@ -304,7 +304,7 @@ impl DeliveryStatus {
             DeliveryStatus::BundleIncomplete { .. } => "BundleIncomplete",
             DeliveryStatus::InvalidSettings { .. } => "InvalidSettings",
             DeliveryStatus::Unsupported { .. } => "Unsupported",
-            DeliveryStatus::NotApplied { .. } => "NotApplied",
+            DeliveryStatus::NotApplied { .. } => NOT_APPLIED,
             DeliveryStatus::ApplyFailed { .. } => "ApplyFailed",
         }
     }
@@ -499,6 +499,15 @@ pub fn current_status(cluster: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// The `reason` of the status recorded on a Cluster (what [`DeliveryStatus::annotation_value`] wrote), if any.
+pub fn recorded_reason(cluster: &Value) -> Option<String> {
+    let recorded: Value = serde_json::from_str(current_status(cluster)?).ok()?;
+    recorded.get("reason")?.as_str().map(str::to_string)
+}
+
+/// [`DeliveryStatus::reason`] of [`DeliveryStatus::NotApplied`].
+pub const NOT_APPLIED: &str = "NotApplied";
+
 /// A fingerprint of everything [`plan`] and the status record can depend on: the Cluster as a status-only update
 /// leaves it ([`crate::cluster::seen::hash_cluster`]), and the name and resourceVersion of every bundle ConfigMap
 /// (from their metadata: the reconciler computes this before it turns the ~2.6 MB of a loaded bundle into JSON, which
@@ -603,6 +612,11 @@ pub(crate) mod tests {
         };
         assert!(!status.is_ready());
         assert_eq!(status.reason(), "NotApplied");
+        // What the reconciler reads back of what it wrote.
+        let recorded =
+            json!({"metadata": {"annotations": {STATUS_ANNOTATION: status.annotation_value()}}});
+        assert_eq!(recorded_reason(&recorded).as_deref(), Some(NOT_APPLIED));
+        assert_eq!(recorded_reason(&json!({"metadata": {}})), None);
         let message = status.message();
         for part in [
             "ClusterResourceSet wl-1-calico",

@@ -38,8 +38,8 @@ use super::{
     DEFAULT_BUNDLE_NAMESPACE, DIGEST_ANNOTATION, DeliveryError, FIELD_MANAGER, MANAGED_BY_LABEL,
     ROLE_LABEL, STATUS_ANNOTATION,
     desired::{
-        ClusterRef, CrsApplied, DeliveryStatus, Desired, Plan, crs_applied, current_status,
-        inputs_fingerprint, name_of, owner_field_manager, plan,
+        ClusterRef, CrsApplied, DeliveryStatus, Desired, NOT_APPLIED, Plan, crs_applied,
+        current_status, inputs_fingerprint, name_of, owner_field_manager, plan, recorded_reason,
     },
     retire::{self, copies_to_retire, listed_configmaps},
 };
@@ -285,7 +285,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             // a NotApplied on record stays until then, rather than flapping through Delivered.
             keep_recorded = applied.crs == CrsApplied::Unknown
                 && matches!(status, DeliveryStatus::Delivered { .. })
-                && recorded_reason(&object).as_deref() == Some("NotApplied");
+                && recorded_reason(&object).as_deref() == Some(NOT_APPLIED);
             let status = match (status, applied.crs) {
                 (DeliveryStatus::Delivered { version }, CrsApplied::Failed { reason, message }) => {
                     DeliveryStatus::NotApplied {
@@ -332,12 +332,6 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     } else {
         Ok(Action::requeue(wait_again(UNSETTLED_RECHECK)))
     }
-}
-
-/// The `reason` of the delivery status recorded on the Cluster, if any.
-fn recorded_reason(cluster: &Value) -> Option<String> {
-    let recorded: Value = serde_json::from_str(current_status(cluster)?).ok()?;
-    recorded.get("reason")?.as_str().map(str::to_string)
 }
 
 /// An error as a user reads it on the Cluster: the API server's own message (with its code and reason) rather
