@@ -269,7 +269,7 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
         }
     };
 
-    let verdict = match &*resolution {
+    let mut verdict = match &*resolution {
         Resolution::NotOptedIn { warnings } => {
             let mut warnings = fit_all(warnings);
             // Opting out changes nothing on the object (removing our entries would roll the control plane
@@ -316,7 +316,6 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
             fit_all(warnings),
         ),
     };
-    let mut verdict = verdict;
     // A template of a Cluster that is not opted in keeps what it carries (warned above), whatever its users want.
     let keeps_entries = matches!(&*resolution, Resolution::NotOptedIn { .. })
         && mutation::carries_injection(object, target);
@@ -352,6 +351,7 @@ fn carried<P: Prepare>(
 /// Warnings for a KubeadmConfigTemplate that MachineDeployments of other Clusters use too (`sharers`), when their
 /// settings would give it other capi-calico entries than the Cluster it follows: a template carries one Cluster's
 /// settings, so the other Clusters' workers get those. Nothing when every sharer's settings give the same entries.
+/// Called for an admitted template only, so `resolution` is one that could be injected (invalid ones are denied).
 fn sharing_warnings<P: Prepare>(
     prepare: &P,
     target: Target,
@@ -364,7 +364,7 @@ fn sharing_warnings<P: Prepare>(
         .iter()
         .filter(|other| {
             let theirs = prepare.resolve(&other.annotations, Some(&other.network));
-            own.is_err() || carried(prepare, target, &theirs) != own
+            carried(prepare, target, &theirs) != own
         })
         .map(|other| other.name.as_str())
         .collect();

@@ -507,3 +507,44 @@ async fn record(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> DeliveryError {
+        let status: kube::core::Status = serde_json::from_value(json!({
+            "status": "Failure", "code": code, "reason": reason,
+            "message": format!("configmaps \"x\" is refused ({reason})")
+        }))
+        .expect("status");
+        DeliveryError::Kube(kube::Error::Api(Box::new(status)))
+    }
+
+    /// What is told on the Cluster (ApplyFailed) and in which words: refusals that last, in the API server's message;
+    /// conflicts, throttling and server errors pass with the retry and are only logged.
+    #[test]
+    fn lasting_refusals_are_told_in_the_api_servers_words() {
+        for (code, reason, told) in [
+            (403, "Forbidden", true),
+            (404, "NotFound", true),
+            (422, "Invalid", true),
+            (409, "Conflict", false),
+            (429, "TooManyRequests", false),
+            (500, "InternalError", false),
+        ] {
+            let error = api_error(code, reason);
+            assert_eq!(lasting(&error), told, "{code}");
+            assert_eq!(
+                in_words(&error),
+                format!("configmaps \"x\" is refused ({reason}) ({code} {reason})")
+            );
+        }
+        let other = DeliveryError::Retire {
+            name: "calico-v3.30.7-crds-00".into(),
+            reason: "gone".into(),
+        };
+        assert!(!lasting(&other));
+        assert_eq!(in_words(&other), other.to_string());
+    }
+}
