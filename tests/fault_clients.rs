@@ -3,7 +3,7 @@
 //! hundreds of idle connections with and without a TLS handshake (closed by the header / handshake deadlines), an
 //! oversized body, declared or streamed (413 at once), and deeply nested JSON (400 at once: serde_json's recursion
 //! limit). A second test stalls 32 large bodies against a small body-memory budget, and against a roomy one as the
-//! control. `tests/server_tls.rs` covers the same bounds in-process with tight timeouts; this runs the shipped
+//! control; others send reviews that would grow when read, and hold every connection slot of the probe port. `tests/server_tls.rs` covers the same bounds in-process with tight timeouts; this runs the shipped
 //! defaults of `serve`.
 
 mod load_support;
@@ -415,6 +415,58 @@ async fn a_body_that_would_grow_when_read_is_denied_in_bounded_memory() {
     assert!(growth < 48 * 1024, "grew {growth} KiB");
     assert!(took < Duration::from_secs(10), "{took:?}");
     // And normal reviews are still answered.
+    for shot in mix() {
+        shoot(&client, serve.addr, &shot).await.unwrap();
+    }
+}
+
+/// A pod that can reach the probe and metrics port fills its 64 connection slots with connections that send nothing,
+/// or a request head a byte at a time, and opens new ones as they are cut: the kubelet's liveness probe (a new
+/// connection each time, 2 s timeout in deploy/) is still answered at once, since each new connection there makes
+/// the oldest one finish. With accepting paused at the limit, as on the webhook port, the probe waited for the 5 s
+/// header deadline to free a slot, and three such probes in a row restart the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_held_on_the_probe_port_do_not_starve_the_liveness_probe() {
+    let (_guard, dir) = tmp();
+    let serve = Serve::start(&["--no-cluster-lookup", "--self-signed-dir", path_str(&dir)]);
+    let metrics = serve.metrics.expect("metrics port");
+    // (Also installs the TLS provider the plain `http_get` client needs.)
+    let client = https_client(&[read_ca(&dir)], true);
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let mut s = TcpStream::connect(metrics).await.unwrap();
+        if i % 2 == 1 {
+            // A request head begun and never finished.
+            s.write_all(b"GET /metr").await.unwrap();
+        }
+        held.push(s);
+    }
+    for attempt in 0..3 {
+        let t0 = Instant::now();
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(2), http_get(metrics, "/healthz"))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("probe {attempt} not answered within the probe's 2 s timeout")
+                });
+        let took = t0.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            took < Duration::from_secs(1),
+            "probe {attempt} took {took:?}"
+        );
+        // The holder opens more while the probes run.
+        for _ in 0..64 {
+            held.push(TcpStream::connect(metrics).await.unwrap());
+        }
+    }
+    // The oldest held connections were the ones closed; the newest 64 (at most) are still open.
+    let (closed, _) = count_closed(&mut held[..100], Duration::from_secs(2)).await;
+    assert_eq!(
+        closed, 100,
+        "the oldest connections are closed to make room"
+    );
+    // The webhook port was never affected.
     for shot in mix() {
         shoot(&client, serve.addr, &shot).await.unwrap();
     }

@@ -1,4 +1,5 @@
-//! Accept loop and per-connection bounds: a connection limit (accepting pauses while it is reached), a TLS
+//! Accept loop and per-connection bounds: a connection limit (accepting pauses while it is reached, or, on the
+//! probe and metrics port, the oldest connection is asked to close: see [`WhenFull`]), a TLS
 //! handshake deadline, hyper's HTTP/1 header read timeout (slowloris; hyper starts it whenever it waits for a request
 //! head, so it also closes HTTP/1 keep-alive connections idle for that long), an I/O idle timeout (no byte either
 //! way: closes silent HTTP/2 connections and stalled peers), a maximum connection age (a client that keeps its
@@ -21,12 +22,21 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::http::Request;
+use hyper::body::Incoming;
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
+use tower::util::Either;
 
 use super::metrics::Metrics;
 
@@ -42,6 +52,21 @@ pub(crate) struct ConnLimits {
     /// How long a connection past its age may take to finish: never less than a request may take.
     pub age_drain: Duration,
     pub drain_timeout: Duration,
+    pub when_full: WhenFull,
+}
+
+/// What a listener does with a new connection while `max_connections` are open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// Accept nothing until one closes (the webhook port: the API server is its only client, and a connection of its
+    /// own must not be closed to make room for a stranger's).
+    Wait,
+    /// Accept it, and close the oldest open connection that has no request in flight (the oldest of all when every
+    /// one has: it is asked to finish as at its maximum age). For the probe and metrics port: the kubelet's liveness
+    /// probe opens a new connection each time, and a pod that holds every slot with connections that send nothing,
+    /// or half a request head, must not get the webhook restarted. Connections still finishing count against a
+    /// second `max_connections`, past which accepting pauses as with [`WhenFull::Wait`].
+    CloseOldest,
 }
 
 /// What one connection buffers at most besides the body budget: the HTTP/1 read buffer, the HTTP/2 stream and
@@ -93,7 +118,13 @@ pub(crate) async fn serve(
         http1: builder(&limits).http1_only(),
         http2: builder(&limits).http2_only(),
     });
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(match limits.when_full {
+        WhenFull::Wait => max,
+        WhenFull::CloseOldest => max.saturating_mul(2),
+    }));
+    let open = Arc::new(OpenSet::new(max));
+    let mut next_id: u64 = 0;
     let mut tasks = JoinSet::new();
     let conn_stop = stop.clone();
     let ages = std::hash::RandomState::new();
@@ -129,12 +160,23 @@ pub(crate) async fn serve(
         let mut stop = conn_stop.clone();
         let age = jittered(limits.max_connection_age, &ages, peer);
         let builders = Arc::clone(&builders);
-        let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
         let limits = limits.clone();
         let metrics = metrics.clone();
+        let member = match limits.when_full {
+            WhenFull::Wait => None,
+            WhenFull::CloseOldest => {
+                next_id += 1;
+                Some(OpenSet::admit(&open, next_id, name))
+            }
+        };
+        let service = TowerToHyperService::new(match &member {
+            None => Either::Left(router.clone()),
+            Some(member) => Either::Right(member.counted(router.clone())),
+        });
         tasks.spawn(async move {
             let _slot = slot;
+            let close_early = member.as_ref().map(|m| Arc::clone(&m.state));
             let _open = metrics.map(OpenConnection::new);
             let drain = limits.age_drain;
             let result = match tls {
@@ -143,14 +185,15 @@ pub(crate) async fn serve(
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                         let builder = if h2 { &builders.http2 } else { &builders.http1 };
                         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-                        serve_until(builder.serve_connection(io, service), age, drain, &mut stop).await
+                        serve_until(builder.serve_connection(io, service), age, drain, &mut stop, close_early).await
                     }
                     Ok(Err(e)) => Err(e.into()),
                     Err(_) => Err("TLS handshake timed out".into()),
                 },
                 None => {
                     let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
-                    serve_until(builders.http1.serve_connection(io, service), age, drain, &mut stop).await
+                    serve_until(builders.http1.serve_connection(io, service), age, drain, &mut stop, close_early)
+                        .await
                 }
             };
             if let Err(e) = result {
@@ -180,21 +223,36 @@ pub(crate) async fn serve(
 
 /// Drive `conn` until it ends. At the listener's stop, or once it is `age` old, ask it to finish (HTTP/2 GOAWAY;
 /// HTTP/1 closes after the request in flight): after a stop, the listener's drain deadline bounds the rest; after
-/// the age, `drain` does, and then the connection is dropped (closed) whatever it was doing.
+/// the age, `drain` does, and then the connection is dropped (closed) whatever it was doing. When `close_early` says
+/// a newer connection needs its place: closed at once when no request is in flight, else as at the age.
 async fn serve_until<C, E>(
     conn: C,
     age: Duration,
     drain: Duration,
     stop: &mut watch::Receiver<bool>,
+    close_early: Option<Arc<ConnState>>,
 ) -> Result<(), E>
 where
     C: GracefulConnection<Error = E>,
 {
     tokio::pin!(conn);
+    let asked = async {
+        match &close_early {
+            Some(state) => state.close.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     let stopping = tokio::select! {
         result = conn.as_mut() => return result,
         _ = stop.wait_for(|s| *s) => true,
         _ = tokio::time::sleep(age) => false,
+        () = asked => {
+            if close_early.is_some_and(|state| !state.busy()) {
+                // Silent, idle, or halfway through a request head: nothing to finish.
+                return Ok(());
+            }
+            false
+        }
     };
     conn.as_mut().graceful_shutdown();
     if stopping {
@@ -219,6 +277,130 @@ fn jittered(age: Duration, seed: &std::hash::RandomState, peer: std::net::Socket
     let spread = age / 5;
     let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX).max(1);
     age - age / 10 + Duration::from_nanos(seed.hash_one((peer, Instant::now())) % nanos)
+}
+
+/// The open connections of a [`WhenFull::CloseOldest`] listener, oldest first.
+struct OpenSet {
+    max: usize,
+    members: Mutex<VecDeque<(u64, Arc<ConnState>)>>,
+}
+
+/// What the listener knows of one of its connections: requests in flight, and the signal that closes it early.
+#[derive(Default)]
+pub(crate) struct ConnState {
+    in_flight: AtomicUsize,
+    close: Notify,
+}
+
+impl ConnState {
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+}
+
+/// A request in flight on a connection, counted until its response is produced (or the request dropped).
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(state))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's place in its [`OpenSet`], given back when the connection ends.
+struct Member {
+    set: Arc<OpenSet>,
+    id: u64,
+    state: Arc<ConnState>,
+}
+
+impl Member {
+    /// `router` for this member's connection, counting its requests in flight.
+    fn counted(&self, router: Router) -> Counted {
+        Counted {
+            router,
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// A router that counts the requests in flight on its connection (until each response is produced).
+#[derive(Clone)]
+struct Counted {
+    router: Router,
+    state: Arc<ConnState>,
+}
+
+impl tower::Service<Request<Incoming>> for Counted {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower::Service::<Request<Incoming>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::new(&self.state);
+        let response = self.router.call(request);
+        Box::pin(async move {
+            let _in_flight = in_flight;
+            response.await
+        })
+    }
+}
+
+impl OpenSet {
+    fn new(max: usize) -> Self {
+        OpenSet {
+            max,
+            members: Mutex::new(VecDeque::with_capacity(max + 1)),
+        }
+    }
+
+    /// Add connection `id`. When `max` are open already, first signal the oldest of them without a request in flight
+    /// (else the oldest) to close, and forget it: it is on its way out, and holds its slot until it is gone.
+    fn admit(set: &Arc<OpenSet>, id: u64, listener: &'static str) -> Member {
+        let state = Arc::new(ConnState::default());
+        let mut members = set.members.lock().unwrap_or_else(|e| e.into_inner());
+        // Among the connections already open: the new one has not had time to send a request.
+        if members.len() >= set.max {
+            let at = members.iter().position(|(_, m)| !m.busy()).unwrap_or(0);
+            if let Some((oldest, closing)) = members.remove(at) {
+                // Stored if that connection is not waiting yet: it closes as soon as it starts serving.
+                closing.close.notify_one();
+                tracing::debug!(
+                    listener,
+                    connection = oldest,
+                    max_connections = set.max,
+                    "connection limit reached: an older connection is closed to make room"
+                );
+            }
+        }
+        members.push_back((id, Arc::clone(&state)));
+        drop(members);
+        Member {
+            set: Arc::clone(set),
+            id,
+            state,
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let mut members = self.set.members.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = members.iter().position(|(id, _)| *id == self.id) {
+            members.remove(at);
+        }
+    }
 }
 
 /// Counts a connection in the `open_connections` gauge for as long as it lives, even if its task panics.
@@ -346,6 +528,38 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Whether `member`'s close signal was sent (consumes it).
+    async fn signalled(member: &Member) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), member.state.close.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_full_set_closes_its_oldest_connection_without_a_request_in_flight() {
+        let set = Arc::new(OpenSet::new(3));
+        let members: Vec<Member> = (1..=3).map(|id| OpenSet::admit(&set, id, "t")).collect();
+        // The oldest has a request in flight: the next oldest makes room.
+        let in_flight = InFlight::new(&members[0].state);
+        let fourth = OpenSet::admit(&set, 4, "t");
+        assert!(!signalled(&members[0]).await);
+        assert!(signalled(&members[1]).await);
+        assert!(!signalled(&members[2]).await);
+        // Every one busy: the oldest is asked anyway (it finishes its request first, see `serve_until`).
+        let _busy: Vec<InFlight> = [&members[2], &fourth]
+            .map(|m| InFlight::new(&m.state))
+            .into();
+        let _fifth = OpenSet::admit(&set, 5, "t");
+        assert!(signalled(&members[0]).await);
+        drop(in_flight);
+        assert!(!members[0].state.busy());
+        // A member that ends leaves the set: no room needed for the next one.
+        drop(members);
+        let _sixth = OpenSet::admit(&set, 6, "t");
+        assert!(!signalled(&fourth).await);
+        assert_eq!(set.members.lock().unwrap().len(), 3);
+    }
 
     #[tokio::test]
     async fn idle_connection_times_out_and_activity_extends_it() {

@@ -223,9 +223,11 @@ pub async fn start<H: ReviewHandler>(
             .drain_timeout
             .max(config.request_timeout + Duration::from_secs(1)),
         drain_timeout: config.drain_timeout,
+        when_full: conn::WhenFull::Wait,
     };
     let metrics_limits = conn::ConnLimits {
         max_connections: 64,
+        when_full: conn::WhenFull::CloseOldest,
         ..limits.clone()
     };
 
