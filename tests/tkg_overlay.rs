@@ -129,7 +129,7 @@ fn every_setting_becomes_a_string_annotation_and_kcp_and_kcts_are_labelled() {
         ("CALICO_NAT_OUTGOING", "Disabled"),
         ("INSTALL_CALICOCTL", "true"),
         ("CONFIGURE_CALICO_BGP_SETTINGS", "true"),
-        ("CALICO_BGP_AS_NUMBER", "65000.100"),
+        ("CALICO_BGP_AS_NUMBER", "1.10"),
         (
             "CALICO_ROUTE_REFLECTORS",
             "YXBpVmVyc2lvbjogcHJvamVjdGNhbGljby5vcmcvdjMKa2luZDogQkdQUGVlcgptZXRhZGF0YToKICBuYW1lOiByci0xCnNwZWM6CiAgcGVlcklQOiAxMC4wLjAuMQogIGFzTnVtYmVyOiA2NTAwMAo=",
@@ -286,11 +286,11 @@ fn string_spellings_are_copied_verbatim_for_the_webhook_to_judge() {
 
 #[test]
 fn an_unquoted_asdot_as_number_is_refused_with_a_hint() {
-    // YAML reads 65000.100 as the float 65000.1: copying it would silently change the AS number.
+    // YAML reads 1.10 as the float 1.1: copying it would silently change the AS number.
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(
         &dir,
-        "CLUSTER_NAME: c\nCNI: none\nCUSTOM_CALICO_DEPLOYMENT: true\nCALICO_BGP_AS_NUMBER: 65000.100\n",
+        "CLUSTER_NAME: c\nCNI: none\nCUSTOM_CALICO_DEPLOYMENT: true\nCALICO_BGP_AS_NUMBER: 1.10\n",
     );
     let out = ytt_run("cluster-template.yaml", Overlay::With, &config);
     assert!(!out.status.success(), "ytt must fail");
