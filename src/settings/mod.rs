@@ -434,8 +434,13 @@ impl<'a> Resolver<'a> {
         }
 
         // Combinations.
-        let pod_pool = self.pod_pool(explicit_cidr, explicit_block);
-        self.encapsulation_rules(encapsulation, bgp, pod_pool.as_ref().map(|p| p.cidr));
+        let pool_cidr = self.pool_cidr(explicit_cidr, explicit_block);
+        // Before the block size is judged: a wrong block size must not hide an encapsulation the pool cannot have.
+        self.encapsulation_rules(encapsulation, bgp, pool_cidr);
+        let pod_pool = pool_cidr.and_then(|cidr| {
+            let block_size = self.pool_block_size(cidr, explicit_block)?;
+            Some(PodPool { cidr, block_size })
+        });
         if configure == Some(true) {
             self.bgp_prerequisites(install, bgp, as_number, route_reflectors.as_ref());
         } else if configure == Some(false) {
@@ -531,13 +536,12 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// The pool: explicit CIDR (checked against the Cluster), or the Cluster's first block of the wanted family;
-    /// then the block size against it.
-    fn pod_pool(
+    /// The pool's CIDR: explicit (checked against the Cluster), or the Cluster's first block of the wanted family.
+    fn pool_cidr(
         &mut self,
         explicit_cidr: Option<Option<IpNet>>,
         explicit_block: Option<Option<u8>>,
-    ) -> Option<PodPool> {
+    ) -> Option<IpNet> {
         let cluster_blocks: &[IpNet] = self.network.map_or(&[], |n| n.pod_cidrs.as_slice());
         let listed = || {
             cluster_blocks
@@ -566,6 +570,14 @@ impl<'a> Resolver<'a> {
                         ),
                     ));
                     return None;
+                }
+                if cluster_blocks.is_empty() && self.network.is_some() {
+                    // kubeadm then writes no podSubnet, and tigera-operator refuses to make a pool without one
+                    // ("kubeadm configuration is missing required podSubnet field"). A warning: a v1beta1
+                    // KubeadmControlPlane may still set the podSubnet itself.
+                    self.warnings.push(format!(
+                        "capi-calico: no pod cidrBlocks: add {cidr} there, or the operator refuses the pool"
+                    ));
                 }
                 cidr
             }
@@ -626,6 +638,12 @@ impl<'a> Resolver<'a> {
                 "capi-calico: dual-stack: Calico pool {cidr} only, none for {other}"
             ));
         }
+        Some(cidr)
+    }
+
+    /// The block size of the pool `cidr`, checked against it.
+    fn pool_block_size(&mut self, cidr: IpNet, explicit_block: Option<Option<u8>>) -> Option<u8> {
+        let family = values::Family::of(&cidr);
         let explicit = explicit_block?; // invalid block size: already reported
         let block_size = explicit.unwrap_or(family.default_block_size());
         if let Err(e) = values::check_block_size(block_size, &cidr) {
@@ -642,7 +660,7 @@ impl<'a> Resolver<'a> {
             self.problems.push(problem);
             return None;
         }
-        Some(PodPool { cidr, block_size })
+        Some(block_size)
     }
 
     fn encapsulation_rules(

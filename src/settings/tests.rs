@@ -364,15 +364,28 @@ fn defaults() {
             "{pairs:?}"
         );
     }
-    assert!(
-        settings(
-            &[(keys::CALICO_POD_CIDR, "100.96.0.0/11")],
-            Some(&network(&[]))
-        )
-        .0
-        .pod_pool
-        .is_some()
+    // CALICO_POD_CIDR on a Cluster without pod cidrBlocks: kubeadm then has no podSubnet and tigera-operator refuses
+    // the pool; warned, in one `Warning:` line even with the longest CIDR.
+    for cidr in [
+        "100.96.0.0/11",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120",
+    ] {
+        let (s, warnings) = settings(&[(keys::CALICO_POD_CIDR, cidr)], Some(&network(&[])));
+        assert!(s.pod_pool.is_some());
+        assert_eq!(
+            warnings,
+            vec![format!(
+                "capi-calico: no pod cidrBlocks: add {cidr} there, or the operator refuses the pool"
+            )]
+        );
+        assert!(warnings[0].chars().count() < 120, "{warnings:?}");
+    }
+    // With cidrBlocks that hold it: no warning.
+    let (_, warnings) = settings(
+        &[(keys::CALICO_POD_CIDR, "100.96.0.0/12")],
+        Some(&network(&["100.96.0.0/11"])),
     );
+    assert_eq!(warnings, Vec::<String>::new());
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -752,6 +765,17 @@ fn encapsulation_table() {
                 rules::ENCAPSULATION_NEEDS_BGP,
                 rules::ENCAPSULATION_IPIP_IPV6,
             ],
+        ),
+        // A wrong block size does not hide the encapsulation the pool cannot have: both in one denial.
+        (
+            &[
+                ("CALICO_POD_CIDR", "fd00:10:244::/56"),
+                ("CALICO_BLOCK_SIZE", "26"),
+                ("CALICO_ENCAPSULATION", "IPIP"),
+                ("CALICO_BGP_OPTION", "Enabled"),
+            ],
+            Some(&v6),
+            &[rules::ENCAPSULATION_IPIP_IPV6, rules::BLOCK_SIZE_RANGE],
         ),
         (
             &[
