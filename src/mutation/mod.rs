@@ -43,8 +43,11 @@ pub const APPLY_UNIT_PATH: &str = "/etc/capi-calico/capi-calico-apply-bgp.servic
 /// Where the installer puts calicoctl. A user file at this path conflicts with the installer.
 pub const CALICOCTL_BINARY_PATH: &str = "/usr/local/bin/calicoctl";
 
-/// The `preKubeadmCommands` entry that runs the installer. A constant: no setting ever reaches a command line.
-pub const INSTALL_COMMAND: &str = "/bin/bash /etc/capi-calico/install-calicoctl.sh";
+/// The `preKubeadmCommands` entry that runs the installer. A constant: no setting ever reaches a command line. It
+/// never fails: Cluster API's Ignition bootstrap runs the commands and kubeadm in one `set -e` script, where a failed
+/// install would stop the machine from ever joining (the installer logs why; on control-plane machines the BGP apply
+/// runs it again).
+pub const INSTALL_COMMAND: &str = "/bin/bash /etc/capi-calico/install-calicoctl.sh || true";
 
 /// The `postKubeadmCommands` entry that starts the BGP apply in the background, so the bootstrap is never blocked:
 /// it enables and starts the systemd unit [`APPLY_UNIT`] (linked from [`APPLY_UNIT_PATH`]; `--no-block` returns at

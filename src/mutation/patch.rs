@@ -33,6 +33,8 @@ pub(super) const RETIRED_COMMANDS: &[&str] = &[
     "if command -v systemd-run >/dev/null 2>&1; then systemd-run --no-block --unit=capi-calico-apply-bgp \
      --description='capi-calico: apply BGPPeers then BGPConfiguration' /bin/bash /etc/capi-calico/apply-bgp.sh; \
      else nohup setsid /bin/bash /etc/capi-calico/apply-bgp.sh </dev/null >/dev/null 2>&1 & fi",
+    // INSTALL_COMMAND before it ended in `|| true` (a failed install stopped Ignition's `set -e` bootstrap).
+    "/bin/bash /etc/capi-calico/install-calicoctl.sh",
 ];
 
 /// Files an earlier release injected that the current one does not (same rule as [`RETIRED_COMMANDS`]).

@@ -272,6 +272,25 @@ fn install_success_amd64() {
     );
 }
 
+/// Amazon Linux 2 and RHEL 7 ship bash 4.2, which kept the quotes of a quoted `${url//pat/"rep"}` replacement: the
+/// URL became `.../"v3.31.7"/calicoctl-linux-"amd64"` and every node failed to download. `BASH_COMPAT=42` makes
+/// today's bash behave so.
+#[test]
+fn install_builds_the_url_the_same_under_bash_4_2() {
+    let sha = sha256_hex(FAKE_CALICOCTL.as_bytes());
+    let mirror = Mirror::start(vec![(200, FAKE_CALICOCTL.as_bytes().to_vec())]);
+    let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
+    let mut cmd = inst.command(&format!("{}:{BASE_PATH}", inst.bin.display()));
+    cmd.env("BASH_COMPAT", "42");
+    let out = run(cmd, Duration::from_secs(60)).0;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_installed(&inst);
+    assert_eq!(
+        mirror.paths.lock().unwrap().as_slice(),
+        ["/v3.31.7/calicoctl-linux-amd64"]
+    );
+}
+
 #[test]
 fn install_success_arm64_uses_the_arm64_checksum() {
     let sha = sha256_hex(FAKE_CALICOCTL.as_bytes());
@@ -1025,7 +1044,8 @@ fn apply_uses_only_the_installed_calicoctl() {
     cmd.env("CAPI_CALICO_CALICOCTL", &missing);
     let (out, elapsed) = run(cmd, Duration::from_secs(60));
     let stdout = text(&out.stdout);
-    // Exit code 2 at once: another run cannot install it, so the unit does not restart (RestartPreventExitStatus).
+    // No installer on the machine either: exit code 2 at once, which the unit does not restart
+    // (RestartPreventExitStatus).
     assert_eq!(out.status.code(), Some(2), "stdout: {stdout}");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert!(
@@ -1040,6 +1060,46 @@ fn apply_uses_only_the_installed_calicoctl() {
         "the calicoctl on PATH ran: {:?}",
         a.calls()
     );
+}
+
+/// The pre command's install failed (say the mirror was unreachable at first boot): the apply runs the installer on
+/// the machine itself, retried like every other step, and goes on with the binary it verified. Before, it exited 2,
+/// which the unit does not restart: the cluster kept the node-to-node mesh and no peers, with one log line on a node.
+#[test]
+fn apply_installs_calicoctl_when_the_pre_command_could_not() {
+    let a = Apply::new(1);
+    let stub = STUB_CALICOCTL.as_bytes().to_vec();
+    // The first run of the installer fails (one attempt of its own), the second gets the binary.
+    let mirror = Mirror::start(vec![(503, b"busy".to_vec()), (200, stub.clone())]);
+    let mut s = settings(true, true);
+    s.calicoctl.url_template = format!(
+        "http://127.0.0.1:{}/{{version}}/calicoctl-linux-{{arch}}",
+        mirror.port
+    );
+    s.calicoctl.sha256_amd64 = Some(Sha256Hex(sha256_hex(&stub)));
+    s.calicoctl.sha256_arm64 = Some(Sha256Hex(sha256_hex(&stub)));
+    let inj = desired(&s, Target::ControlPlane).unwrap();
+    for path in [INSTALL_SCRIPT_PATH, CALICOCTL_CONF_PATH] {
+        let name = path.trim_start_matches(DIR);
+        std::fs::write(a.dir.join(name), node_text(inj.file(path).unwrap())).unwrap();
+    }
+    let install_dir = a.tmp.path().join("usr/local/bin");
+    let mut cmd = a.command(60, 0, 0, 0);
+    cmd.env("CAPI_CALICO_CALICOCTL", install_dir.join("calicoctl"))
+        .env("CAPI_CALICO_INSTALL_DIR", &install_dir)
+        .env("CAPI_CALICO_CONF", a.dir.join("calicoctl.conf"))
+        .env("CAPI_CALICO_DOWNLOAD_ATTEMPTS", "1");
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}");
+    assert_eq!(mirror.hits(), 2, "{stdout}");
+    assert!(
+        stdout.contains("calicoctl installed at") && stdout.contains("not yet (attempt 1)"),
+        "{stdout}"
+    );
+    // The installed binary (the recording stub) did the whole pass.
+    let want: Vec<String> = one_successful_pass(&a);
+    assert_eq!(a.verbs(), want);
 }
 
 #[test]
@@ -1242,6 +1302,32 @@ fn run_apply_command(systemctl_rc: i32) -> (Option<Vec<String>>, Option<Vec<Stri
         std::thread::sleep(Duration::from_millis(200));
     }
     (read(&systemctl), read(&nohup))
+}
+
+/// Cluster API's Ignition bootstrap writes the pre commands and kubeadm into one `set -e` script: a failed install
+/// must not stop kubeadm (cloud-init's runcmd goes on anyway).
+#[test]
+fn install_command_never_stops_a_set_e_bootstrap() {
+    let tmp = TempDir::new().unwrap();
+    let failing = tmp.path().join("install-calicoctl.sh");
+    write_exec(
+        &failing,
+        "#!/bin/bash\necho 'download failed' >&2\nexit 5\n",
+    );
+    let command = INSTALL_COMMAND.replace(INSTALL_SCRIPT_PATH, &failing.display().to_string());
+    assert_ne!(
+        command, INSTALL_COMMAND,
+        "the command runs the installer at its path"
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("set -e\n{command}\necho kubeadm runs\n"))
+        .env_clear()
+        .env("PATH", BASE_PATH);
+    let (out, _) = run(cmd, Duration::from_secs(10));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "kubeadm runs\n");
+    assert!(text(&out.stderr).contains("download failed"));
 }
 
 /// With systemd, the command enables and starts the persistent unit (`--no-block`: it returns at once) and starts

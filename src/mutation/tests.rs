@@ -1019,6 +1019,17 @@ fn an_object_injected_by_the_previous_release_is_upgraded_in_place() {
     let post = spec["postKubeadmCommands"].as_array().unwrap();
     assert_eq!(post.len(), post_before.as_array().unwrap().len());
     assert_eq!(post[retired_at], APPLY_COMMAND);
+    // Its pre command, without `|| true`, is rewritten where it was too.
+    let pre_before = old["spec"]["kubeadmConfigSpec"]["preKubeadmCommands"].clone();
+    let install_at = pre_before
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c == "/bin/bash /etc/capi-calico/install-calicoctl.sh")
+        .expect("the fixture holds the previous install command");
+    let pre = spec["preKubeadmCommands"].as_array().unwrap();
+    assert_eq!(pre.len(), pre_before.as_array().unwrap().len());
+    assert_eq!(pre[install_at], INSTALL_COMMAND);
     let paths: Vec<&str> = spec["files"]
         .as_array()
         .unwrap()

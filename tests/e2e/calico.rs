@@ -66,7 +66,7 @@ pub const LAST: &[Scenario] = &[(
     s9_webhook_stopped_follows_failure_policy,
 )];
 
-pub const PRE_CMD: &str = "/bin/bash /etc/capi-calico/install-calicoctl.sh";
+pub const PRE_CMD: &str = "/bin/bash /etc/capi-calico/install-calicoctl.sh || true";
 pub const CLUSTER_LABEL: &str = "capi-calico.io/cluster";
 pub const STATUS_ANNOTATION: &str = "status.capi-calico.io/delivery";
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

@@ -1,18 +1,12 @@
 #!/bin/bash
-# capi-calico-webhook: /etc/capi-calico/apply-bgp.sh, run on control-plane machines by the systemd unit
-# capi-calico-apply-bgp (again after a failure and at boot; see the webhook's docs/injection.md). Once Calico
-# answers, it applies the BGPPeers FIRST (bgppeers.yaml, bgppeers-2.yaml, ...) and the BGPConfiguration (mesh off)
-# SECOND: the mesh off before the peerings exist would cut every BGP session. The BGPConfiguration is created if
-# missing, else patched, never replaced whole. Failures are retried until a deadline; each calicoctl run is bounded
-# by `timeout`. On success it records a digest of its files and the cluster's CA: a later run with the same exits at
-# once.
+# capi-calico-webhook: /etc/capi-calico/apply-bgp.sh, run on control-plane machines by the unit
+# capi-calico-apply-bgp (see the webhook's docs/injection.md). Once Calico answers, it applies the BGPPeers FIRST and
+# the BGPConfiguration (mesh off) SECOND: mesh off before the peerings exist would cut every BGP session. Failures
+# are retried until a deadline. On success it records a digest of its files and the cluster's CA.
 #
-# Environment (tests only): CAPI_CALICO_DIR (/etc/capi-calico), CAPI_CALICO_KUBECONFIG (/etc/kubernetes/admin.conf),
-# CAPI_CALICO_LOG_DIR (/var/log/capi-calico), CAPI_CALICO_STATE_DIR (/var/lib/capi-calico),
-# CAPI_CALICO_DEADLINE_SECONDS (1800), CAPI_CALICO_ATTEMPT_TIMEOUT (120 s per calicoctl run), CAPI_CALICO_RETRY_SLEEP
-# (5, doubled per failure up to 60), CAPI_CALICO_CALICOCTL (/usr/local/bin/calicoctl, the verified one, never PATH's).
+# The CAPI_CALICO_* environment variables are for tests only (see the docs).
 #
-# Exit codes: 0 applied (now or before), 1 deadline passed, 2 bad environment, missing files or calicoctl.
+# Exit codes: 0 applied (now or before), 1 deadline passed, 2 bad environment or missing files.
 set -eu
 set -o pipefail
 
@@ -136,27 +130,27 @@ if command -v timeout >/dev/null 2>&1; then
   have_timeout=1
 fi
 
-# The pinned calicoctl, with `timeout` stopped after min(time left, CAPI_CALICO_ATTEMPT_TIMEOUT) seconds.
-calicoctl_() {
-  local bound rc
+# bounded CAP WHAT COMMAND...: COMMAND, stopped by `timeout` after min(time left, CAP) seconds.
+bounded() {
+  local bound="$1" what="$2" rc=0
+  shift 2
   if [ -z "$have_timeout" ]; then
-    KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes "$calicoctl" "$@"
+    "$@"
     return
   fi
-  bound="$(remaining)"
-  if [ "$bound" -gt "$attempt_timeout" ]; then
-    bound="$attempt_timeout"
-  fi
-  if [ "$bound" -lt 1 ]; then
-    bound=1
-  fi
-  rc=0
-  KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes timeout --kill-after="$kill_after" "$bound" "$calicoctl" "$@" ||
-    rc=$?
+  [ "$(remaining)" -ge "$bound" ] || bound="$(remaining)"
+  [ "$bound" -ge 1 ] || bound=1
+  timeout --kill-after="$kill_after" "$bound" "$@" || rc=$?
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    echo "calicoctl $1 ${2:-} did not finish within ${bound}s and was stopped (exit $rc)"
+    echo "$what did not finish within ${bound}s and was stopped (exit $rc)"
   fi
   return "$rc"
+}
+
+# The pinned calicoctl, each run bounded by CAPI_CALICO_ATTEMPT_TIMEOUT.
+export KUBECONFIG="$kubeconfig" DATASTORE_TYPE=kubernetes
+calicoctl_() {
+  bounded "$attempt_timeout" "calicoctl $1 ${2:-}" "$calicoctl" "$@"
 }
 
 # Create "default" only when `get` fails with "... does not exist: BGPConfiguration(default) ..." (any other failure:
@@ -200,8 +194,15 @@ if [ "$(cat -- "$state_dir/applied" 2>/dev/null || true)" = "$digest" ]; then
   log "already applied (files and cluster CA sha256 $digest); nothing to do"
   exit 0
 fi
-# Installed by the pre command (see its log); no later run of this script would install it.
-[ -x "$calicoctl" ] || die 2 "calicoctl is not installed at $calicoctl"
+# If the pre command's install failed, run the installer again, retried. Never a calicoctl on PATH.
+installer="$dir/install-calicoctl.sh"
+[ -x "$calicoctl" ] || [ -r "$installer" ] || die 2 "calicoctl is not installed at $calicoctl, nor $installer"
+have_calicoctl() {
+  [ ! -x "$calicoctl" ] || return 0
+  echo "calicoctl is not installed at $calicoctl: running $installer"
+  bounded "$deadline_seconds" "$installer" /bin/bash "$installer" 2>&1
+}
+retry "calicoctl installed at $calicoctl" have_calicoctl
 retry "Calico ready (calicoctl get clusterinformation default)" calicoctl_ get clusterinformation default
 for f in "${peer_files[@]}"; do
   retry "apply BGPPeers from $f" calicoctl_ apply -f "$f"

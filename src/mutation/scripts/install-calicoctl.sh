@@ -1,17 +1,8 @@
 #!/bin/bash
-# Installed by capi-calico-webhook as /etc/capi-calico/install-calicoctl.sh and run from preKubeadmCommands.
-#
-# Installs a pinned calicoctl whose SHA-256 is verified before it is put in place. Every value comes from the data
-# file (key=value lines, parsed with `read`; the file is never sourced or evaluated). The environment is for tests:
-#
-#   CAPI_CALICO_CONF              data file                 (default /etc/capi-calico/calicoctl.conf)
-#   CAPI_CALICO_INSTALL_DIR       where calicoctl goes      (default /usr/local/bin)
-#   CAPI_CALICO_LOG_DIR           log directory             (default /var/log/capi-calico)
-#   CAPI_CALICO_DOWNLOAD_ATTEMPTS download attempts         (default 5)
-#   CAPI_CALICO_RETRY_SLEEP       first back-off, seconds   (default 2; doubled per attempt, at most 60)
-#   CAPI_CALICO_MAX_DOWNLOAD_KIB  largest download, KiB     (default 262144 = 256 MiB)
-#
-# A failed download and a wrong SHA-256 (say a truncated file) are both failed attempts, and retried.
+# capi-calico-webhook: /etc/capi-calico/install-calicoctl.sh, run from preKubeadmCommands (and by apply-bgp.sh).
+# Installs a pinned calicoctl whose SHA-256 is verified first. Values come from the data file, read, never sourced.
+# Environment (tests only, see the webhook's docs/injection.md): CAPI_CALICO_CONF, CAPI_CALICO_INSTALL_DIR,
+# CAPI_CALICO_LOG_DIR, CAPI_CALICO_DOWNLOAD_ATTEMPTS, CAPI_CALICO_RETRY_SLEEP, CAPI_CALICO_MAX_DOWNLOAD_KIB.
 # Exit codes: 0 installed or already present, 2 bad data file, 3 unsupported architecture or no checksum for it,
 # 4 checksum mismatch, 5 download failed (both on the last attempt), 6 no downloader / install failure.
 set -eu
@@ -110,9 +101,18 @@ case "$expected" in
 esac
 [ "${#expected}" -eq 64 ] || die 2 "sha256_$arch in $conf is not 64 hex digits"
 
-# Substitute the placeholders with pure string operations (quoted replacements: no pattern or '&' expansion).
-url="${url_template//"{version}"/"$version"}"
-url="${url//"{arch}"/"$arch"}"
+# replace_all TEXT PLACEHOLDER VALUE. Not ${text//pat/rep}: bash 5.2 expands '&' in an unquoted rep, and bash 4.2
+# (Amazon Linux 2, RHEL 7) keeps the quotes of a quoted one.
+replace_all() {
+  local text="$1" placeholder="$2" value="$3" done=""
+  while [[ "$text" == *"$placeholder"* ]]; do
+    done="$done${text%%"$placeholder"*}$value"
+    text="${text#*"$placeholder"}"
+  done
+  printf '%s' "$done$text"
+}
+url="$(replace_all "$url_template" '{version}' "$version")"
+url="$(replace_all "$url" '{arch}' "$arch")"
 
 digest_of() {
   sha256sum -- "$1" | cut -d ' ' -f 1
