@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use serde_saphyr::granit_parser::{self, Event, ScalarStyle};
 
 use super::keys::closest;
-use super::problem::{display_value, escape, rules};
+use super::problem::{display_value, escape, rules, shown};
 use super::selector;
 use super::values::{
     Family, ValueError, is_dns1123_subdomain, parse_as_number_allow_zero, parse_go_duration,
@@ -64,10 +64,14 @@ pub const KNOWN_SPEC_FIELDS: [&str; 18] = [
     "reversePeering",
 ];
 
-/// The BGPPeer `spec` fields that appeared after Calico v3.29, with the first minor release that has them
-/// (`reference/calico.md` §2.4, read from `bgppeer.go` at each tag). calicoctl reads its files strictly into its own
-/// version's types, so an older calicoctl refuses a document carrying a newer field.
-pub const FIELDS_SINCE: [(&str, (u16, u16)); 5] = [
+/// The BGPPeer `spec` fields that appeared after Calico v3.22 (the oldest `CALICO_VERSION` accepted), with the first
+/// minor release that has them (read from `api/pkg/apis/projectcalico/v3/bgppeer.go` at each tag). calicoctl reads
+/// its files strictly into its own version's types, so an older calicoctl refuses a document carrying a newer field.
+pub const FIELDS_SINCE: [(&str, (u16, u16)); 9] = [
+    ("numAllowedLocalASNumbers", (3, 23)),
+    ("ttlSecurity", (3, 25)),
+    ("reachableBy", (3, 25)),
+    ("filters", (3, 26)),
     ("localWorkloadSelector", (3, 30)),
     ("localASNumber", (3, 31)),
     ("nextHopMode", (3, 31)),
@@ -393,10 +397,21 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// `spec` without its fields set to the empty string: every string field of a BGPPeer spec is `omitempty`, and
+/// Calico's validation reads `""` as not set (`peerSelector: ""` beside `peerIP` is not a conflict, and `node: ""`
+/// is no node), so they are checked, and rendered, as absent. `asNumber` is not a string field: `""` stays, and is
+/// refused as no AS number.
+fn without_empty_strings(spec: &Map<String, Value>) -> Map<String, Value> {
+    spec.iter()
+        .filter(|(field, value)| field.as_str() == "asNumber" || value.as_str() != Some(""))
+        .map(|(field, value)| (field.clone(), value.clone()))
+        .collect()
+}
+
 impl DocCheck<'_> {
     fn context(&self) -> String {
         match &self.name {
-            Some(name) => format!("document {} (BGPPeer \"{}\")", self.number, escape(name)),
+            Some(name) => format!("document {} (BGPPeer \"{}\")", self.number, shown(name)),
             None => format!("document {}", self.number),
         }
     }
@@ -439,7 +454,7 @@ impl DocCheck<'_> {
                     rules::BGP_PEER_KIND,
                     format!(
                         "unknown top-level field \"{}\": a BGPPeer has only apiVersion, kind, metadata and spec",
-                        escape(key)
+                        shown(key)
                     ),
                 );
             }
@@ -478,7 +493,7 @@ impl DocCheck<'_> {
         }
         let name = self.check_metadata(metadata);
         let spec = match doc.get("spec") {
-            Some(Value::Object(spec)) => self.check_spec(spec, cluster_as),
+            Some(Value::Object(spec)) => self.check_spec(&without_empty_strings(spec), cluster_as),
             Some(other) => {
                 self.push(
                     rules::BGP_PEER_FIELD,
@@ -522,7 +537,7 @@ impl DocCheck<'_> {
                 rules::BGP_PEER_KIND,
                 format!(
                     "metadata.{} is not accepted: only metadata.name may be set",
-                    escape(key)
+                    shown(key)
                 ),
             );
         }
@@ -640,6 +655,16 @@ impl DocCheck<'_> {
         let parsed = match value {
             Value::Number(n) => match n.as_u64() {
                 Some(n) => parse_as_number_allow_zero(&n.to_string()),
+                // A whole number too large for u64 reaches here as a float too (1e20).
+                None if n
+                    .as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && f > 2_147_483_647.0) =>
+                {
+                    Err(ValueError::new(
+                        rules::AS_NUMBER_RANGE,
+                        "is out of range: the largest usable AS number is 2147483647",
+                    ))
+                }
                 None if n.is_f64() => Err(ValueError::new(
                     rules::AS_NUMBER_FORMAT,
                     "is not an AS number: write an asdot AS number as a quoted string, e.g. \"1.10\"",
@@ -748,7 +773,7 @@ impl DocCheck<'_> {
                         rules::BGP_PEER_UNKNOWN_FIELD,
                         format!(
                             "spec.{} is not a BGPPeer field: {hint}known fields: {}",
-                            escape(unknown),
+                            shown(unknown),
                             KNOWN_SPEC_FIELDS.join(", ")
                         ),
                     );
@@ -779,7 +804,7 @@ impl DocCheck<'_> {
                 rules::BGP_PEER_UNKNOWN_FIELD,
                 format!(
                     "spec.password.{} is not a field: only secretKeyRef",
-                    escape(key)
+                    shown(key)
                 ),
             );
         }
@@ -805,7 +830,7 @@ impl DocCheck<'_> {
                 rules::BGP_PEER_UNKNOWN_FIELD,
                 format!(
                     "spec.password.secretKeyRef.{} is not a field: use name, key and optional",
-                    escape(key)
+                    shown(key)
                 ),
             );
         }
@@ -1082,6 +1107,12 @@ spec:
             (
                 "  peerSelector: has(rr)\n  asNumber: 0\n",
                 serde_json::json!({"peerSelector": "has(rr)", "asNumber": 0}),
+            ),
+            // Empty strings are fields not set (all are omitempty in Calico): no conflict, and not rendered.
+            (
+                "  peerIP: 10.0.0.1\n  asNumber: 64512\n  node: ''\n  nodeSelector: ''\n  peerSelector: ''\n  \
+                 sourceAddress: ''\n",
+                serde_json::json!({"peerIP": "10.0.0.1", "asNumber": 64512}),
             ),
             (
                 "  localWorkloadSelector: app == 'lb'\n  asNumber: 65001\n",
@@ -1456,6 +1487,17 @@ spec:
                 "  peerIP: 10.0.0.1/32\n  asNumber: 1\n",
                 rules::BGP_PEER_FIELD,
                 "spec.peerIP \"10.0.0.1/32\" is not a peer address",
+            ),
+            // A whole number too large for the parser is out of range, not an unquoted asdot number.
+            (
+                "  peerIP: 10.0.0.1\n  asNumber: 99999999999999999999\n",
+                rules::BGP_PEER_AS_NUMBER,
+                "is out of range: the largest usable AS number is 2147483647",
+            ),
+            (
+                "  peerIP: 10.0.0.1\n  asNumber: 1.5\n",
+                rules::BGP_PEER_AS_NUMBER,
+                "write an asdot AS number as a quoted string",
             ),
             (
                 "  peerIP: '[2001:db8::1]'\n  asNumber: 1\n",

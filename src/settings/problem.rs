@@ -50,6 +50,8 @@ pub mod rules {
     pub const BGP_SETTINGS_PREREQUISITE: &str = "bgp-settings-prerequisite";
     /// `CALICO_VERSION` is not `vX.Y.Z`.
     pub const VERSION_FORMAT: &str = "version-format";
+    /// `CALICO_VERSION` is older than the oldest release the webhook knows (v3.22.0).
+    pub const VERSION_TOO_OLD: &str = "version-too-old";
     /// No checksum known or given for any architecture.
     pub const VERSION_UNVERIFIED: &str = "version-unverified";
     /// `CALICOCTL_URL` does not follow the URL template grammar.
@@ -141,6 +143,18 @@ pub fn display_value(raw: &str) -> String {
             push_escaped(&mut out, c);
         }
         out.push_str(&format!("…\" ({} bytes)", raw.len()));
+    }
+    out
+}
+
+/// A name taken from the input (a field or document name) for a message: escaped like [`escape`], and cut after
+/// [`DISPLAY_VALUE_CHARS`] characters with `…`, so that hostile names cannot make a denial of unbounded size.
+pub fn shown(raw: &str) -> String {
+    let mut chars = raw.chars();
+    let head: String = chars.by_ref().take(DISPLAY_VALUE_CHARS).collect();
+    let mut out = escape(&head);
+    if chars.next().is_some() {
+        out.push('…');
     }
     out
 }
@@ -281,6 +295,18 @@ fn wrap(line: &str, width: usize, indent: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_names_are_escaped_and_bounded() {
+        assert_eq!(shown("peerIp"), "peerIp");
+        assert_eq!(shown("a\nb"), "a\\nb");
+        let exact = "x".repeat(DISPLAY_VALUE_CHARS);
+        assert_eq!(shown(&exact), exact);
+        let long = "\u{1}".repeat(10_000);
+        let got = shown(&long);
+        assert!(got.ends_with('…'), "{got}");
+        assert_eq!(got, format!("{}…", "\\u{0001}".repeat(DISPLAY_VALUE_CHARS)));
+    }
 
     #[test]
     fn escape_table() {

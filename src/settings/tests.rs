@@ -1026,6 +1026,14 @@ fn peer_fields_newer_than_the_calico_version_are_refused() {
             true,
         ),
         ("v3.29.7", ip_peer(""), true),
+        // The older history: an older calicoctl refuses these too.
+        ("v3.22.0", ip_peer("  numAllowedLocalASNumbers: 1\n"), false),
+        ("v3.23.0", ip_peer("  numAllowedLocalASNumbers: 1\n"), true),
+        ("v3.24.0", ip_peer("  ttlSecurity: 1\n"), false),
+        ("v3.24.0", ip_peer("  reachableBy: 10.0.0.254\n"), false),
+        ("v3.25.0", ip_peer("  ttlSecurity: 1\n"), true),
+        ("v3.25.0", ip_peer("  filters: [f]\n"), false),
+        ("v3.26.0", ip_peer("  filters: [f]\n"), true),
     ];
     let sha = "ab".repeat(32);
     for (version, rr, accepted) in cases {
@@ -1037,7 +1045,8 @@ fn peer_fields_newer_than_the_calico_version_are_refused() {
             ("CALICO_BGP_OPTION", "Enabled"),
             ("CALICO_BGP_AS_NUMBER", "64512"),
         ];
-        if version == "v3.32.3" {
+        // Versions without built-in checksums need the user's.
+        if !["v3.31.7", "v3.30.7", "v3.29.7"].contains(&version) {
             pairs.push(("CALICOCTL_SHA256_AMD64", sha.as_str()));
             pairs.push(("CALICOCTL_SHA256_ARM64", sha.as_str()));
         }
@@ -1545,4 +1554,35 @@ proptest! {
         let (s2, _) = settings(&[("CALICO_BGP_AS_NUMBER", &asdot)], None);
         prop_assert_eq!(s2.as_number, Some(asn));
     }
+}
+
+/// Field names come from the user's YAML and are echoed in the denial: each is cut, so four names of 3,000 control
+/// characters (explicit YAML keys) make a short denial, not one of ~100 KB.
+#[test]
+fn hostile_field_names_make_a_bounded_denial() {
+    let long = "\u{1}".repeat(3000);
+    let key = format!("\"{}\"", "\\x01".repeat(3000));
+    let doc = format!(
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\n? {key}\n: 1\nmetadata:\n  name: rr-1\n  ? {key}\n  : 1\n\
+         spec:\n  peerIP: 10.0.0.1\n  asNumber: 64512\n  ? {key}\n  : 1\n"
+    );
+    let rr = rr_b64(&doc);
+    let pairs = [
+        ("CALICO_ROUTE_REFLECTORS", rr.as_str()),
+        ("CONFIGURE_CALICO_BGP_SETTINGS", "true"),
+        ("INSTALL_CALICOCTL", "true"),
+        ("CALICO_BGP_OPTION", "Enabled"),
+        ("CALICO_BGP_AS_NUMBER", "64512"),
+    ];
+    let Resolution::Invalid { problems } = resolve(&opted_in(&pairs), None) else {
+        panic!("unknown fields are refused");
+    };
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    let text: String = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        !text.contains(&long[..10]),
+        "control characters are escaped"
+    );
+    assert!(text.matches('…').count() >= 3, "{text}");
+    assert!(text.len() < 3 * 1024, "{} bytes: {text}", text.len());
 }

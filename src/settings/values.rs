@@ -465,7 +465,11 @@ impl fmt::Display for CalicoVersion {
     }
 }
 
-/// `vX.Y.Z`, strict decimal parts.
+/// The oldest Calico release accepted: the first whose calicoctl is published by the calico repository as
+/// `calicoctl-linux-{arch}` (the default URL), and the first of the BGPPeer field history in `peers::FIELDS_SINCE`.
+pub const OLDEST_VERSION: (u16, u16) = (3, 22);
+
+/// `vX.Y.Z`, strict decimal parts, at least [`OLDEST_VERSION`].
 pub fn parse_version(raw: &str) -> Result<CalicoVersion, ValueError> {
     fn parts(s: &str) -> Option<CalicoVersion> {
         let mut it = s.split('.');
@@ -485,6 +489,16 @@ pub fn parse_version(raw: &str) -> Result<CalicoVersion, ValueError> {
     }
     if raw.len() <= 32 {
         if let Some(version) = raw.strip_prefix('v').and_then(parts) {
+            if (version.major, version.minor) < OLDEST_VERSION {
+                let (major, minor) = OLDEST_VERSION;
+                return Err(ValueError::new(
+                    rules::VERSION_TOO_OLD,
+                    format!(
+                        "is older than v{major}.{minor}.0, the oldest Calico release whose BGPPeer fields and \
+                         calicoctl downloads capi-calico-webhook knows; use v{major}.{minor}.0 or later"
+                    ),
+                ));
+            }
             return Ok(version);
         }
         if let Some(version) = raw.strip_prefix('V').or(Some(raw)).and_then(parts) {
@@ -1353,7 +1367,7 @@ mod tests {
         };
         for (raw, want) in [
             ("v3.31.7", v(3, 31, 7)),
-            ("v0.0.0", v(0, 0, 0)),
+            ("v3.22.0", v(3, 22, 0)),
             ("v10.200.3000", v(10, 200, 3000)),
         ] {
             assert_eq!(parse_version(raw), Ok(want), "{raw}");
@@ -1373,6 +1387,11 @@ mod tests {
             ("v3.31.7\n", None),
             ("v3.31.7;id", None),
         ];
+        for raw in ["v3.21.9", "v2.6.0", "v0.0.0"] {
+            let e = parse_version(raw).expect_err(raw);
+            assert_eq!(e.rule, rules::VERSION_TOO_OLD, "{raw}");
+            assert!(e.message.contains("use v3.22.0 or later"), "{}", e.message);
+        }
         for (raw, text) in bad {
             let e = parse_version(raw).expect_err(raw);
             assert_eq!(e.rule, rules::VERSION_FORMAT);
