@@ -109,7 +109,7 @@ pub struct BundleArgs {
     #[arg(long)]
     pub version: String,
     /// Namespace the bundle is loaded into (the reconciler's --bundle-namespace).
-    #[arg(long, default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE)]
+    #[arg(long, default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE, value_parser = parse_namespace)]
     pub namespace: String,
     /// The operator's image for nodes that pull from a mirror (see the help text).
     #[arg(
@@ -195,7 +195,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CAPI_CALICO_NO_TEMPLATE_LINKER")]
     pub no_template_linker: bool,
     /// Namespace holding the Calico operator bundles (see `bundle`).
-    #[arg(long, env = "CAPI_CALICO_BUNDLE_NAMESPACE", default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE)]
+    #[arg(long, env = "CAPI_CALICO_BUNDLE_NAMESPACE", default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE, value_parser = parse_namespace)]
     pub bundle_namespace: String,
     /// Log format.
     #[arg(
@@ -218,16 +218,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CAPI_CALICO_LOOKUP_TIMEOUT", default_value = "1500ms", value_parser = parse_positive_duration)]
     pub lookup_timeout: std::time::Duration,
     /// Largest accepted request body in bytes.
-    #[arg(long, env = "CAPI_CALICO_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
+    #[arg(long, env = "CAPI_CALICO_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024, value_parser = at_least_one())]
     pub max_body_bytes: usize,
     /// Memory all request bodies may hold at once, in bytes (at least twice --max-body-bytes); past it, 503.
     #[arg(long, env = "CAPI_CALICO_MAX_BODY_MEMORY_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub max_body_memory_bytes: usize,
     /// Reviews handled at once.
-    #[arg(long, env = "CAPI_CALICO_MAX_CONCURRENT_REVIEWS", default_value_t = 64)]
+    #[arg(long, env = "CAPI_CALICO_MAX_CONCURRENT_REVIEWS", default_value_t = 64, value_parser = at_least_one())]
     pub max_concurrent_reviews: usize,
     /// Open connections accepted on the webhook port.
-    #[arg(long, env = "CAPI_CALICO_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "CAPI_CALICO_MAX_CONNECTIONS", default_value_t = 1024, value_parser = at_least_one())]
     pub max_connections: usize,
     /// Time a connection has to send a request's headers (slow-header clients are cut off).
     #[arg(long, env = "CAPI_CALICO_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
@@ -337,6 +337,22 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{text:?} is longer than 24 hours (1440m)"));
     }
     Ok(duration)
+}
+
+/// A namespace name: a DNS-1123 label (lower-case letters, digits and '-', at most 63 characters).
+fn parse_namespace(raw: &str) -> Result<String, String> {
+    if raw.len() <= 63 && !raw.contains('.') && crate::settings::values::is_dns1123_subdomain(raw) {
+        Ok(raw.to_string())
+    } else {
+        Err("not a namespace name: lower-case letters, digits and '-', starting and ending with a letter or \
+             digit, at most 63 characters"
+            .to_string())
+    }
+}
+
+/// A count of at least 1 (0 would not mean "unlimited": the server would take it as 1).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 /// [`parse_duration`], refusing zero (a zero timeout would cut every connection or answer every review with an
@@ -544,7 +560,15 @@ fn read_all(files: &[String], err: &mut dyn Write) -> Option<Vec<Document>> {
         let _ = writeln!(
             err,
             "error: no Kubernetes objects in {}: every document is empty",
-            files.join(", ")
+            files
+                .iter()
+                .map(|f| if f == "-" {
+                    crate::manifest::STDIN_NAME
+                } else {
+                    f.as_str()
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         return None;
     }
@@ -920,6 +944,53 @@ mod tests {
                 "0"
             ])
             .is_err()
+        );
+    }
+
+    /// 0 would not mean "unlimited" (the server would take it as 1), and a bad namespace would fail only at apply.
+    #[test]
+    fn counts_and_namespaces_are_checked_when_parsed() {
+        for flag in [
+            "--max-connections",
+            "--max-concurrent-reviews",
+            "--max-body-bytes",
+        ] {
+            let err = Cli::try_parse_from(["capi-calico-webhook", "serve", flag, "0"])
+                .expect_err("zero count");
+            assert!(err.to_string().contains("0 is not in 1.."), "{flag}: {err}");
+            assert!(Cli::try_parse_from(["capi-calico-webhook", "serve", flag, "1"]).is_ok());
+        }
+        for bad in ["Bad_NS", "a.b", "a-", &"a".repeat(64)] {
+            for args in [
+                vec!["serve", "--bundle-namespace", bad],
+                vec![
+                    "bundle",
+                    "--version",
+                    "v3.31.7",
+                    "--operator",
+                    "o",
+                    "--crds",
+                    "c",
+                    "--namespace",
+                    bad,
+                ],
+            ] {
+                let err = Cli::try_parse_from(std::iter::once("capi-calico-webhook").chain(args))
+                    .expect_err(bad);
+                assert!(
+                    err.to_string().contains("not a namespace name"),
+                    "{bad}: {err}"
+                );
+            }
+        }
+        assert!(
+            Cli::try_parse_from([
+                "capi-calico-webhook",
+                "serve",
+                "--bundle-namespace",
+                "calico-bundles"
+            ])
+            .is_ok()
         );
     }
 }

@@ -99,6 +99,20 @@ fn list_items(object: &serde_json::Map<String, Value>) -> Option<&Vec<Value>> {
     }
 }
 
+/// `value`, or the items of the List it is, flattened however deep Lists are nested in Lists (as kubectl does).
+fn flatten_lists(value: Value, out: &mut Vec<Value>) {
+    match value {
+        Value::Object(mut map) if list_items(&map).is_some() => {
+            if let Some(Value::Array(items)) = map.remove("items") {
+                for item in items {
+                    flatten_lists(item, out);
+                }
+            }
+        }
+        other => out.push(other),
+    }
+}
+
 /// An annotation written without a value (`key:` or `key: ~` in YAML) is stored by the API server as the empty
 /// string; read it that way, so that it is validated as what the cluster will hold.
 fn null_annotations_as_empty(object: &mut Value) {
@@ -112,7 +126,8 @@ fn null_annotations_as_empty(object: &mut Value) {
     }
 }
 
-/// Parse `text` (from `path`) into documents. Empty documents are skipped; a `kind: List` is flattened.
+/// Parse `text` (from `path`) into documents. Empty documents are skipped; a `kind: List` is flattened, with any
+/// List in its items.
 pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
     let mut docs = Vec::new();
     let mut index = 0;
@@ -125,13 +140,12 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             path: path.to_string(),
             index,
         };
-        let (items, listed) = match &value {
-            Value::Object(map) => match list_items(map) {
-                Some(items) => (items.clone(), true),
-                None => (vec![value], false),
-            },
+        let listed = match &value {
+            Value::Object(map) => list_items(map).is_some(),
             _ => return Err(not_an_object()),
         };
+        let mut items = Vec::new();
+        flatten_lists(value, &mut items);
         for (n, mut object) in items.into_iter().enumerate() {
             if !object.is_object() {
                 return Err(not_an_object());
@@ -174,11 +188,16 @@ mod tests {
 
     #[test]
     fn parses_yaml_json_and_lists() {
-        let cases: [(&str, usize); 5] = [
+        let cases: [(&str, usize); 6] = [
             ("a: 1\n---\nb: 2\n", 2),
             ("---\n---\nkind: X\n", 1),
             ("{\"kind\": \"X\"}\n{\"kind\": \"Y\"}", 2),
             ("kind: List\nitems:\n- kind: A\n- kind: B\n", 2),
+            // Lists in a List are flattened too, as kubectl does: the Cluster inside is checked.
+            (
+                "kind: List\nitems:\n- kind: A\n- kind: ConfigMapList\n  items:\n  - kind: List\n    items:\n    - kind: B\n    - kind: C\n",
+                3,
+            ),
             ("", 0),
         ];
         for (text, count) in cases {

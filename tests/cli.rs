@@ -239,6 +239,27 @@ fn check_exit_codes_and_messages() {
         text(&ok.stdout)
     );
 
+    // Standard input is named as everywhere else in messages.
+    let empty = run(&["check", "-"], Some("---\n"));
+    assert_eq!(empty.status.code(), Some(2));
+    assert_eq!(
+        text(&empty.stderr),
+        "error: no Kubernetes objects in <stdin>: every document is empty\n"
+    );
+    // Lists nested in a List are read, as kubectl reads them: the invalid Cluster inside is found.
+    let invalid = std::fs::read_to_string(fixture("invalid.yaml")).unwrap();
+    let first: Value = parse_docs(&invalid).remove(0);
+    let nested = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "List", "items": [first]}
+    ]});
+    let in_lists = run(&["check", "-"], Some(&nested.to_string()));
+    assert_eq!(
+        in_lists.status.code(),
+        Some(1),
+        "{}",
+        text(&in_lists.stdout)
+    );
+
     let bad = run(
         &["check", &fixture("invalid.yaml").display().to_string()],
         None,
