@@ -1102,6 +1102,43 @@ fn apply_installs_calicoctl_when_the_pre_command_could_not() {
     assert_eq!(a.verbs(), want);
 }
 
+/// An install that no later run can fix (here: no checksum for this machine's architecture, installer exit 3) ends
+/// the apply with exit 2 at once, which the unit does not restart, with the installer's reason in the log; it is not
+/// retried (and the binary downloaded again) until the deadline, every 35 minutes, for ever.
+#[test]
+fn apply_stops_at_an_install_that_cannot_succeed() {
+    let a = Apply::new(1);
+    let mirror = Mirror::start(vec![(200, b"unused".to_vec())]);
+    let mut s = settings(true, true);
+    s.calicoctl.url_template = format!(
+        "http://127.0.0.1:{}/{{version}}/calicoctl-linux-{{arch}}",
+        mirror.port
+    );
+    // This machine is amd64 (the tests run there), and only an arm64 checksum is known.
+    s.calicoctl.sha256_amd64 = None;
+    s.calicoctl.sha256_arm64 = Some(Sha256Hex("ab".repeat(32)));
+    let inj = desired(&s, Target::ControlPlane).unwrap();
+    for path in [INSTALL_SCRIPT_PATH, CALICOCTL_CONF_PATH] {
+        let name = path.trim_start_matches(DIR);
+        std::fs::write(a.dir.join(name), node_text(inj.file(path).unwrap())).unwrap();
+    }
+    let install_dir = a.tmp.path().join("usr/local/bin");
+    let mut cmd = a.command(60, 1, 0, 0);
+    cmd.env("CAPI_CALICO_CALICOCTL", install_dir.join("calicoctl"))
+        .env("CAPI_CALICO_INSTALL_DIR", &install_dir)
+        .env("CAPI_CALICO_CONF", a.dir.join("calicoctl.conf"));
+    let (out, elapsed) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "stdout: {stdout}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(
+        stdout.contains("installer exit 3") && stdout.contains("no SHA-256 for calicoctl"),
+        "{stdout}"
+    );
+    assert_eq!(mirror.hits(), 0, "nothing downloaded");
+    assert!(a.calls().is_empty());
+}
+
 #[test]
 fn apply_respects_the_deadline() {
     let a = Apply::new(2);
@@ -1396,11 +1433,9 @@ fn apply_unit_restarts_failures_and_outlives_the_script_deadline() {
     assert_eq!(get("Service", "Type"), "simple");
     assert_eq!(get("Service", "Restart"), "on-failure");
     assert_eq!(get("Service", "RestartPreventExitStatus"), "2");
-    assert!(
-        APPLY_SCRIPT.contains(
-            "# Exit codes: 0 applied (now or before), 1 deadline passed, 2 bad environment"
-        )
-    );
+    assert!(APPLY_SCRIPT.contains(
+        "# Exit codes: 0 applied (now or before), 1 deadline passed, 2 what no later run can fix"
+    ));
     assert_eq!(get("Unit", "StartLimitIntervalSec"), "0");
     assert_eq!(get("Install", "WantedBy"), "multi-user.target");
     let number_after = |text: &str, prefix: &str| -> u64 {

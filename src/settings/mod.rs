@@ -397,6 +397,18 @@ impl<'a> Resolver<'a> {
             checksums::DEFAULT_VERSION,
             values::parse_version,
         );
+        // Only calicoctl and the BGP files depend on knowing the release; the delivery does not.
+        if let (Some(v), Some(raw)) = (version, self.get(keys::CALICO_VERSION))
+            && (install == Some(true) || configure == Some(true))
+            && let Err(e) = values::check_not_too_old(v)
+        {
+            self.problems.push(Problem::with_value(
+                keys::CALICO_VERSION,
+                raw,
+                e.rule,
+                e.message,
+            ));
+        }
         let url = self.parse(
             keys::CALICOCTL_URL,
             values::UrlTemplate {

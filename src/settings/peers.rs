@@ -397,13 +397,26 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-/// `spec` without its fields set to the empty string: every string field of a BGPPeer spec is `omitempty`, and
-/// Calico's validation reads `""` as not set (`peerSelector: ""` beside `peerIP` is not a conflict, and `node: ""`
-/// is no node), so they are checked, and rendered, as absent. `asNumber` is not a string field: `""` stays, and is
-/// refused as no AS number.
+/// The BGPPeer `spec` fields that are plain Go strings with `omitempty` in Calico's `bgppeer.go`: `""` is the same as
+/// not set there.
+const PLAIN_STRING_FIELDS: [&str; 7] = [
+    "node",
+    "nodeSelector",
+    "peerIP",
+    "peerSelector",
+    "sourceAddress",
+    "reachableBy",
+    "localWorkloadSelector",
+];
+
+/// `spec` without its plain string fields set to the empty string: Calico reads `""` there as not set
+/// (`peerSelector: ""` beside `peerIP` is not a conflict, and `node: ""` is no node), so they are checked, and
+/// rendered, as absent. Any other field set to `""` (a pointer, number, list or unknown field) is still checked.
 fn without_empty_strings(spec: &Map<String, Value>) -> Map<String, Value> {
     spec.iter()
-        .filter(|(field, value)| field.as_str() == "asNumber" || value.as_str() != Some(""))
+        .filter(|(field, value)| {
+            !(PLAIN_STRING_FIELDS.contains(&field.as_str()) && value.as_str() == Some(""))
+        })
         .map(|(field, value)| (field.clone(), value.clone()))
         .collect()
 }
@@ -653,25 +666,20 @@ impl DocCheck<'_> {
     /// An AS number as a YAML number or string (decimal or asdot). Returns the numeric value (0 allowed here).
     fn as_number(&mut self, field: &str, value: &Value) -> Option<u32> {
         let parsed = match value {
-            Value::Number(n) => match n.as_u64() {
-                Some(n) => parse_as_number_allow_zero(&n.to_string()),
-                // A whole number too large for u64 reaches here as a float too (1e20).
-                None if n
-                    .as_f64()
-                    .is_some_and(|f| f.fract() == 0.0 && f > 2_147_483_647.0) =>
-                {
-                    Err(ValueError::new(
-                        rules::AS_NUMBER_RANGE,
-                        "is out of range: the largest usable AS number is 2147483647",
-                    ))
-                }
-                None if n.is_f64() => Err(ValueError::new(
-                    rules::AS_NUMBER_FORMAT,
-                    "is not an AS number: write an asdot AS number as a quoted string, e.g. \"1.10\"",
-                )),
-                None => Err(ValueError::new(
+            // A whole number too large for u64 reaches here as a float (1e20, -1e20).
+            Value::Number(n) => match (n.as_u64(), n.as_f64().unwrap_or(0.0)) {
+                (Some(n), _) => parse_as_number_allow_zero(&n.to_string()),
+                (None, f) if f < 0.0 => Err(ValueError::new(
                     rules::AS_NUMBER_FORMAT,
                     "is not an AS number: it must not be negative",
+                )),
+                (None, f) if f.fract() == 0.0 && f > 2_147_483_647.0 => Err(ValueError::new(
+                    rules::AS_NUMBER_RANGE,
+                    "is out of range: the largest usable AS number is 2147483647",
+                )),
+                (None, _) => Err(ValueError::new(
+                    rules::AS_NUMBER_FORMAT,
+                    "is not an AS number: write an asdot AS number as a quoted string, e.g. \"1.10\"",
                 )),
             },
             Value::String(s) => parse_as_number_allow_zero(s),
@@ -1488,11 +1496,32 @@ spec:
                 rules::BGP_PEER_FIELD,
                 "spec.peerIP \"10.0.0.1/32\" is not a peer address",
             ),
+            // Other fields set to "" are still checked: not a BGPPeer field, not a mapping, not a number.
+            (
+                "  peerIP: 10.0.0.1\n  asNumber: 1\n  peerIp: ''\n",
+                rules::BGP_PEER_UNKNOWN_FIELD,
+                "spec.peerIp is not a BGPPeer field",
+            ),
+            (
+                "  peerIP: 10.0.0.1\n  asNumber: 1\n  password: ''\n",
+                rules::BGP_PEER_FIELD,
+                "spec.password",
+            ),
+            (
+                "  peerIP: 10.0.0.1\n  asNumber: 1\n  ttlSecurity: ''\n",
+                rules::BGP_PEER_FIELD,
+                "spec.ttlSecurity",
+            ),
             // A whole number too large for the parser is out of range, not an unquoted asdot number.
             (
                 "  peerIP: 10.0.0.1\n  asNumber: 99999999999999999999\n",
                 rules::BGP_PEER_AS_NUMBER,
                 "is out of range: the largest usable AS number is 2147483647",
+            ),
+            (
+                "  peerIP: 10.0.0.1\n  asNumber: -99999999999999999999\n",
+                rules::BGP_PEER_AS_NUMBER,
+                "must not be negative",
             ),
             (
                 "  peerIP: 10.0.0.1\n  asNumber: 1.5\n",

@@ -1586,3 +1586,36 @@ fn hostile_field_names_make_a_bounded_denial() {
     assert!(text.matches('…').count() >= 3, "{text}");
     assert!(text.len() < 3 * 1024, "{} bytes: {text}", text.len());
 }
+
+/// Calico before v3.22 is refused only where the webhook needs to know the release (calicoctl's download and the
+/// BGPPeer fields); a Cluster that only has Calico delivered keeps its writes.
+#[test]
+fn an_old_calico_version_is_refused_only_for_calicoctl_and_bgp() {
+    let old = [("CALICO_VERSION", "v3.21.5")];
+    assert!(matches!(
+        resolve(&opted_in(&old), None),
+        Resolution::OptedIn { .. }
+    ));
+    let sha = "ab".repeat(32);
+    let installing = [
+        ("CALICO_VERSION", "v3.21.5"),
+        ("INSTALL_CALICOCTL", "true"),
+        ("CALICOCTL_SHA256_AMD64", sha.as_str()),
+        ("CALICOCTL_SHA256_ARM64", sha.as_str()),
+    ];
+    let Resolution::Invalid { problems } = resolve(&opted_in(&installing), None) else {
+        panic!("refused when installing calicoctl");
+    };
+    assert_eq!(
+        rules_of(&problems),
+        [rules::VERSION_TOO_OLD],
+        "{problems:?}"
+    );
+    assert!(
+        problems[0]
+            .to_string()
+            .contains("\"v3.21.5\" is older than v3.22.0"),
+        "{}",
+        problems[0]
+    );
+}

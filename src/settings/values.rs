@@ -465,11 +465,27 @@ impl fmt::Display for CalicoVersion {
     }
 }
 
-/// The oldest Calico release accepted: the first whose calicoctl is published by the calico repository as
-/// `calicoctl-linux-{arch}` (the default URL), and the first of the BGPPeer field history in `peers::FIELDS_SINCE`.
+/// The oldest Calico release accepted when calicoctl is installed or BGP configured: the first whose calicoctl is
+/// published by the calico repository as `calicoctl-linux-{arch}` (the default URL), and the first of the BGPPeer
+/// field history in `peers::FIELDS_SINCE`.
 pub const OLDEST_VERSION: (u16, u16) = (3, 22);
 
-/// `vX.Y.Z`, strict decimal parts, at least [`OLDEST_VERSION`].
+/// Refuses a version older than [`OLDEST_VERSION`] (for calicoctl and the BGP files; see there).
+pub fn check_not_too_old(version: CalicoVersion) -> Result<(), ValueError> {
+    let (major, minor) = OLDEST_VERSION;
+    if (version.major, version.minor) >= OLDEST_VERSION {
+        return Ok(());
+    }
+    Err(ValueError::new(
+        rules::VERSION_TOO_OLD,
+        format!(
+            "is older than v{major}.{minor}.0, the oldest Calico release whose calicoctl downloads and BGPPeer fields \
+             capi-calico-webhook knows (needed to install calicoctl or configure BGP); use v{major}.{minor}.0 or later"
+        ),
+    ))
+}
+
+/// `vX.Y.Z`, strict decimal parts.
 pub fn parse_version(raw: &str) -> Result<CalicoVersion, ValueError> {
     fn parts(s: &str) -> Option<CalicoVersion> {
         let mut it = s.split('.');
@@ -489,16 +505,6 @@ pub fn parse_version(raw: &str) -> Result<CalicoVersion, ValueError> {
     }
     if raw.len() <= 32 {
         if let Some(version) = raw.strip_prefix('v').and_then(parts) {
-            if (version.major, version.minor) < OLDEST_VERSION {
-                let (major, minor) = OLDEST_VERSION;
-                return Err(ValueError::new(
-                    rules::VERSION_TOO_OLD,
-                    format!(
-                        "is older than v{major}.{minor}.0, the oldest Calico release whose BGPPeer fields and \
-                         calicoctl downloads capi-calico-webhook knows; use v{major}.{minor}.0 or later"
-                    ),
-                ));
-            }
             return Ok(version);
         }
         if let Some(version) = raw.strip_prefix('V').or(Some(raw)).and_then(parts) {
@@ -1367,7 +1373,7 @@ mod tests {
         };
         for (raw, want) in [
             ("v3.31.7", v(3, 31, 7)),
-            ("v3.22.0", v(3, 22, 0)),
+            ("v0.0.0", v(0, 0, 0)),
             ("v10.200.3000", v(10, 200, 3000)),
         ] {
             assert_eq!(parse_version(raw), Ok(want), "{raw}");
@@ -1387,10 +1393,20 @@ mod tests {
             ("v3.31.7\n", None),
             ("v3.31.7;id", None),
         ];
-        for raw in ["v3.21.9", "v2.6.0", "v0.0.0"] {
-            let e = parse_version(raw).expect_err(raw);
-            assert_eq!(e.rule, rules::VERSION_TOO_OLD, "{raw}");
-            assert!(e.message.contains("use v3.22.0 or later"), "{}", e.message);
+        for (raw, ok) in [
+            ("v3.21.9", false),
+            ("v2.6.0", false),
+            ("v0.0.0", false),
+            ("v3.22.0", true),
+        ] {
+            match check_not_too_old(parse_version(raw).expect(raw)) {
+                Ok(()) => assert!(ok, "{raw}"),
+                Err(e) => {
+                    assert!(!ok, "{raw}");
+                    assert_eq!(e.rule, rules::VERSION_TOO_OLD, "{raw}");
+                    assert!(e.message.contains("use v3.22.0 or later"), "{}", e.message);
+                }
+            }
         }
         for (raw, text) in bad {
             let e = parse_version(raw).expect_err(raw);

@@ -1,12 +1,8 @@
 #!/bin/bash
-# capi-calico-webhook: /etc/capi-calico/apply-bgp.sh, run on control-plane machines by the unit
-# capi-calico-apply-bgp (see the webhook's docs/injection.md). Once Calico answers, it applies the BGPPeers FIRST and
-# the BGPConfiguration (mesh off) SECOND: mesh off before the peerings exist would cut every BGP session. Failures
-# are retried until a deadline. On success it records a digest of its files and the cluster's CA.
-#
-# The CAPI_CALICO_* environment variables are for tests only (see the docs).
-#
-# Exit codes: 0 applied (now or before), 1 deadline passed, 2 bad environment or missing files.
+# capi-calico-webhook: /etc/capi-calico/apply-bgp.sh, run by the unit capi-calico-apply-bgp (docs/injection.md).
+# Once Calico answers: BGPPeers FIRST, then the BGPConfiguration (mesh off), which would cut every BGP session if
+# the peerings did not exist yet. Failures are retried until a deadline. CAPI_CALICO_* variables: tests only.
+# Exit codes: 0 applied (now or before), 1 deadline passed, 2 what no later run can fix.
 set -eu
 set -o pipefail
 
@@ -79,14 +75,17 @@ remaining() {
   echo $((deadline - $(date +%s)))
 }
 
-# retry DESCRIPTION COMMAND...: run COMMAND until it succeeds; exit 1 once the deadline has passed.
+# retry DESCRIPTION COMMAND...: run COMMAND until it succeeds; exit 1 once the deadline has passed, 2 at once when
+# COMMAND exits 100 (no later run can do better).
 retry() {
   what="$1"
   shift
   delay="$retry_sleep"
   tries=1
   while :; do
-    if output="$("$@" 2>&1)"; then
+    rc=0
+    output="$("$@" 2>&1)" || rc=$?
+    if [ "$rc" -eq 0 ]; then
       if [ -n "$output" ]; then
         log "$what: ok (attempt $tries): $(squash "$output")"
       else
@@ -94,35 +93,22 @@ retry() {
       fi
       return 0
     fi
+    [ "$rc" -ne 100 ] || die 2 "$what: $(squash "$output")"
     left="$(remaining)"
     log "$what: not yet (attempt $tries): $(squash "$output")"
-    if [ "$left" -le 0 ]; then
-      die 1 "deadline of ${deadline_seconds}s passed while waiting for: $what"
-    fi
-    if [ "$delay" -gt "$left" ]; then
-      delay="$left"
-    fi
+    [ "$left" -gt 0 ] || die 1 "deadline of ${deadline_seconds}s passed while waiting for: $what"
+    [ "$delay" -le "$left" ] || delay="$left"
     sleep "$delay"
     tries=$((tries + 1))
     delay=$((delay * 2))
-    if [ "$delay" -gt 60 ]; then
-      delay=60
-    fi
-    if [ "$delay" -lt 1 ]; then
-      delay=1
-    fi
-    if [ "$retry_sleep" -eq 0 ]; then
-      delay=0
-    fi
+    [ "$delay" -le 60 ] || delay=60
+    [ "$delay" -ge 1 ] || delay=1
+    [ "$retry_sleep" -ne 0 ] || delay=0
   done
 }
 
 have_kubeconfig() {
-  if [ -r "$kubeconfig" ]; then
-    return 0
-  fi
-  echo "$kubeconfig does not exist yet"
-  return 1
+  [ -r "$kubeconfig" ] || { echo "$kubeconfig does not exist yet" && return 1; }
 }
 
 have_timeout=""
@@ -153,8 +139,7 @@ calicoctl_() {
   bounded "$attempt_timeout" "calicoctl $1 ${2:-}" "$calicoctl" "$@"
 }
 
-# Create "default" only when `get` fails with "... does not exist: BGPConfiguration(default) ..." (any other failure:
-# retry). Losing a create race to another machine ("already exists") fails this attempt; the next one patches.
+# Create "default" only when `get` says it "does not exist" (else retry). A lost create race: the next try patches.
 bgp_configuration() {
   local out
   if out="$(calicoctl_ get bgpconfiguration default 2>&1)"; then
@@ -186,8 +171,7 @@ if [ -z "$have_timeout" ]; then
   log "WARNING: timeout (coreutils) not found: a hung calicoctl run is not stopped, the deadline is only checked between runs"
 fi
 retry "admin kubeconfig $kubeconfig" have_kubeconfig
-# What this machine applied last, to which cluster (its CA; a reused host may join another cluster): the same files
-# need no second run (a reboot, a restart of the unit).
+# What this machine applied last, to which cluster (its CA: a reused host may join another): no second run.
 digest="$(cat -- "${peer_files[@]}" "$conf_file" <(grep -m 1 'certificate-authority-data' "$kubeconfig" || true) |
   sha256sum | cut -d ' ' -f 1)"
 if [ "$(cat -- "$state_dir/applied" 2>/dev/null || true)" = "$digest" ]; then
@@ -197,10 +181,14 @@ fi
 # If the pre command's install failed, run the installer again, retried. Never a calicoctl on PATH.
 installer="$dir/install-calicoctl.sh"
 [ -x "$calicoctl" ] || [ -r "$installer" ] || die 2 "calicoctl is not installed at $calicoctl, nor $installer"
+# The installer's last words (all in install-calicoctl.log). Its exit codes 2, 3, 4 cannot change on another run.
 have_calicoctl() {
+  local out rc=0
   [ ! -x "$calicoctl" ] || return 0
-  echo "calicoctl is not installed at $calicoctl: running $installer"
-  bounded "$deadline_seconds" "$installer" /bin/bash "$installer" 2>&1
+  out="$(bounded "$deadline_seconds" "$installer" /bin/bash "$installer" 2>&1)" || rc=$?
+  printf 'installer exit %s: %s\n' "$rc" "$(printf '%s\n' "$out" | tail -n 2)"
+  case "$rc" in 2 | 3 | 4) return 100 ;; esac
+  return "$rc"
 }
 retry "calicoctl installed at $calicoctl" have_calicoctl
 retry "Calico ready (calicoctl get clusterinformation default)" calicoctl_ get clusterinformation default
