@@ -796,6 +796,32 @@ impl Apply {
         c
     }
 
+    /// `cmd` with the installer and its data file on the machine (downloading from `port` on 127.0.0.1, with these
+    /// checksums) and no calicoctl installed yet: the apply has to run the installer.
+    fn with_installer(
+        &self,
+        mut cmd: Command,
+        port: u16,
+        sha_amd64: Option<&str>,
+        sha_arm64: &str,
+    ) -> Command {
+        let mut s = settings(true, true);
+        s.calicoctl.url_template =
+            format!("http://127.0.0.1:{port}/{{version}}/calicoctl-linux-{{arch}}");
+        s.calicoctl.sha256_amd64 = sha_amd64.map(|x| Sha256Hex(x.into()));
+        s.calicoctl.sha256_arm64 = Some(Sha256Hex(sha_arm64.into()));
+        let inj = desired(&s, Target::ControlPlane).unwrap();
+        for path in [INSTALL_SCRIPT_PATH, CALICOCTL_CONF_PATH] {
+            let name = path.trim_start_matches(DIR);
+            std::fs::write(self.dir.join(name), node_text(inj.file(path).unwrap())).unwrap();
+        }
+        let install_dir = self.tmp.path().join("usr/local/bin");
+        cmd.env("CAPI_CALICO_CALICOCTL", install_dir.join("calicoctl"))
+            .env("CAPI_CALICO_INSTALL_DIR", &install_dir)
+            .env("CAPI_CALICO_CONF", self.dir.join("calicoctl.conf"));
+        cmd
+    }
+
     fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.state.join("calls"))
             .unwrap_or_default()
@@ -1071,24 +1097,9 @@ fn apply_installs_calicoctl_when_the_pre_command_could_not() {
     let stub = STUB_CALICOCTL.as_bytes().to_vec();
     // The first run of the installer fails (one attempt of its own), the second gets the binary.
     let mirror = Mirror::start(vec![(503, b"busy".to_vec()), (200, stub.clone())]);
-    let mut s = settings(true, true);
-    s.calicoctl.url_template = format!(
-        "http://127.0.0.1:{}/{{version}}/calicoctl-linux-{{arch}}",
-        mirror.port
-    );
-    s.calicoctl.sha256_amd64 = Some(Sha256Hex(sha256_hex(&stub)));
-    s.calicoctl.sha256_arm64 = Some(Sha256Hex(sha256_hex(&stub)));
-    let inj = desired(&s, Target::ControlPlane).unwrap();
-    for path in [INSTALL_SCRIPT_PATH, CALICOCTL_CONF_PATH] {
-        let name = path.trim_start_matches(DIR);
-        std::fs::write(a.dir.join(name), node_text(inj.file(path).unwrap())).unwrap();
-    }
-    let install_dir = a.tmp.path().join("usr/local/bin");
-    let mut cmd = a.command(60, 0, 0, 0);
-    cmd.env("CAPI_CALICO_CALICOCTL", install_dir.join("calicoctl"))
-        .env("CAPI_CALICO_INSTALL_DIR", &install_dir)
-        .env("CAPI_CALICO_CONF", a.dir.join("calicoctl.conf"))
-        .env("CAPI_CALICO_DOWNLOAD_ATTEMPTS", "1");
+    let sha = sha256_hex(&stub);
+    let mut cmd = a.with_installer(a.command(60, 0, 0, 0), mirror.port, Some(&sha), &sha);
+    cmd.env("CAPI_CALICO_DOWNLOAD_ATTEMPTS", "1");
     let (out, _) = run(cmd, Duration::from_secs(60));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "stdout: {stdout}");
@@ -1109,24 +1120,8 @@ fn apply_installs_calicoctl_when_the_pre_command_could_not() {
 fn apply_stops_at_an_install_that_cannot_succeed() {
     let a = Apply::new(1);
     let mirror = Mirror::start(vec![(200, b"unused".to_vec())]);
-    let mut s = settings(true, true);
-    s.calicoctl.url_template = format!(
-        "http://127.0.0.1:{}/{{version}}/calicoctl-linux-{{arch}}",
-        mirror.port
-    );
     // This machine is amd64 (the tests run there), and only an arm64 checksum is known.
-    s.calicoctl.sha256_amd64 = None;
-    s.calicoctl.sha256_arm64 = Some(Sha256Hex("ab".repeat(32)));
-    let inj = desired(&s, Target::ControlPlane).unwrap();
-    for path in [INSTALL_SCRIPT_PATH, CALICOCTL_CONF_PATH] {
-        let name = path.trim_start_matches(DIR);
-        std::fs::write(a.dir.join(name), node_text(inj.file(path).unwrap())).unwrap();
-    }
-    let install_dir = a.tmp.path().join("usr/local/bin");
-    let mut cmd = a.command(60, 1, 0, 0);
-    cmd.env("CAPI_CALICO_CALICOCTL", install_dir.join("calicoctl"))
-        .env("CAPI_CALICO_INSTALL_DIR", &install_dir)
-        .env("CAPI_CALICO_CONF", a.dir.join("calicoctl.conf"));
+    let cmd = a.with_installer(a.command(60, 1, 0, 0), mirror.port, None, &"ab".repeat(32));
     let (out, elapsed) = run(cmd, Duration::from_secs(60));
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "stdout: {stdout}");
