@@ -15,7 +15,7 @@
 //! explicitly, so hostile input (`((((...`, `!!!!...`) cannot overflow the stack.
 
 /// Longest accepted selector, in bytes.
-pub const MAX_SELECTOR_LEN: usize = 1024;
+pub const MAX_SELECTOR_LEN: usize = 4096;
 /// Deepest accepted nesting of parentheses and `!`.
 pub const MAX_DEPTH: usize = 32;
 
@@ -113,6 +113,25 @@ impl<'a> Parser<'a> {
         } else {
             false
         }
+    }
+
+    /// A two-word operator as Calico's tokenizer reads it: the words with optional whitespace between them
+    /// (`not in` or `notin`, `starts with` or `startswith`), and a word boundary after the last.
+    fn eat_words(&mut self, words: &[&str]) -> bool {
+        let start = self.pos;
+        for word in words {
+            self.skip_ws();
+            if !self.rest().starts_with(word) {
+                self.pos = start;
+                return false;
+            }
+            self.pos += word.len();
+        }
+        if self.rest().starts_with(is_ident_char) {
+            self.pos = start;
+            return false;
+        }
+        true
     }
 
     fn enter(&mut self) -> Result<(), SelectorError> {
@@ -247,22 +266,21 @@ impl<'a> Parser<'a> {
         if self.eat("==") || self.eat("!=") {
             return self.string();
         }
-        if self.eat_word("in") {
+        if self.eat_word("in") || self.eat_words(&["not", "in"]) {
             return self.set();
         }
-        if self.eat_word("not") {
-            if self.eat_word("in") {
-                return self.set();
-            }
-            return Err(self.error("expected \"in\" after \"not\""));
-        }
-        if self.eat_word("contains") {
+        if self.eat_word("contains")
+            || self.eat_words(&["starts", "with"])
+            || self.eat_words(&["ends", "with"])
+        {
             return self.string();
         }
+        if self.eat_word("not") {
+            self.skip_ws();
+            return Err(self.error("expected \"in\" after \"not\""));
+        }
         if self.eat_word("starts") || self.eat_word("ends") {
-            if self.eat_word("with") {
-                return self.string();
-            }
+            self.skip_ws();
             return Err(self.error("expected \"with\""));
         }
         Err(self
@@ -302,6 +320,10 @@ impl<'a> Parser<'a> {
             }
             if !self.eat(",") {
                 return Err(self.error("expected \",\" or \"}\" in a set"));
+            }
+            // A trailing comma, as Calico's parser allows.
+            if self.eat("}") {
+                return Ok(());
             }
         }
     }
@@ -362,6 +384,12 @@ mod tests {
             "k in {}",
             "k in {\"a\"}",
             "k not in {'a','b'}",
+            // As Calico's tokenizer and parser read them: two-word operators written as one, a trailing comma.
+            "k notin {'a'}",
+            "k startswith 'a'",
+            "k endswith 'a'",
+            "k in {'a',}",
+            "k not  in {'a', 'b',}",
             "k contains 'x'",
             "k starts with 'pre'",
             "k ends with 'suf'",
@@ -404,7 +432,9 @@ mod tests {
             ("rack ==", 8, "quoted string"),
             ("k in ['a']", 6, "expected \"{\""),
             ("k in {'a' 'b'}", 11, "expected \",\" or \"}\""),
-            ("k in {'a',}", 11, "quoted string"),
+            ("k in {,}", 7, "quoted string"),
+            ("k in {'a',,}", 11, "quoted string"),
+            ("k notinx {'a'}", 3, "expected an operator"),
             ("k not {'a'}", 7, "expected \"in\""),
             ("k starts 'a'", 10, "expected \"with\""),
             ("has(a) &&", 10, "expected a label key"),
