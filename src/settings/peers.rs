@@ -1869,8 +1869,21 @@ spec:
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
         #[test]
-        fn never_panics_on_arbitrary_yaml(text in "\\PC{0,400}") {
+        fn never_panics_on_arbitrary_yaml(text in "(\\PC|\n){0,400}") {
             let _ = parse_route_reflectors(&b64(&text), None);
+        }
+
+        /// Documents that are BGPPeers, with known fields holding arbitrary values, reach every field's check.
+        #[test]
+        fn never_panics_on_arbitrary_peer_fields(
+            fields in proptest::collection::vec(
+                (proptest::sample::select(KNOWN_SPEC_FIELDS.to_vec()), "\\PC{0,40}"),
+                0..8,
+            )
+        ) {
+            let spec: String = fields.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect();
+            let doc = format!("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr\nspec:\n{spec}");
+            let _ = parse_route_reflectors(&b64(&doc), None);
         }
 
         #[test]

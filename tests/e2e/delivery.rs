@@ -592,9 +592,12 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
         c["metadata"]
     );
 
-    // deletion
+    // deletion (needs the garbage collector: without it, say so instead of passing)
     if gc.is_none() {
-        return Ok(());
+        return Err(Box::new(crate::harness::Skip(
+            "kube-controller-manager is not built: everything but the deletion by the garbage collector was checked"
+                .into(),
+        )));
     }
     h.kubectl_ok(
         &["delete", "-n", &ns, "cluster", "calico", "--wait=true"],
@@ -915,15 +918,29 @@ fn delivery_apply_failure_reported_on_cluster(h: &mut Harness) -> TestResult {
         ],
         None,
     )?;
-    // The retry comes within 30 s; a change of the Cluster brings it at once.
-    h.kubectl_ok(
-        &["annotate", "-n", &ns, "cluster", "calico", "e2e/retry=now"],
-        None,
-    )?;
-    poll("Delivered once the refused write can be done", 30, || {
+    // Nothing else changes: the failed pass is retried on its own (30 s, doubling while the inputs stay the same).
+    let t = Instant::now();
+    let cluster = poll("Delivered once the refused write can be done", 150, || {
         let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
-        Ok(status_of(&c).filter(|s| s["reason"] == "Delivered"))
+        Ok(status_of(&c)
+            .filter(|s| s["reason"] == "Delivered")
+            .map(|_| c))
     })?;
+    println!(
+        "  retried and delivered {:.0?} after the blocker went",
+        t.elapsed()
+    );
+    let installation = h.get_json("configmaps", &ns, "calico-calico-installation")?;
+    let owners = installation["metadata"]["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        owners.iter().any(|o| o["kind"] == "Cluster"
+            && o["uid"] == cluster["metadata"]["uid"]
+            && o["controller"] == true),
+        "the Installation copy is controlled by the Cluster: {owners:?}"
+    );
     Ok(())
 }
 

@@ -484,8 +484,9 @@ fn webhook_registration_reaches_127_0_0_1(h: &mut Harness) -> TestResult {
     }
 }
 
-/// Start `capi-calico-webhook serve` and register it (E2E_WEBHOOK_CONFIG or the sample config),
-/// then a server-side dry-run apply of the classic cluster must pass through it.
+/// Start `capi-calico-webhook serve` and register it (E2E_WEBHOOK_CONFIG or the sample config): a Cluster with an
+/// invalid master switch is then denied with the webhook's message (so the webhook is in the path), and a
+/// server-side dry-run apply of the classic cluster passes through it.
 fn webhook_serve_smoke(h: &mut Harness) -> TestResult {
     let config = match std::env::var("E2E_WEBHOOK_CONFIG") {
         Ok(p) => std::fs::read_to_string(&p).map_err(|e| fail!("{p}: {e}"))?,
@@ -498,6 +499,31 @@ fn webhook_serve_smoke(h: &mut Harness) -> TestResult {
     )?;
     let port = h.start_webhook(&[])?;
     let ids = h.register_webhooks(&config, port)?;
+    // The API server picks new webhook configurations up through an informer: wait until a Cluster the webhook must
+    // deny is denied by it.
+    let invalid = "apiVersion: cluster.x-k8s.io/v1beta2\nkind: Cluster\nmetadata:\n  name: smoke-invalid\n  \
+                   annotations:\n    capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: \"maybe\"\n";
+    let start = std::time::Instant::now();
+    loop {
+        let out = h.kubectl(
+            &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+            Some(invalid),
+        )?;
+        if !out.success
+            && out
+                .stderr
+                .contains("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT")
+        {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            h.unregister_webhooks(&ids)?;
+            return Err(fail!(
+                "the webhook never denied an invalid master switch: {out:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let yaml = fixture("classic-v1beta2.yaml")?;
     let start = std::time::Instant::now();
     let res = loop {
