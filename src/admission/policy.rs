@@ -437,7 +437,7 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
     if kind == SubjectKind::ConfigTemplate {
         // The worker template of a ClusterClass has no Cluster of its own, and must not be labelled with one.
         warnings.push(fit_warning(
-            "capi-calico: a ClusterClass's own template needs nothing: the copies made for each Cluster are injected",
+            "capi-calico: a ClusterClass's own MachineDeployment template needs nothing: its per-Cluster copies are injected",
         ));
     }
     warnings
@@ -1184,8 +1184,8 @@ mod tests {
         assert_eq!(
             warnings.last().map(String::as_str),
             Some(
-                "capi-calico: a ClusterClass's own template needs nothing: the copies made for each Cluster are \
-                 injected"
+                "capi-calico: a ClusterClass's own MachineDeployment template needs nothing: its per-Cluster \
+                 copies are injected"
             )
         );
         assert!(hint.chars().count() <= MAX_WARNING_CHARS, "{hint}");

@@ -38,15 +38,12 @@ pub struct DocumentSource {
     template_refs: HashMap<(String, String), Vec<(String, Value)>>,
 }
 
-/// The (namespace, name) a `controlPlaneRef`/`configRef` of an object in `own_namespace` points at.
+/// The (namespace, name) a `controlPlaneRef`/`configRef` of an object in `own_namespace` points at: always in
+/// `own_namespace`, as Cluster API resolves it (a v1beta1 ref's `namespace` is dropped on conversion to v1beta2,
+/// and the controllers look the object up in the referring object's namespace).
 fn referenced(reference: Option<&Value>, own_namespace: &str) -> Option<(String, String)> {
-    let reference = reference?;
-    let name = reference.get("name")?.as_str()?;
-    let namespace = reference
-        .get("namespace")
-        .and_then(Value::as_str)
-        .unwrap_or(own_namespace);
-    Some((namespace.to_string(), name.to_string()))
+    let name = reference?.get("name")?.as_str()?;
+    Some((own_namespace.to_string(), name.to_string()))
 }
 
 impl DocumentSource {
@@ -353,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn template_lookups_keep_namespaces_kinds_and_the_first_definition() {
+    fn template_lookups_use_the_referring_namespace_kinds_and_the_first_definition() {
         let cluster = |ns: &str, name: &str| {
             json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
                    "metadata": {"name": name, "namespace": ns}})
@@ -366,7 +363,8 @@ mod tests {
                         "name": "kct", "namespace": "kct-ns"}}}}}})
         };
         let docs = vec![
-            // A v1beta1 reference across namespaces: the Cluster is the MachineDeployment's namespace's.
+            // A v1beta1 reference naming another namespace: Cluster API drops that namespace and uses the template of
+            // the MachineDeployment's own namespace, so this names md-ns/kct, not kct-ns/kct.
             md("md-ns", "md", "c", "KubeadmConfigTemplate"),
             // A later definition of the same MachineDeployment does not count.
             md("md-ns", "md", "other", "KubeadmConfigTemplate"),
@@ -377,7 +375,16 @@ mod tests {
             md("kct-ns", "eks", "c", "EKSConfigTemplate"),
         ];
         let source = DocumentSource::new(&docs);
-        match source.lookup(&subject(SubjectKind::ConfigTemplate, "kct-ns", "kct", None)) {
+        let not_found = Lookup::NotFound {
+            looked_for:
+                "a MachineDeployment whose bootstrap configRef names it, in namespace kct-ns"
+                    .to_string(),
+        };
+        assert_eq!(
+            source.lookup(&subject(SubjectKind::ConfigTemplate, "kct-ns", "kct", None)),
+            not_found
+        );
+        match source.lookup(&subject(SubjectKind::ConfigTemplate, "md-ns", "kct", None)) {
             Lookup::Found {
                 cluster,
                 also_used_by,
@@ -394,11 +401,7 @@ mod tests {
         let only_other_kinds = DocumentSource::new(&docs[5..]);
         assert_eq!(
             only_other_kinds.lookup(&subject(SubjectKind::ConfigTemplate, "kct-ns", "kct", None)),
-            Lookup::NotFound {
-                looked_for:
-                    "a MachineDeployment whose bootstrap configRef names it, in namespace kct-ns"
-                        .to_string()
-            }
+            not_found
         );
     }
 

@@ -118,30 +118,40 @@ pub fn targets(cluster: &Value, machine_deployments: &[Value]) -> Vec<LinkTarget
 /// - The label names another Cluster: leave the object alone.
 /// - A KubeadmConfigTemplate labelled for this Cluster but without `capi-calico.io/cluster`: add that label. A KCT
 ///   labelled before its Cluster existed was admitted without injection, and nothing else brings it back to the
-///   webhook; editing a KCT never rolls out existing machines. A KubeadmControlPlane is never touched once it has
-///   the Cluster API label, because a late injection into a running control plane would roll it out.
+///   webhook; editing a KCT never rolls out existing machines.
+/// - A KubeadmControlPlane labelled for this Cluster but without `capi-calico.io/cluster`: add that label only while
+///   it has no machines (`kcp_machines` is `Some(0)`: its `status.replicas`, read for this). A KCP labelled before
+///   its Cluster existed was admitted without injection too, and Cluster API's later ownerReference does not bring
+///   it back; but a late injection into a running control plane would roll it out, so one with machines is left
+///   alone (its next spec change injects it, with that rollout; docs/injection.md).
 pub fn label_patch(
     kind: &str,
     cluster: &str,
     labels: &std::collections::BTreeMap<String, String>,
+    kcp_machines: Option<u64>,
 ) -> Option<Value> {
+    let ours = || json!({ "metadata": { "labels": { crate::delivery::CLUSTER_LABEL: cluster } } });
     match labels.get(CLUSTER_NAME_LABEL).map(String::as_str) {
         None => Some(json!({ "metadata": { "labels": {
             CLUSTER_NAME_LABEL: cluster,
             crate::delivery::CLUSTER_LABEL: cluster,
         } } })),
         Some(other) if other != cluster => None,
-        Some(_)
-            if kind == "KubeadmConfigTemplate"
-                && labels
-                    .get(crate::delivery::CLUSTER_LABEL)
-                    .map(String::as_str)
-                    != Some(cluster) =>
-        {
-            Some(json!({ "metadata": { "labels": { crate::delivery::CLUSTER_LABEL: cluster } } }))
-        }
+        Some(_) if !lacks_our_label(labels, cluster) => None,
+        Some(_) if kind == "KubeadmConfigTemplate" => Some(ours()),
+        Some(_) if kind == "KubeadmControlPlane" && kcp_machines == Some(0) => Some(ours()),
         Some(_) => None,
     }
+}
+
+/// Labelled `cluster.x-k8s.io/cluster-name=<cluster>` but not `capi-calico.io/cluster=<cluster>`: the case where
+/// [`label_patch`] needs to know a KCP's machines.
+pub fn lacks_our_label(labels: &std::collections::BTreeMap<String, String>, cluster: &str) -> bool {
+    labels.get(CLUSTER_NAME_LABEL).map(String::as_str) == Some(cluster)
+        && labels
+            .get(crate::delivery::CLUSTER_LABEL)
+            .map(String::as_str)
+            != Some(cluster)
 }
 
 /// Run until `shutdown` completes.
@@ -306,7 +316,19 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             continue;
         };
         let labels = current.metadata.labels.clone().unwrap_or_default();
-        let Some(patch) = label_patch(target.kind, &name, &labels) else {
+        // Only for a labelled KCP without ours: does it have machines yet?
+        let kcp_machines =
+            if target.kind == "KubeadmControlPlane" && lacks_our_label(&labels, &name) {
+                api.get_opt(&target.name).await?.map(|kcp| {
+                    kcp.data
+                        .pointer("/status/replicas")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                })
+            } else {
+                None
+            };
+        let Some(patch) = label_patch(target.kind, &name, &labels, kcp_machines) else {
             continue;
         };
         api.patch(
@@ -424,14 +446,36 @@ mod tests {
                 None,
             ),
             (
+                "KubeadmControlPlane",
+                labels(&[(CLUSTER_NAME_LABEL, "wl"), ("capi-calico.io/cluster", "wl")]),
+                None,
+            ),
+            (
                 "KubeadmConfigTemplate",
                 labels(&[(CLUSTER_NAME_LABEL, "wl"), ("capi-calico.io/cluster", "wl")]),
                 None,
             ),
         ];
         for (kind, labels, want) in cases {
-            assert_eq!(label_patch(kind, "wl", &labels), want, "{kind} {labels:?}");
+            assert_eq!(
+                label_patch(kind, "wl", &labels, None),
+                want,
+                "{kind} {labels:?}"
+            );
         }
+        // A KCP labelled for the Cluster before it existed: ours is added while it has no machines, so that the
+        // webhook sees it again and injects it; never once machines run (that injection would roll them).
+        let capi_only = labels(&[(CLUSTER_NAME_LABEL, "wl")]);
+        let ours = json!({"metadata": {"labels": {"capi-calico.io/cluster": "wl"}}});
+        for (machines, want) in [(Some(0), Some(ours)), (Some(3), None), (None, None)] {
+            assert_eq!(
+                label_patch("KubeadmControlPlane", "wl", &capi_only, machines),
+                want,
+                "{machines:?}"
+            );
+        }
+        assert!(lacks_our_label(&capi_only, "wl"));
+        assert!(!lacks_our_label(&capi_only, "other"));
     }
 
     #[test]

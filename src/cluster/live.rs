@@ -344,8 +344,10 @@ impl ClusterSource for LiveSource {
                         }
                     }
                 }
-                // The first Cluster by name that is cached, else one GET for the first name: which Cluster a shared
-                // template follows must not depend on cache order.
+                // The first Cluster by name among those cached (once synced, every existing Cluster is, within the
+                // watch's delay), else one GET for the first name: never the cache's order. A Cluster created a moment
+                // ago and not cached yet can be passed over for a later name in that moment; one GET per uncached
+                // name instead could exceed the request's deadline for a template shared by many Clusters.
                 let cached = users
                     .clusters
                     .iter()

@@ -211,9 +211,8 @@ pub fn reference_names(
         return false;
     };
     let field = |f: &str| reference.get(f).and_then(Value::as_str);
-    field("kind") == Some(kind)
-        && field("name") == Some(name)
-        && field("namespace").unwrap_or(own_namespace) == namespace
+    // A v1beta1 ref's `namespace` is ignored, as Cluster API ignores it (see `documents::referenced`).
+    field("kind") == Some(kind) && field("name") == Some(name) && own_namespace == namespace
 }
 
 /// The MachineDeployments that use a KubeadmConfigTemplate, as [`template_users`] finds them.

@@ -719,6 +719,13 @@ fn s2_invalid_settings_denied(h: &mut Harness) -> TestResult {
         "no lookup warning for the KCP: {}",
         out.stderr
     );
+    ensure!(
+        out.stderr.contains(
+            "Warning: capi-calico: no Cluster found for KubeadmConfigTemplate calico-md-0"
+        ),
+        "no lookup warning for the KCT: {}",
+        out.stderr
+    );
     for d in docs.iter().filter(|d| d["kind"] != "Cluster") {
         let stored = h.get_json(&qualified(d), &ns, name_of(d))?;
         spec_exactly(&stored, d, d["kind"].as_str().unwrap_or_default())?;
@@ -1263,6 +1270,26 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
         labelled["metadata"]
     );
 
+    // (c'') the same with a KCP that already carries the Cluster API label when it is applied before its Cluster
+    // (as the webhook's warning advises): Cluster API would only add an ownerReference, which the webhook does not
+    // see; the linker adds capi-calico.io/cluster while the KCP has no machines, and the injection arrives.
+    let ns = h.create_namespace("calico-6-labelled-first")?;
+    let mut kcp_labelled = kcp.clone();
+    kcp_labelled["metadata"]["labels"] = json!({"cluster.x-k8s.io/cluster-name": "calico"});
+    h.apply(&ns, &kcp_labelled.to_string())?;
+    ensure!(!injected(h, &ns, &kcp)?, "KCP injected without a Cluster");
+    h.apply(&ns, &cluster.to_string())?;
+    eventually(
+        "labelled KCP injected after its Cluster was applied",
+        || injected(h, &ns, &kcp),
+    )?;
+    let stored = h.get_json(&qualified(&kcp), &ns, name_of(&kcp))?;
+    ensure!(
+        stored["metadata"]["labels"][CLUSTER_LABEL] == "calico",
+        "{}",
+        stored["metadata"]
+    );
+
     // (d) issue 3's order: Cluster, KCP, KCT, MachineDeployment in one apply. The KCT comes
     // before its MachineDeployment, so it has no link yet.
     let ns = h.create_namespace("calico-6-kct-first")?;
@@ -1730,6 +1757,7 @@ fn s11_bgp_files_accepted_by_calico_crds(h: &mut Harness) -> TestResult {
             })
             .collect();
         ensure!(files.len() >= 2, "BGP files: {files:?}");
+        let mut this_cluster = 0;
         for f in files {
             let path = f["path"].as_str().unwrap_or_default();
             let content = match f["encoding"].as_str() {
@@ -1752,8 +1780,15 @@ fn s11_bgp_files_accepted_by_calico_crds(h: &mut Harness) -> TestResult {
                 "{path}: {n} of {want} objects applied: {}",
                 out.stdout
             );
-            checked += n;
+            this_cluster += n;
         }
+        // Every peer shape and the BGPConfiguration reached Calico's CRDs: none was dropped on the way.
+        ensure!(
+            this_cluster == PEER_SHAPES.len() + 1,
+            "AS {asn}: {this_cluster} objects, want {} peers and the BGPConfiguration",
+            PEER_SHAPES.len()
+        );
+        checked += this_cluster;
     }
     println!("  {checked} generated Calico objects accepted by the projectcalico.org/v3 CRDs");
     Ok(())
