@@ -440,45 +440,47 @@ fn webhook_registration_reaches_127_0_0_1(h: &mut Harness) -> TestResult {
         let cluster = fixture("classic-v1beta2.yaml")?;
         let cluster = cluster.split("\n---").next().unwrap_or_default();
         // the API server learns about new configs through an informer: retry for a while
-        let start = std::time::Instant::now();
-        loop {
-            let out = h.kubectl(
-                &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
-                Some(cluster),
-            )?;
-            if !out.success && out.stderr.contains("failed calling webhook") {
-                ensure!(
-                    out.stderr.contains("mutate.e2e-sample.capi-calico.io")
-                        && out.stderr.contains(&url),
-                    "unexpected error: {}",
-                    out.stderr
-                );
-                break;
-            }
-            ensure!(
-                start.elapsed() < Duration::from_secs(20),
-                "webhook never called; last: {out:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let out = dry_run_until(h, &ns, cluster, "the webhook called", |out| {
+            !out.success && out.stderr.contains("failed calling webhook")
+        })?;
+        ensure!(
+            out.stderr.contains("mutate.e2e-sample.capi-calico.io") && out.stderr.contains(&url),
+            "unexpected error: {}",
+            out.stderr
+        );
         Ok(())
     })();
     h.unregister_webhooks(&ids)?;
     res?;
     let cluster = fixture("classic-v1beta2.yaml")?;
     let cluster = cluster.split("\n---").next().unwrap_or_default();
+    dry_run_until(h, &ns, cluster, "accepted after unregistering", |out| {
+        out.success
+    })?;
+    Ok(())
+}
+
+/// `kubectl apply --dry-run=server` of `yaml` in `ns`, again every 200 ms for up to 20 s until `done` holds for its
+/// output (the API server learns of webhook configurations through an informer, a moment after they are written).
+fn dry_run_until(
+    h: &Harness,
+    ns: &str,
+    yaml: &str,
+    what: &str,
+    done: impl Fn(&crate::harness::Output) -> bool,
+) -> TestResult<crate::harness::Output> {
     let start = std::time::Instant::now();
     loop {
         let out = h.kubectl(
-            &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
-            Some(cluster),
+            &["apply", "--dry-run=server", "-n", ns, "-f", "-"],
+            Some(yaml),
         )?;
-        if out.success {
-            return Ok(());
+        if done(&out) {
+            return Ok(out);
         }
         ensure!(
             start.elapsed() < Duration::from_secs(20),
-            "still rejected after unregistering: {out:?}"
+            "never {what}; last: {out:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -503,43 +505,19 @@ fn webhook_serve_smoke(h: &mut Harness) -> TestResult {
     // deny is denied by it.
     let invalid = "apiVersion: cluster.x-k8s.io/v1beta2\nkind: Cluster\nmetadata:\n  name: smoke-invalid\n  \
                    annotations:\n    capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: \"maybe\"\n";
-    let start = std::time::Instant::now();
-    loop {
-        let out = h.kubectl(
-            &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
-            Some(invalid),
-        )?;
-        if !out.success
+    let yaml = fixture("classic-v1beta2.yaml")?;
+    let res = dry_run_until(h, &ns, invalid, "denied an invalid master switch", |out| {
+        !out.success
             && out
                 .stderr
                 .contains("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT")
-        {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            h.unregister_webhooks(&ids)?;
-            return Err(fail!(
-                "the webhook never denied an invalid master switch: {out:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let yaml = fixture("classic-v1beta2.yaml")?;
-    let start = std::time::Instant::now();
-    let res = loop {
-        let out = h.kubectl(
-            &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
-            Some(&yaml),
-        )?;
-        if out.success {
-            break Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            break Err(fail!("apply through the webhook failed: {}", out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    })
+    .and_then(|_| {
+        dry_run_until(h, &ns, &yaml, "applied through the webhook", |out| {
+            out.success
+        })
+    });
     h.unregister_webhooks(&ids)?;
     h.stop(crate::webhook::WEBHOOK_PROC);
-    res
+    res.map(|_| ())
 }
