@@ -662,7 +662,8 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
         ])
     );
 
-    // Template linker (src/cluster/linker.rs): read and label KCPs and KCTs, nothing else.
+    // Template linker (src/cluster/linker.rs): read and label KCPs and KCTs, and see whether a KCP has Machines;
+    // nothing else.
     let linker = rules_of(find(&docs, "ClusterRole", "capi-calico-webhook-linker"));
     assert_eq!(
         linker,
@@ -677,6 +678,7 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
                 "kubeadmconfigtemplates",
                 &["get", "patch"]
             ),
+            ("cluster.x-k8s.io", "machines", &["list"]),
         ])
     );
 

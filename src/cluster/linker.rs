@@ -47,6 +47,7 @@ struct Ctx {
     client: Client,
     kcp: ApiResource,
     kct: ApiResource,
+    machine: ApiResource,
     md: ApiResource,
     /// What each Cluster was last linked with in full.
     seen: Seen,
@@ -120,7 +121,7 @@ pub fn targets(cluster: &Value, machine_deployments: &[Value]) -> Vec<LinkTarget
 ///   labelled before its Cluster existed was admitted without injection, and nothing else brings it back to the
 ///   webhook; editing a KCT never rolls out existing machines.
 /// - A KubeadmControlPlane labelled for this Cluster but without `capi-calico.io/cluster`: add that label only while
-///   it has no machines (`kcp_machines` is `Some(0)`: its `status.replicas`, read for this). A KCP labelled before
+///   it has no machines (`kcp_machines` is `Some(0)`: its Machines, listed for this). A KCP labelled before
 ///   its Cluster existed was admitted without injection too, and Cluster API's later ownerReference does not bring
 ///   it back; but a late injection into a running control plane would roll it out, so one with machines is left
 ///   alone (its next spec change injects it, with that rollout; docs/injection.md).
@@ -166,6 +167,7 @@ pub async fn run_linker_until(
         client: client.clone(),
         kcp: resource("controlplane.cluster.x-k8s.io", "KubeadmControlPlane"),
         kct: resource("bootstrap.cluster.x-k8s.io", "KubeadmConfigTemplate"),
+        machine: resource("cluster.x-k8s.io", "Machine"),
         md: md.clone(),
         seen: Seen::default(),
         md_events: Arc::new(MdEvents::default()),
@@ -303,49 +305,91 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         .filter_map(|md| serde_json::to_value(md).ok())
         .collect();
     let mut all_found = true;
+    let mut first_error = None;
+    // Each target on its own: one the API server refuses (the webhook denying a KCP's label change, say) must not
+    // keep the others from being linked.
     for target in targets(&object, &machine_deployments) {
-        let resource = match target.kind {
-            "KubeadmControlPlane" => &ctx.kcp,
-            _ => &ctx.kct,
-        };
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), &namespace, resource);
-        let Some(current) = api.get_metadata_opt(&target.name).await? else {
-            // Not created yet: look again on the next Cluster event.
-            all_found = false;
-            continue;
-        };
-        let labels = current.metadata.labels.clone().unwrap_or_default();
-        // Only for a labelled KCP without ours: does it have machines yet?
-        let kcp_machines =
-            if target.kind == "KubeadmControlPlane" && lacks_our_label(&labels, &name) {
-                api.get_opt(&target.name).await?.map(|kcp| {
-                    kcp.data
-                        .pointer("/status/replicas")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0)
-                })
-            } else {
-                None
-            };
-        let Some(patch) = label_patch(target.kind, &name, &labels, kcp_machines) else {
-            continue;
-        };
-        api.patch(
-            &target.name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-        tracing::info!(
-            cluster = %name, %namespace, kind = target.kind, object = %target.name,
-            "labelled with its Cluster so the webhook can inject it"
-        );
+        match link(&ctx, &namespace, &name, &target).await {
+            Ok(true) => {}
+            Ok(false) => all_found = false,
+            Err(e) => {
+                tracing::warn!(
+                    cluster = %name, %namespace, kind = target.kind, object = %target.name, error = %e,
+                    "could not link it to its Cluster; retried"
+                );
+                all_found = false;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     if all_found {
         ctx.seen.remember(&key, fingerprint);
     }
     Ok(Action::requeue(ctx.resync))
+}
+
+/// Label one target of Cluster `cluster` if it needs it; false when it does not exist yet (looked at again on the
+/// next Cluster event).
+async fn link(
+    ctx: &Ctx,
+    namespace: &str,
+    cluster: &str,
+    target: &LinkTarget,
+) -> Result<bool, LinkError> {
+    let resource = match target.kind {
+        "KubeadmControlPlane" => &ctx.kcp,
+        _ => &ctx.kct,
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
+    let Some(current) = api.get_metadata_opt(&target.name).await? else {
+        return Ok(false);
+    };
+    let labels = current.metadata.labels.clone().unwrap_or_default();
+    // Only for a labelled KCP without ours: does it have machines yet?
+    let kcp_machines = if target.kind == "KubeadmControlPlane" && lacks_our_label(&labels, cluster)
+    {
+        Some(control_plane_machines(ctx, namespace, &target.name).await?)
+    } else {
+        None
+    };
+    let Some(mut patch) = label_patch(target.kind, cluster, &labels, kcp_machines) else {
+        return Ok(true);
+    };
+    if kcp_machines.is_some() {
+        // Only if nothing changed since the Machines were counted (409 otherwise, and the pass is retried).
+        patch["metadata"]["resourceVersion"] = json!(current.metadata.resource_version);
+    }
+    api.patch(
+        &target.name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    tracing::info!(
+        %cluster, %namespace, kind = target.kind, object = %target.name,
+        "labelled with its Cluster so the webhook can inject it"
+    );
+    Ok(true)
+}
+
+/// Machines of the KubeadmControlPlane `kcp` (0 or 1: one is enough to know). Its `status.replicas` lags behind the
+/// first Machine it creates, and is empty after `clusterctl move`, so the Machines themselves are listed, by the
+/// `cluster.x-k8s.io/control-plane-name` label Cluster API gives them. That label's value is the KCP's name only up
+/// to 63 characters (Cluster API hashes longer ones): a longer name counts as having machines, and is left alone.
+async fn control_plane_machines(ctx: &Ctx, namespace: &str, kcp: &str) -> Result<u64, LinkError> {
+    if kcp.len() > 63 {
+        return Ok(1);
+    }
+    let machines: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &ctx.machine);
+    let params = ListParams::default()
+        .labels(&format!("cluster.x-k8s.io/control-plane-name={kcp}"))
+        .limit(1);
+    let found = machines.list_metadata(&params).await?;
+    Ok(u64::try_from(found.items.len()).unwrap_or(1))
 }
 
 #[cfg(test)]

@@ -1873,15 +1873,25 @@ spec:
             let _ = parse_route_reflectors(&b64(&text), None);
         }
 
-        /// Documents that are BGPPeers, with known fields holding arbitrary values, reach every field's check.
+        /// Documents that are BGPPeers, with distinct known fields holding arbitrary values (quoted strings, or
+        /// plain scalars that YAML may read as numbers or booleans), reach the fields' checks.
         #[test]
         fn never_panics_on_arbitrary_peer_fields(
-            fields in proptest::collection::vec(
-                (proptest::sample::select(KNOWN_SPEC_FIELDS.to_vec()), "\\PC{0,40}"),
-                0..8,
-            )
+            fields in proptest::sample::subsequence(KNOWN_SPEC_FIELDS.to_vec(), 0..8),
+            values in proptest::collection::vec(("\\PC{0,40}", proptest::bool::ANY, "[a-z0-9.:-]{0,12}"), 8),
         ) {
-            let spec: String = fields.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect();
+            let spec: String = fields
+                .iter()
+                .zip(&values)
+                .map(|(k, (text, quoted, plain))| {
+                    let value = if *quoted {
+                        serde_json::to_string(text).unwrap_or_default()
+                    } else {
+                        plain.clone()
+                    };
+                    format!("  {k}: {value}\n")
+                })
+                .collect();
             let doc = format!("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr\nspec:\n{spec}");
             let _ = parse_route_reflectors(&b64(&doc), None);
         }

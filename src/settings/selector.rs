@@ -7,14 +7,15 @@
 //! primary := "(" expr ")" | "all()" | "global()" | "has(" key ")"
 //!          | key ( "==" str | "!=" str | "in" set | "not" "in" set
 //!                | "contains" str | "starts" "with" str | "ends" "with" str )
-//! set     := "{" [ str ( "," str )* ] "}"
+//!            (a two-word operator may be written as one word: "notin", "startswith", "endswith")
+//! set     := "{" [ str ( "," str )* [ "," ] ] "}"
 //! str     := '...' | "..."            (no escapes, no control characters)
 //! key     := Kubernetes label key: [prefix "/"] name
 //! ```
 //! Whitespace is spaces and tabs only. Input length and nesting depth are bounded, and the parser tracks depth
 //! explicitly, so hostile input (`((((...`, `!!!!...`) cannot overflow the stack.
 
-/// Longest accepted selector, in bytes.
+/// Longest accepted selector, in characters (the limit of Calico's v3.32 BGPPeer CRD).
 pub const MAX_SELECTOR_LEN: usize = 4096;
 /// Deepest accepted nesting of parentheses and `!`.
 pub const MAX_DEPTH: usize = 32;
@@ -31,7 +32,8 @@ pub struct SelectorError {
 
 /// Validate a Calico selector. `Ok(())` when it is syntactically valid.
 pub fn validate(selector: &str) -> Result<(), SelectorError> {
-    if selector.len() > MAX_SELECTOR_LEN {
+    // Bytes first (cheap; a character is at most 4 bytes), then characters, as the CRD counts them.
+    if selector.len() > 4 * MAX_SELECTOR_LEN || selector.chars().count() > MAX_SELECTOR_LEN {
         return Err(SelectorError {
             position: 1,
             message: format!("the selector is longer than {MAX_SELECTOR_LEN} characters"),
@@ -480,6 +482,10 @@ mod tests {
                 .message
                 .contains("longer than")
         );
+        // Characters, not bytes, as Calico's CRD counts: 4096 characters of two bytes each are accepted.
+        let wide = format!("k == '{}'", "ü".repeat(MAX_SELECTOR_LEN - 7));
+        assert_eq!(wide.chars().count(), MAX_SELECTOR_LEN);
+        assert_eq!(validate(&wide), Ok(()));
         let huge = "(".repeat(1_000_000);
         assert!(validate(&huge).is_err());
         let deep = format!(

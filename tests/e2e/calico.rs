@@ -1289,6 +1289,32 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
         "{}",
         stored["metadata"]
     );
+    // (c''') but never once the KCP has a Machine: injecting a running control plane would roll it out. The KCT,
+    // labelled the same way and linked in the same pass after the KCP, shows that the pass ran.
+    let ns = h.create_namespace("calico-6-labelled-running")?;
+    let machine = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+        "metadata": {"name": "calico-cp-0", "labels": {
+            "cluster.x-k8s.io/control-plane-name": name_of(&kcp), "cluster.x-k8s.io/cluster-name": "calico"}},
+        "spec": {"clusterName": "calico", "bootstrap": {"dataSecretName": "calico-cp-0"},
+                 "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DockerMachine",
+                                       "name": "calico-cp-0"}}});
+    let mut kct_labelled = kct.clone();
+    kct_labelled["metadata"]["labels"] = json!({"cluster.x-k8s.io/cluster-name": "calico"});
+    h.apply(
+        &ns,
+        &to_yaml(&[machine, kcp_labelled.clone(), kct_labelled, md.clone()]),
+    )?;
+    h.apply(&ns, &cluster.to_string())?;
+    eventually("the labelled KCT linked in the same pass", || {
+        let k = h.get_json(&qualified(&kct), &ns, name_of(&kct))?;
+        Ok(k["metadata"]["labels"][CLUSTER_LABEL] == "calico")
+    })?;
+    let running = h.get_json(&qualified(&kcp), &ns, name_of(&kcp))?;
+    ensure!(
+        running["metadata"]["labels"].get(CLUSTER_LABEL).is_none() && !injected(h, &ns, &kcp)?,
+        "a KCP with a Machine was labelled or injected: {}",
+        running["metadata"]
+    );
 
     // (d) issue 3's order: Cluster, KCP, KCT, MachineDeployment in one apply. The KCT comes
     // before its MachineDeployment, so it has no link yet.
