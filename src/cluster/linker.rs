@@ -214,9 +214,12 @@ pub async fn run_linker_until(
     tracing::info!("template linker stopped");
 }
 
+/// When a failed pass is tried again.
+const RETRY: Duration = Duration::from_secs(15);
+
 fn error_policy(_cluster: Arc<DynamicObject>, error: &LinkError, _ctx: Arc<Ctx>) -> Action {
     tracing::warn!(%error, "linking templates to their Cluster failed; retrying");
-    Action::requeue(Duration::from_secs(15))
+    Action::requeue(RETRY)
 }
 
 /// The key of a Cluster in [`Ctx::seen`] and [`MdEvents`].
@@ -305,7 +308,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         .filter_map(|md| serde_json::to_value(md).ok())
         .collect();
     let mut all_found = true;
-    let mut first_error = None;
+    let mut failed = false;
     // Each target on its own: one the API server refuses (the webhook denying a KCP's label change, say) must not
     // keep the others from being linked.
     for target in targets(&object, &machine_deployments) {
@@ -315,15 +318,14 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             Err(e) => {
                 tracing::warn!(
                     cluster = %name, %namespace, kind = target.kind, object = %target.name, error = %e,
-                    "could not link it to its Cluster; retried"
+                    "could not link it to its Cluster; retrying"
                 );
-                all_found = false;
-                first_error.get_or_insert(e);
+                failed = true;
             }
         }
     }
-    if let Some(e) = first_error {
-        return Err(e);
+    if failed {
+        return Ok(Action::requeue(RETRY));
     }
     if all_found {
         ctx.seen.remember(&key, fingerprint);
@@ -351,7 +353,7 @@ async fn link(
     // Only for a labelled KCP without ours: does it have machines yet?
     let kcp_machines = if target.kind == "KubeadmControlPlane" && lacks_our_label(&labels, cluster)
     {
-        Some(control_plane_machines(ctx, namespace, &target.name).await?)
+        Some(control_plane_machines(ctx, namespace, cluster).await?)
     } else {
         None
     };
@@ -359,7 +361,8 @@ async fn link(
         return Ok(true);
     };
     if kcp_machines.is_some() {
-        // Only if nothing changed since the Machines were counted (409 otherwise, and the pass is retried).
+        // Only if the KCP did not change since it was read (409 otherwise, and the pass is retried). A Machine
+        // created between the count and this patch does not change the KCP: that window (one request) stays open.
         patch["metadata"]["resourceVersion"] = json!(current.metadata.resource_version);
     }
     api.patch(
@@ -375,18 +378,21 @@ async fn link(
     Ok(true)
 }
 
-/// Machines of the KubeadmControlPlane `kcp` (0 or 1: one is enough to know). Its `status.replicas` lags behind the
-/// first Machine it creates, and is empty after `clusterctl move`, so the Machines themselves are listed, by the
-/// `cluster.x-k8s.io/control-plane-name` label Cluster API gives them. That label's value is the KCP's name only up
-/// to 63 characters (Cluster API hashes longer ones): a longer name counts as having machines, and is left alone.
-async fn control_plane_machines(ctx: &Ctx, namespace: &str, kcp: &str) -> Result<u64, LinkError> {
-    if kcp.len() > 63 {
-        return Ok(1);
-    }
+/// Control-plane Machines of Cluster `cluster` (0 or 1: one is enough to know), found as the KubeadmControlPlane
+/// controller finds its own: labelled `cluster.x-k8s.io/cluster-name=<cluster>` and `cluster.x-k8s.io/control-plane`
+/// (standalone Machines it would adopt included). The KCP's `status.replicas` lags behind the first Machine it
+/// creates, and is empty after `clusterctl move`, so the Machines themselves are listed.
+async fn control_plane_machines(
+    ctx: &Ctx,
+    namespace: &str,
+    cluster: &str,
+) -> Result<u64, LinkError> {
     let machines: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), namespace, &ctx.machine);
     let params = ListParams::default()
-        .labels(&format!("cluster.x-k8s.io/control-plane-name={kcp}"))
+        .labels(&format!(
+            "{CLUSTER_NAME_LABEL}={cluster},cluster.x-k8s.io/control-plane"
+        ))
         .limit(1);
     let found = machines.list_metadata(&params).await?;
     Ok(u64::try_from(found.items.len()).unwrap_or(1))

@@ -1294,7 +1294,7 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
     let ns = h.create_namespace("calico-6-labelled-running")?;
     let machine = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
         "metadata": {"name": "calico-cp-0", "labels": {
-            "cluster.x-k8s.io/control-plane-name": name_of(&kcp), "cluster.x-k8s.io/cluster-name": "calico"}},
+            "cluster.x-k8s.io/control-plane": "", "cluster.x-k8s.io/cluster-name": "calico"}},
         "spec": {"clusterName": "calico", "bootstrap": {"dataSecretName": "calico-cp-0"},
                  "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DockerMachine",
                                        "name": "calico-cp-0"}}});
@@ -1314,6 +1314,22 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
         running["metadata"]["labels"].get(CLUSTER_LABEL).is_none() && !injected(h, &ns, &kcp)?,
         "a KCP with a Machine was labelled or injected: {}",
         running["metadata"]
+    );
+    // ... because its Machine was found: the linker's list of the namespace's control-plane Machines was answered.
+    let audit = std::fs::read_to_string(h.audit_log())?;
+    let listed = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|ev| {
+            ev["user"]["username"] == WEBHOOK_USER
+                && ev["verb"] == "list"
+                && ev["objectRef"]["resource"] == "machines"
+                && ev["objectRef"]["namespace"] == ns.as_str()
+                && ev["responseStatus"]["code"] == 200
+        });
+    ensure!(
+        listed,
+        "no answered list of Machines in {ns} by the webhook's user"
     );
 
     // (d) issue 3's order: Cluster, KCP, KCT, MachineDeployment in one apply. The KCT comes
