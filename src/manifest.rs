@@ -162,16 +162,39 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
     Ok(docs)
 }
 
+/// A manifest's text as kubectl reads it: UTF-8 (a byte-order mark is skipped by the parser), or UTF-16 with a
+/// byte-order mark, little- or big-endian (what Windows PowerShell's `>` writes).
+fn decode(bytes: Vec<u8>) -> std::io::Result<String> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let from_utf16 = |rest: &[u8], unit: fn([u8; 2]) -> u16| {
+        if !rest.len().is_multiple_of(2) {
+            return Err(invalid(
+                "stream did not contain valid UTF-16: an odd number of bytes",
+            ));
+        }
+        let units: Vec<u16> = rest.chunks_exact(2).map(|c| unit([c[0], c[1]])).collect();
+        String::from_utf16(&units).map_err(|_| invalid("stream did not contain valid UTF-16"))
+    };
+    match bytes.as_slice() {
+        [0xFF, 0xFE, rest @ ..] => from_utf16(rest, u16::from_le_bytes),
+        [0xFE, 0xFF, rest @ ..] => from_utf16(rest, u16::from_be_bytes),
+        _ => String::from_utf8(bytes).map_err(|_| invalid("stream did not contain valid UTF-8")),
+    }
+}
+
 /// How messages name standard input.
 pub const STDIN_NAME: &str = "<stdin>";
 
 /// Read a file (`-` is stdin, named [`STDIN_NAME`] in messages).
 pub fn read(path: &str) -> Result<Vec<Document>, ManifestError> {
-    let text = if path == "-" {
-        std::io::read_to_string(std::io::stdin())
+    let bytes = if path == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
     } else {
-        std::fs::read_to_string(path)
+        std::fs::read(path)
     };
+    let text = bytes.and_then(decode);
     let name = if path == "-" { STDIN_NAME } else { path };
     let text = text.map_err(|source| ManifestError::Read {
         path: name.to_string(),
@@ -185,6 +208,37 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn reads_utf8_and_utf16_with_a_byte_order_mark() {
+        let text = "kind: X\nmetadata: {name: \"ü\"}\n";
+        let le: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let be: Vec<u8> = [0xFE, 0xFF]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+        for bytes in [text.as_bytes().to_vec(), le.clone(), be] {
+            assert_eq!(decode(bytes).expect("decodes"), text);
+        }
+        let odd = le[..le.len() - 1].to_vec();
+        assert!(
+            decode(odd)
+                .unwrap_err()
+                .to_string()
+                .contains("odd number of bytes")
+        );
+        // A lone surrogate, and bytes that are neither.
+        assert!(decode(vec![0xFF, 0xFE, 0x00, 0xD8]).is_err());
+        assert!(
+            decode(vec![b'a', 0xFF])
+                .unwrap_err()
+                .to_string()
+                .contains("valid UTF-8")
+        );
+    }
 
     #[test]
     fn parses_yaml_json_and_lists() {

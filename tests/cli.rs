@@ -748,8 +748,32 @@ fn inputs_are_read_as_kubectl_reads_them() {
         json!(256)
     );
 
-    // An annotation without a value is the empty string the API server stores, and validated as such.
+    // UTF-16 with a byte-order mark (Windows PowerShell's `>`), as kubectl reads it: the same render as UTF-8.
     let cluster = std::fs::read_to_string(fixture("classic-v1beta2.yaml")).expect("read");
+    let dir = tempfile::tempdir().expect("tmp");
+    let utf16 = dir.path().join("cluster-utf16.yaml");
+    let bytes: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(cluster.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    std::fs::write(&utf16, bytes).expect("write");
+    let from_utf16 = run(&["render", &utf16.display().to_string()], None);
+    let from_utf8 = run(
+        &[
+            "render",
+            &fixture("classic-v1beta2.yaml").display().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(
+        from_utf16.status.code(),
+        Some(0),
+        "{}",
+        text(&from_utf16.stderr)
+    );
+    assert_eq!(text(&from_utf16.stdout), text(&from_utf8.stdout));
+
+    // An annotation without a value is the empty string the API server stores, and validated as such.
     let first_annotation = "    capi-calico.io/CUSTOM_CALICO_DEPLOYMENT: \"true\"\n";
     assert!(cluster.contains(first_annotation));
     let empty = cluster.replacen(
