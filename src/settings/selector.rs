@@ -107,18 +107,12 @@ impl<'a> Parser<'a> {
 
     /// Consume the keyword `word` if it is next and not followed by an identifier character.
     fn eat_word(&mut self, word: &str) -> bool {
-        self.skip_ws();
-        let rest = self.rest();
-        if rest.starts_with(word) && !rest[word.len()..].starts_with(is_ident_char) {
-            self.pos += word.len();
-            true
-        } else {
-            false
-        }
+        self.eat_words(&[word])
     }
 
-    /// A two-word operator as Calico's tokenizer reads it: the words with optional whitespace between them
-    /// (`not in` or `notin`, `starts with` or `startswith`), and a word boundary after the last.
+    /// A keyword, or a two-word operator as Calico's tokenizer reads it: the words with optional whitespace between
+    /// them (`not in` or `notin`, `starts with` or `startswith`), and a word boundary after the last; nothing is
+    /// consumed when it does not match.
     fn eat_words(&mut self, words: &[&str]) -> bool {
         let start = self.pos;
         for word in words {

@@ -162,6 +162,22 @@ fn status_of(cluster: &Value) -> Option<Value> {
         .and_then(|s| serde_json::from_str(s).ok())
 }
 
+/// Poll (up to `secs`) until Cluster `ns/name` reports `reason` in its delivery status: the Cluster, and that status.
+fn reported(
+    h: &Harness,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    secs: u64,
+) -> TestResult<(Value, Value)> {
+    poll(&format!("{reason} on Cluster {name}"), secs, || {
+        let c = h.get_json("clusters.cluster.x-k8s.io", ns, name)?;
+        Ok(status_of(&c)
+            .filter(|s| s["reason"] == reason)
+            .map(|s| (c, s)))
+    })
+}
+
 /// resourceVersion of every ConfigMap and ClusterResourceSet in `ns`, plus the Cluster's.
 fn versions(h: &Harness, ns: &str) -> TestResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -240,12 +256,7 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
     h.apply(&ns, &cyaml)?;
     h.apply(&ns, &second.to_string())?;
     let t = Instant::now();
-    let stored = poll("Delivered on the Cluster", 30, || {
-        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
-        Ok(status_of(&c)
-            .filter(|s| s["reason"] == "Delivered")
-            .map(|_| c))
-    })?;
+    let (stored, _) = reported(h, &ns, "calico", "Delivered", 30)?;
     println!("  delivered in {:.1}s", t.elapsed().as_secs_f64());
     let status = status_of(&stored).unwrap_or_default();
     ensure!(
@@ -270,12 +281,11 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
     );
 
     // bundle copies: same data, labels and annotations as the loaded bundle, one owner per Cluster
-    let b_uid = poll("Delivered on the second Cluster", 30, || {
-        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico-b")?;
-        Ok(status_of(&c)
-            .filter(|s| s["reason"] == "Delivered")
-            .and_then(|_| c["metadata"]["uid"].as_str().map(str::to_string)))
-    })?;
+    let (second_stored, _) = reported(h, &ns, "calico-b", "Delivered", 30)?;
+    let b_uid = second_stored["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let cms = list(h, "configmaps", &ns)?;
     let cm = |name: &str| -> TestResult<&Value> {
         cms.iter()
@@ -472,10 +482,7 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
         "Secret type of resource calico-pull is not supported",
         "1",
     )?;
-    let failed = poll("NotApplied on the Cluster", 30, || {
-        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
-        Ok(status_of(&c).filter(|s| s["reason"] == "NotApplied"))
-    })?;
+    let (_, failed) = reported(h, &ns, "calico", "NotApplied", 30)?;
     let message = failed["message"].as_str().unwrap_or_default();
     ensure!(
         failed["status"] == "False"
@@ -525,14 +532,8 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
         Ok((!crs["spec"]["resources"].to_string().contains("calico-pull")).then_some(()))
     })?;
     crs_status("True", "Applied", "", "2")?;
-    poll(
-        "Delivered again once Cluster API applied the set",
-        30,
-        || {
-            let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
-            Ok(status_of(&c).filter(|s| s["reason"] == "Delivered"))
-        },
-    )?;
+    // Delivered again once Cluster API applied the set.
+    reported(h, &ns, "calico", "Delivered", 30)?;
 
     // re-apply (client-side, server-side) and an unrelated Cluster update (which triggers a
     // reconcile): nothing the reconciler owns is rewritten
@@ -834,10 +835,7 @@ fn delivery_bundle_missing_reported_on_cluster(h: &mut Harness) -> TestResult {
         "no admission warning for the missing bundle: {}",
         out.stderr
     );
-    let status = poll("BundleMissing on the Cluster", 30, || {
-        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
-        Ok(status_of(&c).filter(|s| s["reason"] == "BundleMissing"))
-    })?;
+    let (_, status) = reported(h, &ns, "calico", "BundleMissing", 30)?;
     ensure!(
         status["status"] == "False"
             && status["message"]
@@ -896,10 +894,7 @@ fn delivery_apply_failure_reported_on_cluster(h: &mut Harness) -> TestResult {
     h.apply(&ns, &blocker.to_string())?;
     let cluster = yaml_docs(&e2e_fixture("classic-calico.yaml")?)?[0].clone();
     h.apply(&ns, &cluster.to_string())?;
-    let status = poll("ApplyFailed on the Cluster", 30, || {
-        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
-        Ok(status_of(&c).filter(|s| s["reason"] == "ApplyFailed"))
-    })?;
+    let (_, status) = reported(h, &ns, "calico", "ApplyFailed", 30)?;
     let message = status["message"].as_str().unwrap_or_default();
     println!("  reported: {message}");
     ensure!(
@@ -920,12 +915,7 @@ fn delivery_apply_failure_reported_on_cluster(h: &mut Harness) -> TestResult {
     )?;
     // Nothing else changes: the failed pass is retried on its own (30 s, doubling while the inputs stay the same).
     let t = Instant::now();
-    let cluster = poll("Delivered once the refused write can be done", 150, || {
-        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
-        Ok(status_of(&c)
-            .filter(|s| s["reason"] == "Delivered")
-            .map(|_| c))
-    })?;
+    let (cluster, _) = reported(h, &ns, "calico", "Delivered", 150)?;
     println!(
         "  retried and delivered {:.0?} after the blocker went",
         t.elapsed()
@@ -1003,10 +993,7 @@ fn delivery_real_calico_operator_bundle(h: &mut Harness) -> TestResult {
     annotations["capi-calico.io/CALICO_IMAGE_PATH"] = json!("mirror/calico");
     annotations["capi-calico.io/CALICO_IMAGE_PULL_SECRET"] = json!("calico-pull");
     h.apply(&ns, &cluster.to_string())?;
-    poll("Delivered", 60, || {
-        let c = h.get_json("clusters.cluster.x-k8s.io", &ns, "calico")?;
-        Ok(status_of(&c).filter(|s| s["reason"] == "Delivered"))
-    })?;
+    reported(h, &ns, "calico", "Delivered", 60)?;
     let mut images = Vec::new();
     let mut pull_secrets = Vec::new();
     for b in &bundle {
