@@ -185,23 +185,44 @@ pub fn resolve(
         })
         .map(|(k, v)| (*k, *v))
         .collect();
-    if !ours.contains_key(keys::CUSTOM_CALICO_DEPLOYMENT) && !misspelt_switch.is_empty() {
-        return Resolution::Invalid {
-            problems: misspelt_switch
-                .into_iter()
-                .map(|(k, v)| {
-                    Problem::new(
-                        &format!("{PREFIX}{k}"),
-                        Some(v),
-                        rules::UNKNOWN_KEY,
-                        format!(
-                            "is not a known setting: did you mean \"{PREFIX}{}\", the master switch? Without it \
-                             nothing is validated or applied",
-                            keys::CUSTOM_CALICO_DEPLOYMENT
-                        ),
-                    )
+    // The same with the prefix spelt in another case (`Capi-Calico.io/CUSTOM_CALICO_DEPLOYMENT: "true"`).
+    let other_case_switch: Vec<(&str, &str)> = annotations
+        .iter()
+        .filter(|(k, v)| {
+            *v == "true"
+                && is_prefix_in_other_case(k)
+                && k.get(PREFIX.len()..).is_some_and(|name| {
+                    name == keys::CUSTOM_CALICO_DEPLOYMENT
+                        || keys::closest(name, &[keys::CUSTOM_CALICO_DEPLOYMENT]).is_some()
                 })
-                .collect(),
+        })
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if !ours.contains_key(keys::CUSTOM_CALICO_DEPLOYMENT)
+        && !(misspelt_switch.is_empty() && other_case_switch.is_empty())
+    {
+        let meant = format!(
+            "did you mean \"{PREFIX}{}\", the master switch? Without it nothing is validated or applied",
+            keys::CUSTOM_CALICO_DEPLOYMENT
+        );
+        let misspelt = misspelt_switch.into_iter().map(|(k, v)| {
+            Problem::new(
+                &format!("{PREFIX}{k}"),
+                Some(v),
+                rules::UNKNOWN_KEY,
+                format!("is not a known setting: {meant}"),
+            )
+        });
+        let other_case = other_case_switch.into_iter().map(|(k, v)| {
+            Problem::new(
+                k,
+                Some(v),
+                rules::UNKNOWN_KEY,
+                format!("{OTHER_CASE}: {meant}"),
+            )
+        });
+        return Resolution::Invalid {
+            problems: problem::cap(misspelt.chain(other_case).collect()),
         };
     }
     match ours.get(keys::CUSTOM_CALICO_DEPLOYMENT).copied() {

@@ -205,15 +205,15 @@ fn problems_beyond_the_listed_maximum_are_counted_not_listed() {
 fn a_prefix_in_another_case_is_reported_not_read() {
     let mut off = BTreeMap::new();
     off.insert(
-        "Capi-Calico.io/CUSTOM_CALICO_DEPLOYMENT".to_string(),
-        "true".to_string(),
+        "Capi-Calico.io/CALICO_BLOCK_SIZE".to_string(),
+        "26".to_string(),
     );
     assert!(!has_settings(&off));
     match resolve(&off, None) {
         Resolution::NotOptedIn { warnings } => {
             assert_eq!(warnings.len(), 1, "{warnings:?}");
             assert!(
-                warnings[0].starts_with("Capi-Calico.io/CUSTOM_CALICO_DEPLOYMENT is not read"),
+                warnings[0].starts_with("Capi-Calico.io/CALICO_BLOCK_SIZE is not read"),
                 "{warnings:?}"
             );
             assert!(warnings[0].chars().count() < 120, "{warnings:?}");
@@ -284,6 +284,32 @@ fn a_misspelt_master_switch_set_to_true_is_refused() {
             "{}",
             p[0]
         );
+    }
+    // The prefix in another case: never read, so the cluster would get no Calico either.
+    for key in [
+        "Capi-Calico.io/CUSTOM_CALICO_DEPLOYMENT",
+        "CAPI-CALICO.IO/custom_calico_deploymnt",
+    ] {
+        let mut all = annotations(&[("CALICO_BLOCK_SIZE", "26")]);
+        all.insert(key.to_string(), "true".to_string());
+        let p = match resolve(&all, None) {
+            Resolution::Invalid { problems } => problems,
+            other => panic!("{key}: expected Invalid, got {other:?}"),
+        };
+        assert_eq!(rules_of(&p), [rules::UNKNOWN_KEY], "{p:?}");
+        assert_eq!(p[0].key, key);
+        assert!(
+            p[0].message
+                .contains("the prefix is capi-calico.io/, in lower case")
+                && p[0].message.contains(
+                    "did you mean \"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT\", the master switch?"
+                ),
+            "{}",
+            p[0]
+        );
+        // "false", or the real switch beside it, leaves the not-opted-in warning.
+        all.insert(key.to_string(), "false".to_string());
+        assert!(matches!(resolve(&all, None), Resolution::NotOptedIn { .. }));
     }
     for pairs in [
         vec![("CUSTOM_CALICO_DEPLOYMNT", "false")],
