@@ -199,7 +199,7 @@ pub fn resolve(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     if !ours.contains_key(keys::CUSTOM_CALICO_DEPLOYMENT)
-        && !(misspelt_switch.is_empty() && other_case_switch.is_empty())
+        && (!misspelt_switch.is_empty() || !other_case_switch.is_empty())
     {
         let meant = format!(
             "did you mean \"{PREFIX}{}\", the master switch? Without it nothing is validated or applied",
