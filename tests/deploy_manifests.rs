@@ -646,7 +646,8 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
     );
     // Calico delivery (issue 6): server-side apply of its outputs, Events, annotations on Clusters. ConfigMaps are
     // read by name only (no list/watch of every ConfigMap of the cluster), deleted only to retire an unused bundle
-    // copy (the admission policy limits that to ours), no Secrets.
+    // copy, ClusterResourceSets only to replace one after a version change (the admission policy limits both to
+    // ours), no Secrets.
     let reconciler = rules_of(find(&docs, "ClusterRole", "capi-calico-webhook-reconciler"));
     assert_eq!(
         reconciler,
@@ -655,7 +656,7 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
             (
                 "addons.cluster.x-k8s.io",
                 "clusterresourcesets",
-                &["get", "create", "patch"]
+                &["get", "create", "patch", "delete"]
             ),
             ("cluster.x-k8s.io", "clusters", &["patch"]),
             ("events.k8s.io", "events", &["create", "patch"]),

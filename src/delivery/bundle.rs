@@ -1,7 +1,7 @@
 //! The operator bundle: upstream `operator-crds.yaml` and `tigera-operator.yaml` cut into ConfigMaps a
 //! ClusterResourceSet can apply.
 //!
-//! How Cluster API reads a ConfigMap listed in a ClusterResourceSet (`internal/controllers/clusterresourceset`,
+//! How Cluster API reads a ConfigMap listed in a ClusterResourceSet (`core/reconcilers/clusterresourceset` in v1.14.0,
 //! `normalizeData` and `objsFromYamlData`): it takes every key of `data` (never `binaryData`), **sorts the keys**
 //! (Go `sort.Strings`, byte order), parses each value as a YAML/JSON stream, sorts the objects *of one value* for
 //! creation (`SortForCreate`) and concatenates the values in key order. ConfigMaps are applied in the order of

@@ -21,7 +21,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Client, Resource, ResourceExt,
-    api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    api::{
+        Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+        Preconditions, PropagationPolicy,
+    },
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -41,7 +44,7 @@ use super::{
         ClusterRef, CrsApplied, DeliveryStatus, Desired, NOT_APPLIED, Plan, crs_applied,
         current_status, inputs_fingerprint, name_of, owner_field_manager, plan, recorded_reason,
     },
-    retire::{self, copies_to_retire, listed_configmaps},
+    retire::{self, bundle_changed, copies_to_retire, listed_configmaps},
 };
 
 /// How the reconciler runs.
@@ -236,6 +239,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     // The status to record, and for an applied Cluster the bundle copies it may no longer use. `settled`: nothing
     // left to watch for until the inputs change (Cluster API has answered about the set, or there is no set).
     let mut settled = true;
+    let mut replacing = false;
     let mut keep_recorded = false;
     let (status, retire_step): (DeliveryStatus, Option<(ClusterRef, Vec<String>)>) = match plan(
         &object,
@@ -279,8 +283,10 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             // Cluster API applies the set a moment after it changes and says how in the set's status, which no
             // watch here follows: until it has said "applied", look again (in a minute, then less often). A set that
             // selects no Cluster gets no answer; the label it waits for is a change of the Cluster anyway.
-            settled = applied.crs == CrsApplied::Applied
-                || matches!(status, DeliveryStatus::LabelMissing { .. });
+            settled = !applied.replacing
+                && (applied.crs == CrsApplied::Applied
+                    || matches!(status, DeliveryStatus::LabelMissing { .. }));
+            replacing = applied.replacing;
             // A change of the set (its generation) leaves its last verdict unknown until Cluster API looks again:
             // a NotApplied on record stays until then, rather than flapping through Delivered.
             keep_recorded = applied.crs == CrsApplied::Unknown
@@ -329,6 +335,8 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     if settled {
         ctx.applied.remember(&uid, fingerprint);
         Ok(Action::requeue(ctx.config.resync))
+    } else if replacing {
+        Ok(Action::requeue(wait_again(REPLACE_RECHECK)))
     } else {
         Ok(Action::requeue(wait_again(UNSETTLED_RECHECK)))
     }
@@ -349,9 +357,22 @@ fn in_words(error: &DeliveryError) -> String {
 /// time; then twice as late each time, up to the resync.
 const UNSETTLED_RECHECK: Duration = Duration::from_secs(60);
 
+/// How soon a Cluster whose ClusterResourceSet is being replaced (see [`apply`]) is looked at again the first time:
+/// Cluster API and the garbage collector release a deleted set within seconds.
+const REPLACE_RECHECK: Duration = Duration::from_secs(3);
+
 /// Server-side apply everything in `desired`: bundle copies (content, then this Cluster's ownerReference under its
 /// own field manager, each skipped when already in place), the Installation ConfigMap, the ClusterResourceSet last.
 /// Returns the ConfigMaps the ClusterResourceSet listed before (for [`retire`]).
+///
+/// A set that lists the copies of another bundle (a `CALICO_VERSION` change) is deleted instead of changed, and
+/// created again by a later pass once it is gone: Cluster API keeps a record of every resource it applied for a set
+/// (the set's entry in the Cluster's ClusterResourceSetBinding) and never drops the record of a resource the set no
+/// longer lists, so going back to a version the Cluster had before would find its copies "already applied, same
+/// hash" and apply nothing, while the status said delivered. Deleting the set drops its whole record (Cluster API's
+/// `reconcileDelete`); the new set starts with none and applies everything. Deleting a set removes nothing from the
+/// workload cluster. The deletion orphans what the set owns: Cluster API makes a set the owner of every ConfigMap
+/// and Secret it lists, and a user's pull Secret may have no other owner.
 async fn apply(
     client: &Client,
     cluster: &ClusterRef,
@@ -411,7 +432,37 @@ async fn apply(
         Api::namespaced_with(client.clone(), &cluster.namespace, &crs_resource());
     let crs_name = name_of(&desired.cluster_resource_set);
     let listed_before = match crs.get_opt(crs_name).await {
-        Ok(Some(before)) => listed_configmaps(&serde_json::to_value(&before)?),
+        Ok(Some(before)) => {
+            let listed = listed_configmaps(&serde_json::to_value(&before)?);
+            let deleting = before.metadata.deletion_timestamp.is_some();
+            if deleting || bundle_changed(&listed, desired) {
+                if !deleting {
+                    let params = DeleteParams {
+                        propagation_policy: Some(PropagationPolicy::Orphan),
+                        preconditions: Some(Preconditions {
+                            uid: before.metadata.uid.clone(),
+                            resource_version: None,
+                        }),
+                        ..DeleteParams::default()
+                    };
+                    match crs.delete(crs_name, &params).await {
+                        Ok(_) => {
+                            tracing::info!(namespace = %cluster.namespace, clusterresourceset = crs_name,
+                                "the Calico bundle changed: ClusterResourceSet deleted, to be created again with a fresh \
+                                 record of what Cluster API applied")
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                return Ok(Applied {
+                    listed_before: listed,
+                    crs: CrsApplied::Unknown,
+                    replacing: true,
+                });
+            }
+            listed
+        }
         Ok(None) => Vec::new(),
         // RBAC of an older release (no `get` on clusterresourcesets): deliver anyway; only copies of versions whose
         // bundle is still loaded are found for retiring.
@@ -432,6 +483,7 @@ async fn apply(
     Ok(Applied {
         listed_before,
         crs: crs_applied(&serde_json::to_value(&applied)?),
+        replacing: false,
     })
 }
 
@@ -441,6 +493,8 @@ struct Applied {
     listed_before: Vec<String>,
     /// What Cluster API last said about applying the set.
     crs: CrsApplied,
+    /// The set is being deleted, to be created again by a later pass (see [`apply`]).
+    replacing: bool,
 }
 
 /// Set (a string) or remove (`null`) the status annotation with a JSON merge patch on the Cluster.

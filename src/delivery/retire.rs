@@ -59,6 +59,20 @@ pub fn copies_to_retire<'a>(
         .collect()
 }
 
+/// Whether a ClusterResourceSet that lists the ConfigMaps `listed` names other bundle copies than `desired` (a
+/// `CALICO_VERSION` change, or a bundle loaded again in another number of chunks). `listed` without bundle copies
+/// (only the Installation) is no change.
+pub fn bundle_changed(listed: &[String], desired: &Desired) -> bool {
+    let installation = name_of(&desired.installation);
+    let before: BTreeSet<&str> = listed
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != installation)
+        .collect();
+    let now: BTreeSet<&str> = desired.bundle_copies.iter().map(name_of).collect();
+    !before.is_empty() && before != now
+}
+
 /// The ConfigMap names a ClusterResourceSet lists (`spec.resources` of kind ConfigMap).
 pub fn listed_configmaps(crs: &Value) -> Vec<String> {
     crs.pointer("/spec/resources")
@@ -289,6 +303,34 @@ mod tests {
         CLUSTER_API_VERSION, Plan, plan_for,
         tests::{cluster, loaded_bundle, loaded_bundle_of, s},
     };
+
+    /// A set is replaced when it lists other bundle copies than the desired ones, in any order; the Installation
+    /// and the pull Secret do not count.
+    #[test]
+    fn a_set_listing_another_bundle_is_replaced() {
+        let current = loaded_bundle();
+        let Plan::Apply { desired, .. } = plan_for(&cluster(), &s(), current.iter()) else {
+            panic!("expected Apply");
+        };
+        let mut same: Vec<String> = desired
+            .bundle_copies
+            .iter()
+            .map(|c| name_of(c).to_string())
+            .collect();
+        same.reverse();
+        same.push(name_of(&desired.installation).to_string());
+        assert!(!bundle_changed(&same, &desired));
+        assert!(!bundle_changed(
+            &[name_of(&desired.installation).to_string()],
+            &desired
+        ));
+        assert!(!bundle_changed(&[], &desired));
+        let older = loaded_bundle_of(30);
+        let other: Vec<String> = older.iter().map(|c| name_of(c).to_string()).collect();
+        assert!(bundle_changed(&other, &desired));
+        // One chunk fewer (the same version loaded again in other chunks).
+        assert!(bundle_changed(&same[1..], &desired));
+    }
 
     #[test]
     fn copies_of_other_versions_and_formerly_listed_ones_are_candidates_to_retire() {
