@@ -893,8 +893,13 @@ fn make_certs_renews_with_the_same_ca_and_rotates_the_ca_with_overlap() {
 // the e2e suite registers these very configurations with a real kube-apiserver.
 
 fn send(expression: &str, operation: &str, object: Value, old: Value) -> bool {
-    let program = cel::Program::compile(expression).expect("the matchCondition parses");
-    let mut ctx = cel::Context::default();
+    // The API server's CEL environment includes the strings extension (lowerAscii).
+    let mut env = cel::Env::stdlib();
+    env.add_extension(cel::extensions::strings)
+        .expect("the strings extension");
+    let env = std::sync::Arc::new(env);
+    let program = env.compile(expression).expect("the matchCondition parses");
+    let mut ctx = cel::Context::with_env(env);
     ctx.add_variable("request", json!({"operation": operation}))
         .unwrap();
     ctx.add_variable("object", object).unwrap();
@@ -1017,6 +1022,39 @@ fn match_conditions_send_creates_and_relevant_updates_only() {
             what: "UPDATE changing one of our annotations",
             op: "UPDATE",
             new: kcp(n.clone(), calico_changed.clone(), spec.clone()),
+            old: kcp(n.clone(), calico.clone(), spec.clone()),
+            want: true,
+        },
+        Case {
+            what: "UPDATE adding one of our annotations with the prefix in another case",
+            op: "UPDATE",
+            new: kcp(
+                n.clone(),
+                with_other(&calico, "Capi-Calico.io/CALICO_NAT_OUTGOING", "Disabled"),
+                spec.clone(),
+            ),
+            old: kcp(n.clone(), calico.clone(), spec.clone()),
+            want: true,
+        },
+        Case {
+            what: "UPDATE removing an annotation with the prefix in another case",
+            op: "UPDATE",
+            new: kcp(n.clone(), json!({"note": "a"}), spec.clone()),
+            old: kcp(
+                n.clone(),
+                json!({"note": "a", "CAPI-CALICO.IO/CALICO_NAT_OUTGOING": "Disabled"}),
+                spec.clone(),
+            ),
+            want: true,
+        },
+        Case {
+            what: "topology dry run of the current object (nothing else changes)",
+            op: "UPDATE",
+            new: kcp(
+                n.clone(),
+                with_other(&calico, "topology.cluster.x-k8s.io/dry-run", ""),
+                spec.clone(),
+            ),
             old: kcp(n.clone(), calico.clone(), spec.clone()),
             want: true,
         },

@@ -1092,6 +1092,24 @@ fn s5_unrelated_update_keeps_injection(h: &mut Harness) -> TestResult {
         "label not restored: {}",
         c["metadata"]
     );
+    // A metadata-only update adding a setting with the prefix in another case reaches the webhook (the
+    // matchCondition compares prefixes in lower case) and is refused, rather than stored unread.
+    let out = h.kubectl(
+        &[
+            "annotate",
+            "-n",
+            &ns,
+            "cluster",
+            "calico",
+            "Capi-Calico.io/CALICO_NAT_OUTGOING=Disabled",
+        ],
+        None,
+    )?;
+    let err = &out.stderr;
+    ensure!(
+        !out.success && err.contains("in lower case"),
+        "annotation with the prefix in another case: {err}"
+    );
     let after_kcp = h.get_json(&qualified(kcp), &ns, name_of(kcp))?;
     let after_kct = h.get_json(&qualified(kct), &ns, name_of(kct))?;
     ensure!(
