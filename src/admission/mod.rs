@@ -104,6 +104,9 @@ impl<S: ClusterSource> Webhook<S> {
                     policy::decide_with(&self.source, &self.settings, endpoint, kind, object).await;
                 decision.lookup = decided.lookup.to_string();
                 let mut verdict = decided.verdict;
+                if request.operation == Operation::Update {
+                    verdict = policy::on_update(kind, verdict);
+                }
                 // Only the webhook sees the stored object: the offline CLI has no old Cluster to compare with.
                 if let (Kind::Cluster, Operation::Update, Some(old), Verdict::Allow { .. }) =
                     (kind, &request.operation, &request.old_object, &verdict)

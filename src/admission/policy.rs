@@ -599,6 +599,36 @@ fn mutation_denial(err: mutation::MutationError, warnings: Vec<String>) -> Verdi
     }
 }
 
+/// The rule id of [`on_update`]'s denial.
+pub const KEEP_KUBEADM_CONFIG_SPEC_RULE: &str = "kubeadm-config-spec-removal";
+
+/// What only an UPDATE must not do. Cluster API's KubeadmControlPlane webhook forbids removing
+/// `spec.kubeadmConfigSpec` from an existing KCP (no path of its update allow-list is that short), while an empty
+/// one is invalid in v1beta2 (`minProperties: 1`): a KCP whose `kubeadmConfigSpec` holds nothing but our entries
+/// cannot lose them in one write. Such a patch becomes a denial that says how to write it instead (on CREATE the
+/// removal is fine, and the offline CLI renders creates).
+pub fn on_update(kind: Kind, verdict: Verdict) -> Verdict {
+    let removes_spec = |patch: &[PatchOperation]| {
+        patch.iter().any(|op| {
+            matches!(op, PatchOperation::Remove(r) if r.path.as_str() == "/spec/kubeadmConfigSpec")
+        })
+    };
+    match verdict {
+        Verdict::Allow { patch, warnings } if kind == Kind::ControlPlane && removes_spec(&patch) => {
+            Verdict::Deny {
+                message: "removing capi-calico's entries would leave spec.kubeadmConfigSpec of this \
+                          KubeadmControlPlane empty, and Cluster API refuses removing it from an existing \
+                          KubeadmControlPlane: set another kubeadmConfigSpec field in the same write (for example \
+                          format: cloud-config), or keep INSTALL_CALICOCTL or CONFIGURE_CALICO_BGP_SETTINGS \"true\""
+                    .to_string(),
+                rules: vec![KEEP_KUBEADM_CONFIG_SPEC_RULE.to_string()],
+                warnings,
+            }
+        }
+        other => other,
+    }
+}
+
 /// Patch operations of a verdict, for callers that apply them (the CLI's `render`).
 pub fn patch_of(verdict: &Verdict) -> &[PatchOperation] {
     match verdict {
@@ -717,6 +747,44 @@ mod tests {
         match verdict {
             Verdict::Allow { warnings, .. } | Verdict::Deny { warnings, .. } => warnings,
         }
+    }
+
+    /// A v1beta2 KCP whose kubeadmConfigSpec holds nothing but our entries: removing them removes the whole
+    /// kubeadmConfigSpec, which Cluster API allows on CREATE and refuses on UPDATE, so [`on_update`] turns that
+    /// patch into a denial; any other verdict passes unchanged.
+    #[test]
+    fn removing_the_whole_kubeadm_config_spec_is_refused_on_update_only() {
+        let on = cluster(calico_on());
+        let mut object = kcp(json!({}));
+        object["spec"]["kubeadmConfigSpec"] = json!({});
+        let injected = applied(
+            &object,
+            &run(&FixedSource::found(&on), Endpoint::Mutate, &object).verdict,
+        );
+        assert!(injected["spec"]["kubeadmConfigSpec"]["files"].is_array());
+        let off = cluster(json!({
+            "capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true",
+            "capi-calico.io/INSTALL_CALICOCTL": "false",
+        }));
+        let verdict = run(&FixedSource::found(&off), Endpoint::Mutate, &injected).verdict;
+        assert!(
+            applied(&injected, &verdict)["spec"]
+                .get("kubeadmConfigSpec")
+                .is_none(),
+            "{verdict:?}"
+        );
+        match on_update(Kind::ControlPlane, verdict.clone()) {
+            Verdict::Deny { message, rules, .. } => {
+                assert_eq!(rules, [KEEP_KUBEADM_CONFIG_SPEC_RULE]);
+                assert!(message.contains("format: cloud-config"), "{message}");
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+        // A KCT may lose its whole spec; other patches of a KCP pass.
+        assert_eq!(on_update(Kind::ConfigTemplate, verdict.clone()), verdict);
+        let user = kcp(json!({}));
+        let kept = run(&FixedSource::found(&off), Endpoint::Mutate, &user).verdict;
+        assert_eq!(on_update(Kind::ControlPlane, kept.clone()), kept);
     }
 
     /// Each of `needles` is in one of the verdict's warnings, and every warning fits a `Warning:` line.
