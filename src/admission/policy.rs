@@ -520,7 +520,17 @@ fn cluster_verdict<S: ClusterSource, P: Prepare>(
         };
     }
     match &*resolution {
-        Resolution::NotOptedIn { warnings } => Verdict::allow(fit_all(warnings)),
+        Resolution::NotOptedIn { warnings } => {
+            let mut warnings = fit_all(warnings);
+            let patch = match endpoint {
+                Endpoint::Mutate => cluster_label_removal(object),
+                Endpoint::Validate => Vec::new(),
+            };
+            if !patch.is_empty() {
+                warnings.push(LABEL_REMOVED_WARNING.to_string());
+            }
+            Verdict::Allow { patch, warnings }
+        }
         Resolution::OptedIn { settings, warnings } => {
             // Settings its KubeadmControlPlane could never receive (a peer too large for one file, say) are refused
             // here, where the user can fix them, rather than on every later write of the KCP.
@@ -635,6 +645,27 @@ pub fn patch_of(verdict: &Verdict) -> &[PatchOperation] {
         Verdict::Allow { patch, .. } => patch,
         Verdict::Deny { .. } => &[],
     }
+}
+
+/// Said when [`cluster_label_removal`] removes the label.
+const LABEL_REMOVED_WARNING: &str = "capi-calico: removed label capi-calico.io/cluster: it selects Calico's ClusterResourceSet; not opted in";
+
+/// Remove `capi-calico.io/cluster` from a Cluster that is not opted in. The label selects a Cluster's Calico
+/// ClusterResourceSet (in its namespace, by the value only): copied from another Cluster's manifest it would make
+/// Cluster API install that Cluster's Calico here, and left on a Cluster that opted out it would make Cluster API
+/// apply Calico again whenever the shared bundle copies change.
+fn cluster_label_removal(object: &Value) -> Vec<PatchOperation> {
+    use json_patch::{RemoveOperation, jsonptr::PointerBuf};
+    if object
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(CLUSTER_LABEL))
+        .is_none()
+    {
+        return Vec::new();
+    }
+    vec![PatchOperation::Remove(RemoveOperation {
+        path: PointerBuf::from_tokens(["metadata", "labels", CLUSTER_LABEL]),
+    })]
 }
 
 /// Add `capi-calico.io/cluster: <name>` to an opted-in Cluster unless it is already there.
@@ -987,6 +1018,29 @@ mod tests {
         for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
             let decided = run(&NoLookupPanics, endpoint, &c);
             assert_eq!(decided.verdict, Verdict::allow(Vec::new()));
+        }
+    }
+
+    /// The selector label on a Cluster that is not opted in (copied from another Cluster's manifest, or left after
+    /// opting out) is removed by /mutate, with a warning; /validate only admits.
+    #[test]
+    fn clusters_not_opted_in_lose_the_selector_label() {
+        for annotations in [
+            json!({}),
+            json!({"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "false"}),
+        ] {
+            let mut object = cluster(annotations);
+            object["metadata"]["labels"] = json!({CLUSTER_LABEL: "prod-1", "team": "a"});
+            let source = FixedSource::new(Lookup::Disabled);
+            let verdict = run(&source, Endpoint::Mutate, &object).verdict;
+            assert_eq!(
+                applied(&object, &verdict)["metadata"]["labels"],
+                json!({"team": "a"})
+            );
+            assert!(warnings_of(&verdict).contains(&LABEL_REMOVED_WARNING.to_string()));
+            assert!(LABEL_REMOVED_WARNING.chars().count() <= MAX_WARNING_CHARS);
+            let verdict = run(&source, Endpoint::Validate, &object).verdict;
+            assert!(patch_of(&verdict).is_empty(), "{verdict:?}");
         }
     }
 

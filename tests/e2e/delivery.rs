@@ -576,7 +576,14 @@ fn delivery_opted_in_cluster_gets_crs_installation_bundle(h: &mut Harness) -> Te
     let ns_off = h.create_namespace("delivery-off")?;
     let mut off = cluster.clone();
     off["metadata"]["annotations"] = json!({});
-    h.apply(&ns_off, &off.to_string())?;
+    // Copied from an opted-in Cluster's stored manifest: the webhook removes it (it would select a CRS).
+    off["metadata"]["labels"] = json!({ CLUSTER_LABEL: "calico" });
+    let out = h.apply(&ns_off, &off.to_string())?;
+    ensure!(
+        out.stderr.contains("removed label capi-calico.io/cluster"),
+        "no warning about the removed label: {}",
+        out.stderr
+    );
     std::thread::sleep(Duration::from_secs(2));
     ensure!(
         list(h, "configmaps", &ns_off)?.is_empty(),
