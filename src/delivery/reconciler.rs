@@ -249,8 +249,11 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         Plan::Ignore => {
             // Opted out (or never in): objects written earlier stay (see docs/delivery.md), only our status
             // annotation goes, so it does not claim a delivery that is no longer managed.
-            if current_status(&object).is_some() {
-                patch_status(&ctx, &cluster, Value::Null).await?;
+            if current_status(&object).is_some()
+                && let Err(error) = patch_status(&ctx, &cluster, Value::Null).await
+            {
+                wait_again(ERROR_RETRY);
+                return Err(error);
             }
             // Most Clusters may be here: their status updates are skipped like any other.
             ctx.applied.remember(&uid, fingerprint);
@@ -307,8 +310,10 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         }
         Plan::Report(status) => (status, None),
     };
-    if !keep_recorded {
-        record(&ctx, &cluster, &object, &status).await?;
+    // A refused status write (an admission webhook of someone else's, say) backs off like any failed pass.
+    if !keep_recorded && let Err(error) = record(&ctx, &cluster, &object, &status).await {
+        wait_again(ERROR_RETRY);
+        return Err(error);
     }
     // After the status: a failure here does not hide the delivery, it fails the pass (retried in 30 s, with
     // the copies of other loaded versions found again).
