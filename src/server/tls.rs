@@ -54,6 +54,11 @@ pub enum TlsError {
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("certificate {path} expired at {not_after} (Unix seconds)")]
     Expired { path: PathBuf, not_after: i64 },
+    #[error(
+        "refusing {path} for the self-signed certificate: it {reason}; another user could have put their own CA and \
+         key there. Remove it, or pass --self-signed-dir a directory of your own"
+    )]
+    NotPrivate { path: PathBuf, reason: String },
     #[error("generating the self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -425,6 +430,7 @@ pub fn ensure_self_signed(
         key: dir.join("tls.key"),
     };
     const KEEP_IF_VALID_FOR: i64 = 7 * 24 * 3600;
+    check_private(dir, &[&paths.ca, &paths.cert, &paths.key])?;
     if paths.ca.is_file()
         && let Ok(existing) = load_pair_files(&paths.cert, &paths.key, provider)
         && existing.not_after - unix_now() > KEEP_IF_VALID_FOR
@@ -432,10 +438,17 @@ pub fn ensure_self_signed(
         tracing::info!(ca = %paths.ca.display(), "reusing self-signed certificate");
         return Ok(paths);
     }
-    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| TlsError::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
     let generated = generate_self_signed(
         &["localhost", "127.0.0.1", "::1"],
         Duration::from_secs(365 * 24 * 3600),
@@ -445,6 +458,40 @@ pub fn ensure_self_signed(
     write_file(&paths.cert, generated.cert_pem.as_bytes(), 0o644)?;
     tracing::info!(ca = %paths.ca.display(), "generated a self-signed CA and serving certificate");
     Ok(paths)
+}
+
+/// The self-signed directory (by default under the shared `/tmp`) and the files in it must belong to this process's
+/// user, be no symbolic links, and be writable by no one else (the key: readable by no one else): otherwise another
+/// user could have planted a CA and key this server would serve, or swap them later. Missing ones are created here.
+fn check_private(dir: &Path, files: &[&Path]) -> Result<(), TlsError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let key = files.last().copied();
+    for path in std::iter::once(dir).chain(files.iter().copied()) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            continue;
+        };
+        let others = if Some(path) == key { 0o077 } else { 0o022 };
+        let reason = if meta.file_type().is_symlink() {
+            Some("is a symbolic link".to_string())
+        } else if meta.uid() != me {
+            Some(format!("belongs to uid {}, not {me}", meta.uid()))
+        } else if meta.mode() & others != 0 {
+            Some(format!(
+                "has mode {:o}, open to other users",
+                meta.mode() & 0o7777
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(TlsError::NotPrivate {
+                path: path.to_owned(),
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A generated CA and a serving certificate it signed (PEM).
@@ -809,5 +856,52 @@ mod tests {
         );
         ensure_self_signed(dir.path(), &pr).unwrap();
         assert_eq!(fs::read(&paths.cert).unwrap(), first);
+    }
+
+    /// A self-signed directory or key that another user could write (or read, for the key), a symbolic link, or a
+    /// directory another user owns is refused with a message naming it; a directory of one's own is used.
+    #[test]
+    fn self_signed_material_open_to_other_users_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let pr = provider();
+        let refused = |dir: &Path, what: &str| match ensure_self_signed(dir, &pr) {
+            Err(e @ TlsError::NotPrivate { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(what) && text.contains("--self-signed-dir"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected NotPrivate ({what}), got {other:?}"),
+        };
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("tls");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        refused(&dir, "has mode 777");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let paths = ensure_self_signed(&dir, &pr).unwrap();
+        fs::set_permissions(&paths.key, fs::Permissions::from_mode(0o644)).unwrap();
+        refused(&dir, "tls.key");
+        fs::set_permissions(&paths.key, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&paths.ca, fs::Permissions::from_mode(0o666)).unwrap();
+        refused(&dir, "ca.crt");
+        fs::set_permissions(&paths.ca, fs::Permissions::from_mode(0o644)).unwrap();
+        ensure_self_signed(&dir, &pr).unwrap();
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        refused(&link, "symbolic link");
+        // Owned by someone else: only root can arrange that here.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            refused(&dir, "belongs to uid 65534");
+        }
+        // A missing directory is created for this user alone.
+        let fresh = base.path().join("fresh");
+        ensure_self_signed(&fresh, &pr).unwrap();
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 }
