@@ -52,6 +52,10 @@ EXAMPLE
       capi-calico.io/CONFIGURE_CALICO_BGP_SETTINGS: \"true\"
       capi-calico.io/CALICO_BGP_AS_NUMBER: \"64512\"
       capi-calico.io/CALICO_ROUTE_REFLECTORS: <output of: base64 -w 0 peers.yaml>
+  spec:
+    clusterNetwork:
+      pods:
+        cidrBlocks: [\"192.168.0.0/16\"]
 
   A KubeadmControlPlane or KubeadmConfigTemplate takes the settings of its Cluster, unless it
   carries capi-calico.io/ annotations itself. See the README for the full contract.";
@@ -721,8 +725,13 @@ pub fn run_bundle(args: &BundleArgs, out: &mut dyn Write, err: &mut dyn Write) -
             None => operator,
         };
         let crds = read(&args.crds)?;
-        crate::delivery::bundle::bundle(&operator, &crds, &version, &args.namespace)
-            .map_err(|e| e.to_string())
+        crate::delivery::bundle::bundle(&operator, &crds, &version, &args.namespace).map_err(|e| {
+            e.naming_inputs(
+                &format!("--operator {}", args.operator.display()),
+                &format!("--crds {}", args.crds.display()),
+            )
+            .to_string()
+        })
     });
     match result.and_then(|items| {
         serde_json::to_string_pretty(&crate::delivery::bundle::as_list(items))

@@ -487,6 +487,53 @@ fn bundle_sets_the_operator_image_and_refuses_an_unpinned_one() {
         deployment["spec"]["template"]["spec"]["containers"][0]["image"],
         image
     );
+
+    // Errors in either input name the file the user gave, with its flag.
+    let broken = tmp.path().join("broken-crds.yaml");
+    std::fs::write(&broken, "a: {\n").unwrap();
+    let out = run(
+        &[
+            "bundle",
+            "--operator",
+            operator,
+            "--crds",
+            broken.to_str().unwrap(),
+            "--version",
+            "v3.31.7",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "error: --crds {}: not valid YAML",
+            broken.display()
+        )),
+        "{err}"
+    );
+    let empty = tmp.path().join("empty.yaml");
+    std::fs::write(&empty, "# nothing\n").unwrap();
+    let out = run(
+        &[
+            "bundle",
+            "--operator",
+            empty.to_str().unwrap(),
+            "--crds",
+            crds,
+            "--version",
+            "v3.31.7",
+        ],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "--operator {}: contains no Kubernetes objects",
+            empty.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

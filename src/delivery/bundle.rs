@@ -220,8 +220,8 @@ pub fn bundle_with_limit(
     limit: usize,
 ) -> Result<Vec<Value>, DeliveryError> {
     let tag = version_tag(version);
-    let crds = to_docs("operator-crds.yaml", crds_yaml, 0, true)?;
-    let operator = to_docs("tigera-operator.yaml", operator_yaml, crds.len(), false)?;
+    let crds = to_docs(super::CRDS_INPUT, crds_yaml, 0, true)?;
+    let operator = to_docs(super::OPERATOR_INPUT, operator_yaml, crds.len(), false)?;
     let total = crds.len() + operator.len();
     if total > 9999 {
         return Err(DeliveryError::TooManyDocuments { count: total });

@@ -105,6 +105,31 @@ pub enum DeliveryError {
     Kube(#[from] kube::Error),
 }
 
+/// What [`bundle::bundle`] calls its two inputs in errors, when no caller names them.
+pub const OPERATOR_INPUT: &str = "tigera-operator.yaml";
+/// See [`OPERATOR_INPUT`].
+pub const CRDS_INPUT: &str = "operator-crds.yaml";
+
+impl DeliveryError {
+    /// The same error with the bundle's inputs called `operator` and `crds` (the CLI passes the files the user gave)
+    /// instead of [`OPERATOR_INPUT`] and [`CRDS_INPUT`].
+    pub fn naming_inputs(mut self, operator: &str, crds: &str) -> Self {
+        if let DeliveryError::Parse { input, .. }
+        | DeliveryError::NotAnObject { input, .. }
+        | DeliveryError::EmptyInput { input }
+        | DeliveryError::UnexpectedKind { input, .. }
+        | DeliveryError::DocumentTooLarge { input, .. } = &mut self
+        {
+            if input == OPERATOR_INPUT {
+                *input = operator.to_string();
+            } else if input == CRDS_INPUT {
+                *input = crds.to_string();
+            }
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -609,7 +609,7 @@ impl<'a> Resolver<'a> {
                     // ("kubeadm configuration is missing required podSubnet field"). A warning: a v1beta1
                     // KubeadmControlPlane may still set the podSubnet itself.
                     self.warnings.push(format!(
-                        "capi-calico: no pod cidrBlocks: add {cidr} there, or the operator refuses the pool"
+                        "capi-calico: add {cidr} to spec.clusterNetwork.pods.cidrBlocks (the pool needs it)"
                     ));
                 }
                 cidr
@@ -642,8 +642,8 @@ impl<'a> Resolver<'a> {
                         // A Cluster: the reconciler builds its Installation's IP pool from this, and has nothing. A
                         // warning, not a denial: a Cluster admitted before this check must still take its updates.
                         self.warnings.push(
-                            "capi-calico: no pod CIDR: Calico is not delivered until CALICO_POD_CIDR or the Cluster's \
-                             pod cidrBlocks is set"
+                            "capi-calico: no pod CIDR: Calico is not delivered until spec.clusterNetwork.pods.cidrBlocks \
+                             is set"
                                 .to_string(),
                         );
                         return None;
@@ -651,9 +651,8 @@ impl<'a> Resolver<'a> {
                     (None, _) => {
                         if let Some(Some(size)) = explicit_block {
                             self.warnings.push(format!(
-                                "{PREFIX}{} {size} is not applied: no pod CIDR is known (set {})",
+                                "{PREFIX}{} {size} is not used here: the IP pool takes the Cluster's settings",
                                 keys::CALICO_BLOCK_SIZE,
-                                keys::CALICO_POD_CIDR
                             ));
                         }
                         return None;

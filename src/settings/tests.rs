@@ -384,8 +384,7 @@ fn defaults() {
         assert_eq!(
             warnings,
             vec![
-                "capi-calico: no pod CIDR: Calico is not delivered until CALICO_POD_CIDR or the Cluster's pod \
-                 cidrBlocks is set"
+                "capi-calico: no pod CIDR: Calico is not delivered until spec.clusterNetwork.pods.cidrBlocks is set"
             ],
             "{pairs:?}"
         );
@@ -395,13 +394,14 @@ fn defaults() {
     for cidr in [
         "100.96.0.0/11",
         "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff80/121",
     ] {
         let (s, warnings) = settings(&[(keys::CALICO_POD_CIDR, cidr)], Some(&network(&[])));
         assert!(s.pod_pool.is_some());
         assert_eq!(
             warnings,
             vec![format!(
-                "capi-calico: no pod cidrBlocks: add {cidr} there, or the operator refuses the pool"
+                "capi-calico: add {cidr} to spec.clusterNetwork.pods.cidrBlocks (the pool needs it)"
             )]
         );
         assert!(warnings[0].chars().count() < 120, "{warnings:?}");
@@ -721,7 +721,12 @@ fn pool_messages() {
     );
     let (_, warnings) = settings(&[("CALICO_BLOCK_SIZE", "26")], None);
     assert_eq!(warnings.len(), 1);
-    assert!(warnings[0].contains("no pod CIDR is known"), "{warnings:?}");
+    assert_eq!(
+        warnings,
+        [
+            "capi-calico.io/CALICO_BLOCK_SIZE 26 is not used here: the IP pool takes the Cluster's settings"
+        ]
+    );
 }
 
 // ------------------------------------------------------------------------------------------------------------
