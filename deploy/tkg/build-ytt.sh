@@ -16,6 +16,7 @@ if [ -x "$out" ] && [ "$("$out" version 2>/dev/null | head -n 1)" = "ytt version
   exit 0
 fi
 
+command -v go >/dev/null || { echo "build-ytt.sh: 'go' is not on PATH (Go 1.25 or later builds ytt)" >&2; exit 1; }
 mkdir -p "$root/bin"
 cd "$tools"
 # go.sum pins every module's hash, so the build verifies against it (-mod=readonly: never rewrite go.mod/go.sum).
