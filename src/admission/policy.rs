@@ -230,8 +230,8 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
                 sharers = also_used_by;
                 (resolution, Origin::Cluster(cluster), label)
             }
-            Lookup::NotFound { looked_for } => {
-                let warnings = not_found_warnings(subject_kind, &subject.name, &looked_for);
+            Lookup::NotFound { looked_for, named } => {
+                let warnings = not_found_warnings(subject_kind, &subject.name, &looked_for, named);
                 return Decided {
                     verdict: Verdict::allow(warnings),
                     lookup: label,
@@ -416,13 +416,22 @@ impl Origin {
     }
 }
 
-fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<String> {
+fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str, named: bool) -> Vec<String> {
     let mut warnings = vec![
         fit_warning(&format!(
             "capi-calico: no Cluster found for {} {name}; admitted without Calico changes",
             kind.kind()
         )),
         fit_warning(&format!("capi-calico: looked for {looked_for}")),
+    ];
+    if named {
+        // Linked, by a label or a MachineDeployment, to a Cluster that does not exist (yet): nothing to label.
+        warnings.push(fit_warning(
+            "capi-calico: apply that Cluster first; once it exists, the template linker brings this object back",
+        ));
+        return warnings;
+    }
+    warnings.push(
         // A KCT is linked through its MachineDeployment: applying only the Cluster first does not link it.
         fit_warning(match kind {
             SubjectKind::ControlPlane => {
@@ -433,7 +442,7 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str) -> Vec<St
                  MachineDeployment before it"
             }
         }),
-    ];
+    );
     if kind == SubjectKind::ConfigTemplate {
         // The worker template of a ClusterClass has no Cluster of its own, and must not be labelled with one.
         warnings.push(fit_warning(
@@ -1260,6 +1269,11 @@ mod tests {
                 looked_for: "a Cluster in namespace team-a whose spec.controlPlaneRef names KubeadmControlPlane \
                              wl-1-cp-with-a-rather-long-name-that-goes-on-and-on"
                     .to_string(),
+                named: false,
+            },
+            Lookup::NotFound {
+                looked_for: "Cluster team-a/wl-1 (the clusterName of its MachineDeployment)".to_string(),
+                named: true,
             },
             Lookup::Disabled,
         ];
@@ -1280,6 +1294,34 @@ mod tests {
         }
     }
 
+    /// A KCT whose MachineDeployment names a Cluster that does not exist: told to apply that Cluster, not to label
+    /// the template, and not that it might be a ClusterClass's own template.
+    #[test]
+    fn a_kct_linked_to_a_missing_cluster_is_told_to_apply_the_cluster() {
+        let kct = json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
+            "metadata": {"name": "wl-1-md-0", "namespace": "team-a"},
+            "spec": {"template": {"spec": {}}}
+        });
+        let source = FixedSource::new(Lookup::NotFound {
+            looked_for: "Cluster team-a/wl-1 (the clusterName of its MachineDeployment)"
+                .to_string(),
+            named: true,
+        });
+        let warnings = warnings_of(&run(&source, Endpoint::Mutate, &kct).verdict).to_vec();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[2].contains("apply that Cluster first"),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings
+                .iter()
+                .any(|w| w.contains("ClusterClass") || w.contains("label it")),
+            "{warnings:?}"
+        );
+    }
+
     #[test]
     fn a_kct_without_its_machinedeployment_is_told_to_apply_the_machinedeployment_first() {
         let kct = json!({
@@ -1291,6 +1333,7 @@ mod tests {
             looked_for: "a MachineDeployment in namespace team-a whose bootstrap configRef names \
                          KubeadmConfigTemplate wl-1-md-0"
                 .to_string(),
+            named: false,
         });
         let Verdict::Allow { patch, warnings } = run(&source, Endpoint::Mutate, &kct).verdict
         else {

@@ -117,6 +117,7 @@ impl DocumentSource {
                 looked_for:
                     "a Cluster document with a metadata.name (the one that refers to it has none)"
                         .to_string(),
+                named: false,
             },
         }
     }
@@ -150,6 +151,7 @@ impl DocumentSource {
                     looked_for: format!(
                         "Cluster {ns}/{name} (from the {CLUSTER_NAME_LABEL} label)"
                     ),
+                    named: true,
                 },
             };
         }
@@ -173,6 +175,7 @@ impl DocumentSource {
                         looked_for: format!(
                             "a Cluster whose spec.controlPlaneRef names it, in namespace {ns}"
                         ),
+                        named: false,
                     },
                 }
             }
@@ -187,6 +190,7 @@ impl DocumentSource {
                     Some(cluster) => self.found(cluster, &users.clusters),
                     None => Lookup::NotFound {
                         looked_for: users.looked_for(ns),
+                        named: !users.clusters.is_empty(),
                     },
                 }
             }
@@ -282,7 +286,7 @@ mod tests {
                     assert_eq!(source, LookupSource::Documents);
                     Some(cluster.name)
                 }
-                Lookup::NotFound { looked_for } => {
+                Lookup::NotFound { looked_for, .. } => {
                     assert!(!looked_for.is_empty());
                     None
                 }
@@ -379,6 +383,7 @@ mod tests {
             looked_for:
                 "a MachineDeployment whose bootstrap configRef names it, in namespace kct-ns"
                     .to_string(),
+            named: false,
         };
         assert_eq!(
             source.lookup(&subject(SubjectKind::ConfigTemplate, "kct-ns", "kct", None)),

@@ -173,7 +173,10 @@ impl LiveSource {
             Api::namespaced_with(self.client.clone(), namespace, &self.cluster_resource);
         match tokio::time::timeout(self.api_timeout, api.get_opt(name)).await {
             Ok(Ok(Some(cluster))) => Self::found(&cluster, LookupSource::Api),
-            Ok(Ok(None)) => Lookup::NotFound { looked_for },
+            Ok(Ok(None)) => Lookup::NotFound {
+                looked_for,
+                named: true,
+            },
             Ok(Err(err)) => Lookup::Failed {
                 reason: format!("reading Cluster {namespace}/{name}: {err}"),
             },
@@ -306,6 +309,7 @@ impl ClusterSource for LiveSource {
                         looked_for: format!(
                             "a Cluster whose spec.controlPlaneRef names it, in namespace {ns}"
                         ),
+                        named: false,
                     },
                     Err(reason) => Lookup::Failed { reason },
                 }
@@ -360,6 +364,7 @@ impl ClusterSource for LiveSource {
                     }
                     (None, None) => Lookup::NotFound {
                         looked_for: users.looked_for(ns),
+                        named: false,
                     },
                 };
                 self.with_sharing(lookup, &users)

@@ -153,8 +153,9 @@ pub enum Lookup {
         /// are not listed.
         also_used_by: Vec<ClusterInfo>,
     },
-    /// No Cluster links to the subject. `looked_for` says what was searched, for the user's warning.
-    NotFound { looked_for: String },
+    /// No Cluster links to the subject. `looked_for` says what was searched, for the user's warning; `named`: a
+    /// Cluster name was known (a label, or a MachineDeployment's clusterName) but no such Cluster exists.
+    NotFound { looked_for: String, named: bool },
     /// This source cannot look Clusters up at all (serve without cluster access).
     Disabled,
     /// The lookup failed (API unreachable, timeout).
