@@ -140,6 +140,10 @@ pub struct FilesArgs {
     /// Treat warnings as problems (exit 1): a KCP or KCT whose Cluster is not in the input, a misspelt prefix, ...
     #[arg(long)]
     pub strict: bool,
+    /// The namespace of documents that name none, as with `kubectl apply -n`: where their Clusters, KCPs, KCTs and
+    /// MachineDeployments are looked for. The output is not changed: such documents still name none.
+    #[arg(short, long, default_value = "default", value_parser = parse_namespace)]
+    pub namespace: String,
 }
 
 /// Output format of `render`.
@@ -376,15 +380,36 @@ pub struct Checked {
     pub verdict: Option<Verdict>,
 }
 
-/// Run the mutating decision over every document, with Clusters found among the documents themselves.
-pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
-    let source = DocumentSource::new(documents.iter().map(|d| &d.object));
+/// `object` as it is applied to `namespace` (`kubectl apply -n`): with `metadata.namespace` set when it names none.
+fn in_namespace(object: &Value, namespace: &str) -> Value {
+    let mut object = object.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut)
+        && metadata
+            .get("namespace")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        metadata.insert("namespace".into(), Value::String(namespace.to_string()));
+    }
+    object
+}
+
+/// Run the mutating decision over every document, with Clusters found among the documents themselves. Documents
+/// that name no namespace are decided as if in `namespace`; the patches apply to them unchanged (no patch path
+/// involves the namespace).
+pub fn check_documents(documents: Vec<Document>, namespace: &str) -> Vec<Checked> {
+    let effective: Vec<Value> = documents
+        .iter()
+        .map(|d| in_namespace(&d.object, namespace))
+        .collect();
+    let source = DocumentSource::new(effective.iter());
     let mut seen: HashMap<(String, String, String, String), (String, Value)> = HashMap::new();
     documents
         .into_iter()
-        .map(|document| {
+        .zip(&effective)
+        .map(|(document, object)| {
             // A second, different definition (the same file given twice is no ambiguity).
-            let duplicate = linked_identity(&document.object).and_then(|key| {
+            let duplicate = linked_identity(object).and_then(|key| {
                 let here = format!("{} ({})", document.path, document.position());
                 seen.insert(key, (here, document.object.clone()))
                     .filter(|(_, earlier)| *earlier != document.object)
@@ -392,13 +417,13 @@ pub fn check_documents(documents: Vec<Document>) -> Vec<Checked> {
             });
             let verdict = match &duplicate {
                 Some(first) => Some(duplicate_denial(&document, first)),
-                None => Kind::of_object(&document.object).map(|kind| {
-                    non_string_annotations(&document.object).unwrap_or_else(|| {
+                None => Kind::of_object(object).map(|kind| {
+                    non_string_annotations(object).unwrap_or_else(|| {
                         futures::executor::block_on(policy::decide(
                             &source,
                             Endpoint::Mutate,
                             kind,
-                            &document.object,
+                            object,
                         ))
                         .verdict
                     })
@@ -633,7 +658,7 @@ pub fn run_check(args: &FilesArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
     let Some(docs) = read_all(&args.files, err) else {
         return 2;
     };
-    let checked = check_documents(docs);
+    let checked = check_documents(docs, &args.namespace);
     let mut text = Vec::new();
     let denied = report(&checked, args.strict, &mut text);
     if !denied {
@@ -656,7 +681,7 @@ pub fn run_render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -
     let Some(docs) = read_all(&args.files.files, err) else {
         return 2;
     };
-    let checked = check_documents(docs);
+    let checked = check_documents(docs, &args.files.namespace);
     let denied = report(&checked, args.files.strict, err);
     if denied {
         // Nothing on standard output: `render | kubectl apply -f -` without `pipefail` must not apply the objects

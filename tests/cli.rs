@@ -920,3 +920,50 @@ fn a_template_shared_with_a_cluster_of_other_settings_is_warned_about() {
     let same = run(&["check", "--strict", "-"], Some(&second(&same)));
     assert_eq!(same.status.code(), Some(0), "{}", text(&same.stdout));
 }
+
+/// Documents that name no namespace are looked up in `--namespace` (as `kubectl apply -n` places them), and are
+/// printed still naming none.
+#[test]
+fn documents_without_a_namespace_take_the_namespace_option() {
+    let manifest = std::fs::read_to_string(repo().join("tests/fixtures/cli/classic-v1beta2.yaml"))
+        .unwrap()
+        .replace("  namespace: team-a\n", "");
+    assert!(!manifest.contains("namespace: team-a"));
+    // In `default` the KCP's Cluster (team-a in the fixture, now namespace-less too) is found all the same: both
+    // are in the same implied namespace. Only a Cluster that names its namespace shows the difference.
+    let cluster_named = manifest.replacen("  name: ", "  namespace: team-a\n  name: ", 1);
+    let plain = run(&["render", "-"], Some(&cluster_named));
+    assert_eq!(plain.status.code(), Some(0), "{}", text(&plain.stderr));
+    assert!(
+        text(&plain.stderr).contains("no Cluster found"),
+        "{}",
+        text(&plain.stderr)
+    );
+    assert!(!text(&plain.stdout).contains("/etc/capi-calico/"));
+    for flag in ["-n", "--namespace"] {
+        let out = run(&["render", flag, "team-a", "-"], Some(&cluster_named));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let rendered = text(&out.stdout);
+        assert!(
+            rendered.contains("/etc/capi-calico/install-calicoctl.sh"),
+            "{rendered}"
+        );
+        assert_eq!(
+            rendered.matches("namespace: team-a").count(),
+            1,
+            "{rendered}"
+        );
+        let check = run(
+            &["check", flag, "team-a", "--strict", "-"],
+            Some(&cluster_named),
+        );
+        assert_eq!(check.status.code(), Some(0), "{}", text(&check.stdout));
+    }
+    let bad = run(&["check", "-n", "Team_A", "-"], Some(&cluster_named));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("not a namespace name"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
