@@ -219,12 +219,23 @@ pub enum MutationError {
     /// The object's shape is not what a KubeadmControlPlane / KubeadmConfigTemplate looks like.
     #[error("malformed object: {0}")]
     Malformed(String),
-    /// A user entry conflicts with what the webhook must inject.
-    #[error("conflict with an existing entry: {0}")]
-    Conflict(String),
+    /// User entries that conflict with what the webhook must inject (each of them, at least one).
+    #[error("{}", conflicts_text(.0))]
+    Conflict(Vec<String>),
     /// Applying a patch failed.
     #[error("cannot apply patch: {0}")]
     Apply(String),
+}
+
+fn conflicts_text(conflicts: &[String]) -> String {
+    match conflicts {
+        [one] => format!("conflict with an existing entry: {one}"),
+        many => format!(
+            "{} conflicts with existing entries: {}",
+            many.len(),
+            many.join("; ")
+        ),
+    }
 }
 
 /// The files and commands the webhook owns for `target` under `settings`.

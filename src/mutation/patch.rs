@@ -122,7 +122,8 @@ fn collision(path: &str, injection: &Injection) -> Option<String> {
     if n == CALICOCTL_BINARY_PATH && injection.file(INSTALL_SCRIPT_PATH).is_some() {
         return Some(format!(
             "file {path:?} would be overwritten by the pinned calicoctl that INSTALL_CALICOCTL=true installs at \
-             {CALICOCTL_BINARY_PATH}; remove the file or set capi-calico.io/INSTALL_CALICOCTL=false"
+             {CALICOCTL_BINARY_PATH}; remove the file or set capi-calico.io/INSTALL_CALICOCTL to \"false\" in the \
+             Cluster's settings"
         ));
     }
     None
@@ -159,7 +160,27 @@ impl ListPlan {
     }
 }
 
-fn plan_files(existing: &[Value], injection: &Injection) -> Result<ListPlan, MutationError> {
+/// Every user entry of the three lists that collides with what we own: files that would land in [`DIR`] or on the
+/// binary we install, commands that mention [`DIR`]. All of them, so that one denial names each.
+fn conflicts(fields: &[(&str, Option<&[Value]>)], injection: &Injection) -> Vec<String> {
+    let mut found = Vec::new();
+    for (field, existing) in fields {
+        for entry in existing.iter().copied().flatten() {
+            let conflict = if *field == FILES {
+                entry
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .and_then(|path| collision(path, injection))
+            } else {
+                entry.as_str().and_then(|cmd| reserved_command(field, cmd))
+            };
+            found.extend(conflict);
+        }
+    }
+    found
+}
+
+fn plan_files(existing: &[Value], injection: &Injection) -> ListPlan {
     let mut placed = vec![false; injection.files.len()];
     let mut plan = ListPlan::default();
     for (i, entry) in existing.iter().enumerate() {
@@ -167,10 +188,7 @@ fn plan_files(existing: &[Value], injection: &Injection) -> Result<ListPlan, Mut
             continue; // not a file entry we can recognise: the user's, left alone
         };
         if !is_ours_path(path) {
-            if let Some(msg) = collision(path, injection) {
-                return Err(MutationError::Conflict(msg));
-            }
-            continue;
+            continue; // the user's (conflicts were refused before planning)
         }
         match injection.files.iter().position(|f| f.path == path) {
             Some(j) if !placed[j] => {
@@ -188,21 +206,10 @@ fn plan_files(existing: &[Value], injection: &Injection) -> Result<ListPlan, Mut
         }
     }
     plan.final_len = existing.len() - plan.remove.len() + plan.append.len();
-    Ok(plan)
+    plan
 }
 
-fn plan_commands(
-    field: &str,
-    existing: &[Value],
-    desired: &[&'static str],
-) -> Result<ListPlan, MutationError> {
-    if let Some(msg) = existing
-        .iter()
-        .filter_map(Value::as_str)
-        .find_map(|cmd| reserved_command(field, cmd))
-    {
-        return Err(MutationError::Conflict(msg));
-    }
+fn plan_commands(existing: &[Value], desired: &[&'static str]) -> ListPlan {
     let mut placed = vec![false; desired.len()];
     let mut handled = vec![false; existing.len()];
     // Pass 1: exact matches stay where they are.
@@ -242,7 +249,7 @@ fn plan_commands(
         }
     }
     plan.final_len = existing.len() - plan.remove.len() + plan.append.len();
-    Ok(plan)
+    plan
 }
 
 /// The kubeadm config spec of `object` for `target`: `Ok(Some(map))` when present, `Ok(None)` with the depth of the
@@ -358,13 +365,17 @@ pub fn patch(
         (PRE, list(spec, target, PRE)?),
         (POST, list(spec, target, POST)?),
     ];
+    let found = conflicts(&fields, injection);
+    if !found.is_empty() {
+        return Err(MutationError::Conflict(found));
+    }
     let mut plans = Vec::new();
     for (field, existing) in fields {
         let plan = match (field, existing) {
             (_, None) => None,
-            (FILES, Some(a)) => Some(plan_files(a, injection)?),
-            (PRE, Some(a)) => Some(plan_commands(PRE, a, &injection.pre_kubeadm_commands)?),
-            (_, Some(a)) => Some(plan_commands(POST, a, &injection.post_kubeadm_commands)?),
+            (FILES, Some(a)) => Some(plan_files(a, injection)),
+            (PRE, Some(a)) => Some(plan_commands(a, &injection.pre_kubeadm_commands)),
+            (_, Some(a)) => Some(plan_commands(a, &injection.post_kubeadm_commands)),
         };
         let (desired_len, max) = match field {
             FILES => (injection.files.len(), MAX_FILES),

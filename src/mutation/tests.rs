@@ -1072,18 +1072,52 @@ fn user_entries_in_the_reserved_directory_are_refused_not_taken_over() {
             "file \"/etc/capi-calico/bgppeers-01.yaml\" is in /etc/capi-calico/",
         ),
     ];
-    for (field, entry, message) in cases {
+    for (field, entry, message) in cases.clone() {
         let mut obj = fixture("kcp-v1beta1.json");
         let list = obj["spec"]["kubeadmConfigSpec"][field]
             .as_array_mut()
             .expect("the fixture has the list");
         list.insert(0, entry.clone());
         match patch(&obj, Target::ControlPlane, &inj) {
-            Err(MutationError::Conflict(m)) => assert!(m.contains(message), "{m}"),
+            Err(MutationError::Conflict(m)) => {
+                assert_eq!(m.len(), 1, "{m:?}");
+                assert!(m[0].contains(message), "{m:?}");
+            }
             other => panic!("{entry}: expected a conflict, got {other:?}"),
         }
         let problems = verify(&obj, Target::ControlPlane, &inj).join("\n");
         assert!(problems.contains(message), "{problems}");
+    }
+    // Every conflict of the three lists is named at once, in list order.
+    let mut obj = fixture("kcp-v1beta1.json");
+    let spec = &mut obj["spec"]["kubeadmConfigSpec"];
+    for (field, entry, _) in &cases {
+        spec[field]
+            .as_array_mut()
+            .expect("list")
+            .push(entry.clone());
+    }
+    match patch(&obj, Target::ControlPlane, &inj) {
+        Err(e @ MutationError::Conflict(_)) => {
+            let MutationError::Conflict(all) = &e else {
+                unreachable!()
+            };
+            assert_eq!(all.len(), cases.len(), "{all:?}");
+            assert!(
+                e.to_string().starts_with(&format!(
+                    "{} conflicts with existing entries: ",
+                    cases.len()
+                )),
+                "{e}"
+            );
+            for (_, _, message) in &cases {
+                assert!(
+                    all.iter().any(|m| m.contains(message)),
+                    "{message}: {all:?}"
+                );
+            }
+        }
+        other => panic!("expected conflicts, got {other:?}"),
     }
     for (path, ours) in [
         ("/etc/capi-calico/bgppeers-2.yaml", true),
