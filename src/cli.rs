@@ -588,7 +588,7 @@ fn read_all(files: &[String], err: &mut dyn Write) -> Option<Vec<Document>> {
         // must not pass.
         let _ = writeln!(
             err,
-            "error: no Kubernetes objects in {}: every document is empty",
+            "error: no Kubernetes objects in {}: every document is empty or a List without items",
             files
                 .iter()
                 .map(|f| if f == "-" {

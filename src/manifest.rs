@@ -82,21 +82,42 @@ fn values(path: &str, text: &str) -> Result<Vec<Value>, ManifestError> {
         return match json {
             Ok(values) => Ok(values),
             Err(json_error) => as_yaml().map_err(|yaml_error| {
-                parse_error(format!("as JSON: {json_error}; as YAML: {yaml_error}"))
+                parse_error(format!(
+                    "as JSON: {json_error}; as YAML: {}",
+                    plain_yaml_error(&yaml_error.to_string())
+                ))
             }),
         };
     }
-    as_yaml().map_err(|e| parse_error(e.to_string()))
+    as_yaml().map_err(|e| parse_error(plain_yaml_error(&e.to_string())))
 }
 
-/// A `kind: List` or any other `…List` kind with an `items` array, as kubectl flattens them.
-fn list_items(object: &serde_json::Map<String, Value>) -> Option<&Vec<Value>> {
+/// A `kind: List` or any other `…List` kind with an `items` array (or `items:` left empty, which YAML reads as null:
+/// no items), as kubectl flattens them.
+fn list_items(object: &serde_json::Map<String, Value>) -> Option<&[Value]> {
     let kind = object.get("kind").and_then(Value::as_str)?;
-    if kind.ends_with("List") {
-        object.get("items").and_then(Value::as_array)
-    } else {
-        None
+    if !kind.ends_with("List") {
+        return None;
     }
+    match object.get("items")? {
+        Value::Array(items) => Some(items),
+        Value::Null => Some(&[]),
+        _ => None,
+    }
+}
+
+/// serde-saphyr's messages in a user's words: a few of them address the program that calls it ("set
+/// DuplicateKeyPolicy in Options if acceptable", "rejected by the configured policy").
+pub fn plain_yaml_error(message: &str) -> String {
+    message
+        .replace(
+            ", set DuplicateKeyPolicy in Options if acceptable",
+            " (a key is given twice in one mapping)",
+        )
+        .replace(
+            " rejected by the configured policy",
+            " is not a number Kubernetes can store (JSON has no infinity or NaN): quote it if it is text",
+        )
 }
 
 /// `value`, or the items of the List it is, flattened however deep Lists are nested in Lists (as kubectl does).
@@ -238,6 +259,36 @@ mod tests {
                 .to_string()
                 .contains("valid UTF-8")
         );
+    }
+
+    /// The parser's messages that address its caller are said in the user's terms; a List whose `items:` is left
+    /// empty has no items (not a document of its own).
+    #[test]
+    fn parser_messages_in_plain_words_and_empty_lists() {
+        for (text, said, not_said) in [
+            (
+                "kind: X\nmetadata:\n  name: a\n  name: b\n",
+                "duplicate mapping key: name (a key is given twice in one mapping)",
+                "DuplicateKeyPolicy",
+            ),
+            (
+                "kind: X\nmetadata: {name: a}\ndata: {v: .inf}\n",
+                "is not a number Kubernetes can store",
+                "configured policy",
+            ),
+        ] {
+            let message = parse("f.yaml", text).unwrap_err().to_string();
+            assert!(
+                message.contains(said) && !message.contains(not_said),
+                "{message}"
+            );
+        }
+        for text in [
+            "apiVersion: v1\nkind: List\nitems:\n",
+            "apiVersion: v1\nkind: List\nitems: []\n",
+        ] {
+            assert_eq!(parse("f.yaml", text).expect("parses").len(), 0, "{text}");
+        }
     }
 
     #[test]

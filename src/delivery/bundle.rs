@@ -73,7 +73,7 @@ pub fn parse_objects(input: &str, text: &str) -> Result<Vec<Value>, DeliveryErro
         serde_saphyr::from_multiple_with_options(text, crate::manifest::yaml_options()).map_err(
             |e| DeliveryError::Parse {
                 input: input.to_string(),
-                message: e.to_string(),
+                message: crate::manifest::plain_yaml_error(&e.to_string()),
             },
         )?;
     let mut out = Vec::new();

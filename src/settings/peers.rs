@@ -195,6 +195,14 @@ fn decode(raw: &str) -> Result<String, PeerError> {
             ),
         ));
     }
+    // ':' is not in the base64 alphabet: YAML pasted as it is.
+    if raw.contains("apiVersion:") || raw.contains("kind:") || raw.trim_start().starts_with("---") {
+        return Err(encoding(
+            "is YAML, not base64: set it to the output of `base64 -w 0 peers.yaml` (GNU) or \
+             `base64 < peers.yaml | tr -d '\\n'`"
+                .into(),
+        ));
+    }
     if let Some(i) = raw.find(|c: char| c.is_whitespace()) {
         let position = raw[..i].chars().count() + 1;
         return Err(encoding(format!(
@@ -234,11 +242,15 @@ fn decode(raw: &str) -> Result<String, PeerError> {
 /// Returns the 1-based numbers of the non-null documents.
 fn scan_yaml(text: &str) -> Result<Vec<usize>, PeerError> {
     let feature = |what: &str| {
+        let fix = if what.contains("tag") {
+            "remove the tag (quote a value that must stay text)"
+        } else {
+            "write every BGPPeer out in full"
+        };
         PeerError::value(
             rules::ROUTE_REFLECTORS_YAML_FEATURE,
             format!(
-                "decodes to YAML with {what}, which is not accepted (nothing may expand or change type); write \
-                 every BGPPeer out in full"
+                "decodes to YAML with {what}, which is not accepted (nothing may expand or change type); {fix}"
             ),
         )
     };
@@ -322,13 +334,7 @@ fn scan_yaml(text: &str) -> Result<Vec<usize>, PeerError> {
 }
 
 fn yaml_error(detail: &str) -> PeerError {
-    // serde-saphyr addresses its caller in one message ("..., set DuplicateKeyPolicy in Options if acceptable"):
-    // not for the user, who needs to know the key is given twice.
-    let detail = match detail.split_once(", set DuplicateKeyPolicy") {
-        Some((head, _)) => format!("{head} (a key is given twice in one mapping)"),
-        None => detail.to_string(),
-    };
-    let mut detail = escape(&detail);
+    let mut detail = escape(&crate::manifest::plain_yaml_error(detail));
     if detail.chars().count() > 160 {
         detail = detail.chars().take(160).collect::<String>() + "…";
     }
@@ -752,6 +758,15 @@ impl DocCheck<'_> {
                 "reversePeering" => self.enumeration(field, value, &["Auto", "Manual"]),
                 "sourceAddress" => self.enumeration(field, value, &["UseNodeIP", "None"]),
                 "password" => self.password(value),
+                "maxRestartTime" | "keepaliveTime" if value.is_number() => {
+                    self.field(
+                        rules::BGP_PEER_FIELD,
+                        field,
+                        value,
+                        format!("is a number, not a duration: write it with its unit, e.g. \"{value}s\""),
+                    );
+                    None
+                }
                 "maxRestartTime" | "keepaliveTime" => self.string(field, value).and_then(|s| match parse_go_duration(s) {
                     Ok(()) => Some(value.clone()),
                     Err(message) => {
@@ -1223,6 +1238,16 @@ spec:
                 "base64",
             ),
             (
+                "apiVersion: projectcalico.org/v3\nkind: BGPPeer\n".to_string(),
+                rules::ROUTE_REFLECTORS_ENCODING,
+                "is YAML, not base64: set it to the output of `base64 -w 0 peers.yaml`",
+            ),
+            (
+                "---\n- a".to_string(),
+                rules::ROUTE_REFLECTORS_ENCODING,
+                "is YAML, not base64",
+            ),
+            (
                 "$(id)".to_string(),
                 rules::ROUTE_REFLECTORS_ENCODING,
                 "base64",
@@ -1286,7 +1311,7 @@ spec:
             (
                 peer_doc("rr", "  peerIP: !custom 10.0.0.1\n  asNumber: 1\n"),
                 rules::ROUTE_REFLECTORS_YAML_FEATURE,
-                "tag",
+                "a tag (!name), which is not accepted (nothing may expand or change type); remove the tag",
             ),
             (
                 "%YAML 1.2\n---\na: 1\n".to_string(),
@@ -1611,7 +1636,7 @@ spec:
             (
                 "  peerIP: 10.0.0.1\n  asNumber: 1\n  maxRestartTime: 120\n",
                 rules::BGP_PEER_FIELD,
-                "is a number, not a string",
+                "spec.maxRestartTime 120 is a number, not a duration: write it with its unit, e.g. \"120s\"",
             ),
             (
                 "  peerIP: 10.0.0.1\n  asNumber: 1\n  maxRestartTime: 2 minutes\n",

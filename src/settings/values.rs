@@ -410,9 +410,26 @@ pub fn parse_as_number(raw: &str) -> Result<u32, ValueError> {
 /// Like [`parse_as_number`] but accepts 0 (Calico's "unset"); callers decide whether 0 is allowed.
 pub fn parse_as_number_allow_zero(raw: &str) -> Result<u32, ValueError> {
     let format_error = || {
+        // The near misses a reader would not spot by eye.
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        let why = if raw.chars().any(char::is_whitespace) {
+            " (it has spaces)"
+        } else if raw.starts_with(['+', '-']) {
+            " (no sign)"
+        } else if raw
+            .split('.')
+            .any(|part| digits(part) && part.len() > 1 && part.starts_with('0'))
+        {
+            " (no leading zeros)"
+        } else {
+            ""
+        };
         ValueError::new(
             rules::AS_NUMBER_FORMAT,
-            "is not an AS number: use a decimal number from 1 to 2147483647 (e.g. 64512) or asdot X.Y (e.g. 1.10)",
+            format!(
+                "is not an AS number{why}: use a decimal number from 1 to 2147483647 (e.g. 64512) or asdot X.Y \
+                 (e.g. 1.10)"
+            ),
         )
     };
     let range_error = |shown: String| {
@@ -1349,6 +1366,26 @@ mod tests {
         for (raw, rule) in bad {
             assert_eq!(parse_as_number(raw).expect_err(raw).rule, rule, "{raw:?}");
         }
+        // The near misses say what is wrong with them.
+        for (raw, why) in [
+            ("064512", "(no leading zeros)"),
+            ("1.010", "(no leading zeros)"),
+            ("64512 ", "(it has spaces)"),
+            ("+64512", "(no sign)"),
+            ("-1", "(no sign)"),
+        ] {
+            let message = parse_as_number(raw).expect_err(raw).message;
+            assert!(
+                message.starts_with(&format!("is not an AS number {why}:")),
+                "{raw:?}: {message}"
+            );
+        }
+        assert!(
+            parse_as_number("AS64512")
+                .expect_err("AS")
+                .message
+                .starts_with("is not an AS number:")
+        );
         assert!(
             parse_as_number("0")
                 .expect_err("0")
