@@ -557,6 +557,11 @@ fn cluster_verdict<S: ClusterSource, P: Prepare>(
                 Endpoint::Mutate => cluster_label_patch(object),
                 Endpoint::Validate => Vec::new(),
             };
+            // generateName: the API server picks the name after admission, so the label (the name) waits for the
+            // Cluster's next spec change (Cluster API sets its controlPlaneEndpoint soon after creation).
+            if endpoint == Endpoint::Mutate && object.pointer("/metadata/name").is_none() {
+                warnings.push(GENERATED_NAME_WARNING.to_string());
+            }
             Verdict::Allow {
                 patch,
                 warnings: fit_all(&warnings),
@@ -655,6 +660,9 @@ pub fn patch_of(verdict: &Verdict) -> &[PatchOperation] {
         Verdict::Deny { .. } => &[],
     }
 }
+
+/// Said to an opted-in Cluster created with `generateName`.
+const GENERATED_NAME_WARNING: &str = "capi-calico: generateName: label capi-calico.io/cluster is added at the Cluster's next spec change";
 
 /// Said when [`cluster_label_removal`] removes the label.
 const LABEL_REMOVED_WARNING: &str = "capi-calico: removed label capi-calico.io/cluster: it selects Calico's ClusterResourceSet; not opted in";
@@ -1051,6 +1059,26 @@ mod tests {
             let verdict = run(&source, Endpoint::Validate, &object).verdict;
             assert!(patch_of(&verdict).is_empty(), "{verdict:?}");
         }
+    }
+
+    /// An opted-in Cluster created with generateName has no name to label with yet: admitted, and told when.
+    #[test]
+    fn a_generated_name_is_labelled_later_and_said_so() {
+        let mut object = cluster(calico_on());
+        object["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("name");
+        object["metadata"]["generateName"] = json!("wl-");
+        let verdict = run(
+            &FixedSource::new(Lookup::Disabled),
+            Endpoint::Mutate,
+            &object,
+        )
+        .verdict;
+        assert!(patch_of(&verdict).is_empty(), "{verdict:?}");
+        assert!(warnings_of(&verdict).contains(&GENERATED_NAME_WARNING.to_string()));
+        assert!(GENERATED_NAME_WARNING.chars().count() <= MAX_WARNING_CHARS);
     }
 
     #[test]
