@@ -11,8 +11,10 @@
 //!
 //! No leader election: every apply is a server-side apply of a body computed only from the watched inputs, under
 //! fixed field managers, so replicas that race write identical bodies and converge; a status annotation is only
-//! written when it differs. Retiring unused bundle copies ([`super::retire`]), the only deletion, reads the Cluster
-//! afresh first, so a replica whose cache is behind does not delete what the Cluster now uses.
+//! written when it differs. The steps a replica whose cache is behind could get wrong for good read the Cluster afresh
+//! first and leave the work to the next pass when its settings changed: retiring unused bundle copies
+//! ([`super::retire`]), and deleting or creating a ClusterResourceSet (which gives it a fresh record at Cluster API,
+//! so what it lists is applied in full).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -263,7 +265,10 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             let Some(cref) = ClusterRef::from_object(&object) else {
                 return Ok(Action::await_change());
             };
-            let applied = match apply(&ctx.client, &cref, &desired).await {
+            let clusters: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), &cref.namespace, &ctx.cluster_resource);
+            let reconciled = cluster.metadata.annotations.clone().unwrap_or_default();
+            let applied = match apply(&ctx.client, &cref, &desired, &clusters, &reconciled).await {
                 Ok(applied) => applied,
                 Err(error) => {
                     // Said on the Cluster too, not only in this process's log, when it is not a passing one; the pass
@@ -292,9 +297,11 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             replacing = applied.replacing;
             // A change of the set (its generation) leaves its last verdict unknown until Cluster API looks again:
             // a NotApplied on record stays until then, rather than flapping through Delivered.
-            keep_recorded = applied.crs == CrsApplied::Unknown
-                && matches!(status, DeliveryStatus::Delivered { .. })
-                && recorded_reason(&object).as_deref() == Some(NOT_APPLIED);
+            // While the set is replaced there is none: the status on record stays until it exists again.
+            keep_recorded = replacing
+                || (applied.crs == CrsApplied::Unknown
+                    && matches!(status, DeliveryStatus::Delivered { .. })
+                    && recorded_reason(&object).as_deref() == Some(NOT_APPLIED));
             let status = match (status, applied.crs) {
                 (DeliveryStatus::Delivered { version }, CrsApplied::Failed { reason, message }) => {
                     DeliveryStatus::NotApplied {
@@ -366,6 +373,16 @@ const UNSETTLED_RECHECK: Duration = Duration::from_secs(60);
 /// Cluster API and the garbage collector release a deleted set within seconds.
 const REPLACE_RECHECK: Duration = Duration::from_secs(3);
 
+/// A replaced set still being deleted after this long is logged as a warning at every look.
+const STUCK_DELETION_SECS: i64 = 120;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Server-side apply everything in `desired`: bundle copies (content, then this Cluster's ownerReference under its
 /// own field manager, each skipped when already in place), the Installation ConfigMap, the ClusterResourceSet last.
 /// Returns the ConfigMaps the ClusterResourceSet listed before (for [`retire`]).
@@ -382,6 +399,8 @@ async fn apply(
     client: &Client,
     cluster: &ClusterRef,
     desired: &Desired,
+    clusters: &Api<DynamicObject>,
+    reconciled: &std::collections::BTreeMap<String, String>,
 ) -> Result<Applied, DeliveryError> {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cluster.namespace);
     let content = PatchParams::apply(FIELD_MANAGER).force();
@@ -436,39 +455,68 @@ async fn apply(
     let crs: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &cluster.namespace, &crs_resource());
     let crs_name = name_of(&desired.cluster_resource_set);
+    // Not yet: the set is being replaced, or this replica's view of the Cluster is behind.
+    let wait = |listed_before: Vec<String>| Applied {
+        listed_before,
+        crs: CrsApplied::Unknown,
+        replacing: true,
+    };
     let listed_before = match crs.get_opt(crs_name).await {
         Ok(Some(before)) => {
             let listed = listed_configmaps(&serde_json::to_value(&before)?);
-            let deleting = before.metadata.deletion_timestamp.is_some();
-            if deleting || bundle_changed(&listed, desired) {
-                if !deleting {
-                    let params = DeleteParams {
-                        propagation_policy: Some(PropagationPolicy::Orphan),
-                        preconditions: Some(Preconditions {
-                            uid: before.metadata.uid.clone(),
-                            resource_version: None,
-                        }),
-                        ..DeleteParams::default()
-                    };
-                    match crs.delete(crs_name, &params).await {
-                        Ok(_) => {
-                            tracing::info!(namespace = %cluster.namespace, clusterresourceset = crs_name,
-                                "the Calico bundle changed: ClusterResourceSet deleted, to be created again with a fresh \
-                                 record of what Cluster API applied")
-                        }
-                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                        Err(e) => return Err(e.into()),
-                    }
+            if let Some(since) = &before.metadata.deletion_timestamp {
+                let for_s = unix_now().saturating_sub(since.0.as_second());
+                if for_s > STUCK_DELETION_SECS {
+                    tracing::warn!(namespace = %cluster.namespace, clusterresourceset = crs_name, seconds = for_s,
+                        "the replaced ClusterResourceSet is still being deleted: Cluster API's controller removes its \
+                         finalizer, kube-controller-manager's garbage collector the orphan one; are both running?");
                 }
-                return Ok(Applied {
-                    listed_before: listed,
-                    crs: CrsApplied::Unknown,
-                    replacing: true,
-                });
+                return Ok(wait(listed));
             }
-            listed
+            if !bundle_changed(&listed, desired) {
+                listed
+            } else if !retire::still_reconciled(clusters, cluster, reconciled).await? {
+                tracing::debug!(namespace = %cluster.namespace, cluster = %cluster.name,
+                    "the Cluster changed since this pass read it; replacing its ClusterResourceSet left to the next pass");
+                return Ok(wait(Vec::new()));
+            } else {
+                let params = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Orphan),
+                    preconditions: Some(Preconditions {
+                        uid: before.metadata.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match crs.delete(crs_name, &params).await {
+                    Ok(_) => {
+                        tracing::info!(namespace = %cluster.namespace, clusterresourceset = crs_name,
+                            "the Calico bundle changed: ClusterResourceSet deleted, to be created again with a fresh \
+                             record of what Cluster API applied");
+                        return Ok(wait(listed));
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                        return Ok(wait(listed));
+                    }
+                    // RBAC of an older release (no `delete` on clusterresourcesets): change it in place as before.
+                    Err(kube::Error::Api(s)) if s.code == 403 => {
+                        tracing::warn!(namespace = %cluster.namespace, clusterresourceset = crs_name, error = %s.message,
+                            "cannot delete the ClusterResourceSet (apply deploy/base's RBAC): changing it in place, which \
+                             Cluster API does not apply when the Cluster goes back to a version it had before");
+                        listed
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
-        Ok(None) => Vec::new(),
+        Ok(None) => {
+            // Created anew, the set starts a fresh record at Cluster API, which then applies all of it: never from
+            // settings this replica has not caught up with.
+            if !retire::still_reconciled(clusters, cluster, reconciled).await? {
+                return Ok(wait(Vec::new()));
+            }
+            Vec::new()
+        }
         // RBAC of an older release (no `get` on clusterresourcesets): deliver anyway; only copies of versions whose
         // bundle is still loaded are found for retiring.
         Err(kube::Error::Api(s)) if s.code == 403 => {
@@ -498,7 +546,8 @@ struct Applied {
     listed_before: Vec<String>,
     /// What Cluster API last said about applying the set.
     crs: CrsApplied,
-    /// The set is being deleted, to be created again by a later pass (see [`apply`]).
+    /// The set is not in place yet (being replaced, or this replica's view of the Cluster is behind): a later pass
+    /// looks again soon, and the status on record stays (see [`apply`]).
     replacing: bool,
 }
 

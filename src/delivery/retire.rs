@@ -193,14 +193,7 @@ pub async fn retire_copies(
     if names.is_empty() {
         return Ok(true);
     }
-    let fresh = apis.clusters.get_metadata_opt(&cluster.name).await?;
-    let current = fresh
-        .as_ref()
-        .filter(|c| c.metadata.uid.as_deref() == Some(&cluster.uid));
-    let same = current.is_some_and(|c| {
-        settings_of(c.metadata.annotations.as_ref()) == settings_of(Some(reconciled))
-    });
-    if !same {
+    if !still_reconciled(&apis.clusters, cluster, reconciled).await? {
         tracing::debug!(namespace = %cluster.namespace, cluster = %cluster.name,
             "the Cluster changed since this pass read it; retiring left to the next pass");
         return Ok(false);
@@ -209,6 +202,23 @@ pub async fn retire_copies(
         retire_one(apis, cluster, name).await?;
     }
     Ok(true)
+}
+
+/// Whether the Cluster, read afresh, is still the one (uid) with the settings (`capi-calico.io/` annotations) this
+/// pass reconciled: a replica whose cache is behind another's must not delete, nor create anew, what the Cluster's
+/// current settings call for.
+pub async fn still_reconciled(
+    clusters: &Api<DynamicObject>,
+    cluster: &ClusterRef,
+    reconciled: &BTreeMap<String, String>,
+) -> Result<bool, DeliveryError> {
+    let fresh = clusters.get_metadata_opt(&cluster.name).await?;
+    Ok(fresh
+        .as_ref()
+        .filter(|c| c.metadata.uid.as_deref() == Some(&cluster.uid))
+        .is_some_and(|c| {
+            settings_of(c.metadata.annotations.as_ref()) == settings_of(Some(reconciled))
+        }))
 }
 
 fn gone_or_changed(e: &kube::Error) -> Option<u16> {
