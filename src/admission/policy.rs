@@ -427,7 +427,7 @@ fn not_found_warnings(kind: SubjectKind, name: &str, looked_for: &str, named: bo
     if named {
         // Linked, by a label or a MachineDeployment, to a Cluster that does not exist (yet): nothing to label.
         warnings.push(fit_warning(
-            "capi-calico: apply that Cluster first; once it exists, the template linker brings this object back",
+            "capi-calico: create that Cluster (offline: add it to the input); then this object is injected",
         ));
         return warnings;
     }
@@ -559,9 +559,14 @@ fn cluster_verdict<S: ClusterSource, P: Prepare>(
             };
             // generateName: the API server picks the name after admission, so the label (the name) waits for the
             // Cluster's next spec change (Cluster API sets its controlPlaneEndpoint soon after creation).
-            if endpoint == Endpoint::Mutate && object.pointer("/metadata/name").is_none() {
-                warnings.push(GENERATED_NAME_WARNING.to_string());
-            }
+            let patch =
+                if endpoint == Endpoint::Mutate && object.pointer("/metadata/name").is_none() {
+                    warnings.push(GENERATED_NAME_WARNING.to_string());
+                    // A label copied from another Cluster's manifest would select that Cluster's set meanwhile.
+                    cluster_label_removal(object)
+                } else {
+                    patch
+                };
             Verdict::Allow {
                 patch,
                 warnings: fit_all(&warnings),
@@ -643,7 +648,7 @@ pub fn on_update(kind: Kind, verdict: Verdict) -> Verdict {
                 message: "removing capi-calico's entries would leave spec.kubeadmConfigSpec of this \
                           KubeadmControlPlane empty, and Cluster API refuses removing it from an existing \
                           KubeadmControlPlane: set another kubeadmConfigSpec field in the same write (for example \
-                          format: cloud-config), or keep INSTALL_CALICOCTL or CONFIGURE_CALICO_BGP_SETTINGS \"true\""
+                          format: cloud-config), or keep INSTALL_CALICOCTL \"true\""
                     .to_string(),
                 rules: vec![KEEP_KUBEADM_CONFIG_SPEC_RULE.to_string()],
                 warnings,
@@ -1078,6 +1083,15 @@ mod tests {
         .verdict;
         assert!(patch_of(&verdict).is_empty(), "{verdict:?}");
         assert!(warnings_of(&verdict).contains(&GENERATED_NAME_WARNING.to_string()));
+        // A label copied from another Cluster goes (it would select that Cluster's set until the name is known).
+        object["metadata"]["labels"] = json!({CLUSTER_LABEL: "prod-1"});
+        let verdict = run(
+            &FixedSource::new(Lookup::Disabled),
+            Endpoint::Mutate,
+            &object,
+        )
+        .verdict;
+        assert_eq!(applied(&object, &verdict)["metadata"]["labels"], json!({}));
         assert!(GENERATED_NAME_WARNING.chars().count() <= MAX_WARNING_CHARS);
     }
 
@@ -1338,10 +1352,7 @@ mod tests {
         });
         let warnings = warnings_of(&run(&source, Endpoint::Mutate, &kct).verdict).to_vec();
         assert_eq!(warnings.len(), 3, "{warnings:?}");
-        assert!(
-            warnings[2].contains("apply that Cluster first"),
-            "{warnings:?}"
-        );
+        assert!(warnings[2].contains("create that Cluster"), "{warnings:?}");
         assert!(
             !warnings
                 .iter()

@@ -100,7 +100,7 @@ fn check(settings: &Settings, pool: &PodPool) -> Result<(), DeliveryError> {
 pub fn render_documents(settings: &Settings) -> Result<(Value, Value), DeliveryError> {
     let pool = settings.pod_pool.ok_or_else(|| {
         DeliveryError::Unsupported(
-            "no pod CIDR: set CALICO_POD_CIDR or spec.clusterNetwork.pods.cidrBlocks on the Cluster".into(),
+            "no pod CIDR: set spec.clusterNetwork.pods.cidrBlocks on the Cluster".into(),
         )
     })?;
     check(settings, &pool)?;

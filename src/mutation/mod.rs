@@ -227,14 +227,24 @@ pub enum MutationError {
     Apply(String),
 }
 
+/// The conflicts named in one message, at most this many (the rest counted), like the settings' problems.
+const MAX_CONFLICTS_SHOWN: usize = 25;
+
 fn conflicts_text(conflicts: &[String]) -> String {
     match conflicts {
         [one] => format!("conflict with an existing entry: {one}"),
-        many => format!(
-            "{} conflicts with existing entries: {}",
-            many.len(),
-            many.join("; ")
-        ),
+        many => {
+            let shown = &many[..many.len().min(MAX_CONFLICTS_SHOWN)];
+            let more = match many.len() - shown.len() {
+                0 => String::new(),
+                n => format!("; and {n} more"),
+            };
+            format!(
+                "{} conflicts with existing entries: {}{more}",
+                many.len(),
+                shown.join("; ")
+            )
+        }
     }
 }
 

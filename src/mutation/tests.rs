@@ -1119,6 +1119,24 @@ fn user_entries_in_the_reserved_directory_are_refused_not_taken_over() {
         }
         other => panic!("expected conflicts, got {other:?}"),
     }
+    // Named up to 25, the rest counted.
+    let mut obj = fixture("kcp-v1beta1.json");
+    obj["spec"]["kubeadmConfigSpec"]["preKubeadmCommands"] = json!(
+        (0..30)
+            .map(|i| format!("cat /etc/capi-calico/x{i}"))
+            .collect::<Vec<_>>()
+    );
+    let text = patch(&obj, Target::ControlPlane, &inj)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.starts_with("30 conflicts with existing entries: "),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("; and 5 more") && text.contains("x24") && !text.contains("x25"),
+        "{text}"
+    );
     for (path, ours) in [
         ("/etc/capi-calico/bgppeers-2.yaml", true),
         ("/etc/capi-calico/bgppeers-50.yaml", true),
