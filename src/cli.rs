@@ -237,7 +237,8 @@ pub struct ServeArgs {
     /// Open connections accepted on the webhook port.
     #[arg(long, env = "CAPI_CALICO_MAX_CONNECTIONS", default_value_t = 1024, value_parser = at_least_one())]
     pub max_connections: usize,
-    /// Time a connection has to send a request's headers (slow-header clients are cut off).
+    /// Time a request's headers may take, from the connection's start or the request's first byte (slow-header
+    /// clients are cut off). A keep-alive connection waiting for its next request is bounded by --idle-timeout.
     #[arg(long, env = "CAPI_CALICO_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub header_read_timeout: std::time::Duration,
     /// Time a request has to send its whole body once its headers are in (answered 408).
@@ -246,8 +247,9 @@ pub struct ServeArgs {
     /// Time a client has to complete the TLS handshake.
     #[arg(long, env = "CAPI_CALICO_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub tls_handshake_timeout: std::time::Duration,
-    /// A keep-alive connection with no request for this long is closed (never shorter than --request-timeout + 1s).
-    #[arg(long, env = "CAPI_CALICO_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_positive_duration)]
+    /// A connection with no byte either way for this long is closed (never shorter than --request-timeout + 1s).
+    /// Keep it above the API server's 90 s for unused keep-alive connections: it closes them first, safely.
+    #[arg(long, env = "CAPI_CALICO_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_positive_duration)]
     pub idle_timeout: std::time::Duration,
     /// A connection older than this (within 10 %) is asked to finish, then closed --drain-timeout later (at least
     /// --request-timeout + 1s).

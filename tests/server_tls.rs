@@ -597,3 +597,53 @@ async fn a_request_in_flight_at_the_maximum_age_is_answered() {
     assert_eq!(resp.status(), 200);
     stop_server(server, stop).await;
 }
+
+/// Send `GET /healthz` on an open HTTP/1.1 connection and read its whole answer (the body is `ok`).
+async fn healthz_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) -> String {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("the connection is open");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The API server talks HTTP/1.1 to webhooks and keeps an unused connection for 90 s; it does not retry a POST
+/// written on a connection the server closes at that moment. A keep-alive connection left unused longer than the
+/// header deadline (1 s here) is kept, bounded by the idle timeout alone; past its maximum age an idle connection is
+/// retired at its next request, which is answered (with `Connection: close`), not closed under the client.
+#[tokio::test]
+async fn keep_alive_connections_are_kept_between_requests_and_retired_at_a_request() {
+    let (dir, mut config) = self_signed();
+    config.max_connection_age = Duration::from_secs(3);
+    let (server, stop) = start_server(config, FakeHandler::new()).await;
+    let ca = ca_of(&dir);
+    let mut s = tls_connect(server.local_addr, &[&ca], HTTP1).await.unwrap();
+    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Unused for 2.5 s: more than the 1 s header deadline, less than the 5 s idle timeout and the ~3 s age.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Past the age (2.7 to 3.3 s) and idle: still open, and the next request is answered, with Connection: close.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let last = healthz_on(&mut s).await;
+    assert!(last.starts_with("HTTP/1.1 200"), "{last}");
+    assert!(
+        last.to_ascii_lowercase().contains("connection: close"),
+        "{last}"
+    );
+    assert!(
+        closed_within(&mut s, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    stop_server(server, stop).await;
+}

@@ -1,10 +1,16 @@
 //! Accept loop and per-connection bounds: a connection limit (accepting pauses while it is reached, or, on the
 //! probe and metrics port, the oldest connection is asked to close: see [`WhenFull`]), a TLS
-//! handshake deadline, hyper's HTTP/1 header read timeout (slowloris; hyper starts it whenever it waits for a request
-//! head, so it also closes HTTP/1 keep-alive connections idle for that long), an I/O idle timeout (no byte either
-//! way: closes silent HTTP/2 connections and stalled peers), a maximum connection age (a client that keeps its
-//! connection busy with PINGs is never idle, and one that stops reading its answers holds them: past the age, the
-//! connection is asked to finish and closed a drain deadline later), HTTP/2 stream limits, and graceful drain.
+//! handshake deadline, an HTTP/1 request-head deadline (slowloris: see [`ConnIo`]), an I/O idle timeout (no byte
+//! either way: closes silent HTTP/2 connections, stalled peers and HTTP/1 keep-alive connections left unused), a
+//! maximum connection age (a client that keeps its connection busy with PINGs is never idle, and one that stops
+//! reading its answers holds them: past the age, the connection is asked to finish and closed a drain deadline
+//! later), HTTP/2 stream limits, and graceful drain.
+//!
+//! HTTP/1 keep-alive connections are never closed while idle by a timer shorter than the idle timeout, nor at their
+//! age or at a stop while idle: the API server talks HTTP/1.1 to webhooks, keeps an unused connection for 90 s, and
+//! does not retry a POST written on a connection the server closed at that moment (the user sees `EOF`). Such a
+//! connection is retired at its next request instead (answered with `Connection: close`), or by the idle timeout,
+//! which must exceed the client's (120 s by default), or at the end of the drain.
 //!
 //! The protocol is chosen from ALPN (`h2` → HTTP/2, anything else → HTTP/1.1), never by sniffing the first bytes:
 //! sniffing would wait for bytes with no header timer running, so a silent client would be bounded only by the idle
@@ -28,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use axum::http::Request;
 use hyper::body::Incoming;
@@ -36,7 +42,6 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
-use tower::util::Either;
 
 use super::metrics::Metrics;
 
@@ -84,7 +89,9 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Not hyper's: it also runs while a keep-alive connection waits for its next request, and closed it after
+        // this long. `ConnIo` times a request head from its first byte instead.
+        .header_read_timeout(None)
         .max_headers(100)
         // What one connection may buffer beyond the body budget (hyper's default is ~400 KB): request heads are a
         // few hundred bytes, and bodies are read in chunks of this size at most.
@@ -170,9 +177,13 @@ pub(crate) async fn serve(
                 Some(OpenSet::admit(&open, next_id, name))
             }
         };
-        let service = TowerToHyperService::new(match &member {
-            None => Either::Left(router.clone()),
-            Some(member) => Either::Right(member.counted(router.clone())),
+        let state = match &member {
+            None => Arc::new(ConnState::default()),
+            Some(member) => Arc::clone(&member.state),
+        };
+        let service = TowerToHyperService::new(Counted {
+            router: router.clone(),
+            state: Arc::clone(&state),
         });
         tasks.spawn(async move {
             let _slot = slot;
@@ -184,16 +195,20 @@ pub(crate) async fn serve(
                     Ok(Ok(stream)) => {
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                         let builder = if h2 { &builders.http2 } else { &builders.http1 };
-                        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-                        serve_until(builder.serve_connection(io, service), age, drain, &mut stop, close_early).await
+                        let heads = (!h2).then(|| (Arc::clone(&state), limits.header_read_timeout));
+                        let io = TokioIo::new(ConnIo::new(stream, limits.idle_timeout, heads));
+                        let http1 = (!h2).then_some(state);
+                        serve_until(builder.serve_connection(io, service), age, drain, &mut stop, close_early, http1)
+                            .await
                     }
                     Ok(Err(e)) => Err(e.into()),
                     Err(_) => Err("TLS handshake timed out".into()),
                 },
                 None => {
-                    let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
-                    serve_until(builders.http1.serve_connection(io, service), age, drain, &mut stop, close_early)
-                        .await
+                    let heads = Some((Arc::clone(&state), limits.header_read_timeout));
+                    let io = TokioIo::new(ConnIo::new(tcp, limits.idle_timeout, heads));
+                    let conn = builders.http1.serve_connection(io, service);
+                    serve_until(conn, age, drain, &mut stop, close_early, Some(state)).await
                 }
             };
             if let Err(e) = result {
@@ -223,14 +238,18 @@ pub(crate) async fn serve(
 
 /// Drive `conn` until it ends. At the listener's stop, or once it is `age` old, ask it to finish (HTTP/2 GOAWAY;
 /// HTTP/1 closes after the request in flight): after a stop, the listener's drain deadline bounds the rest; after
-/// the age, `drain` does, and then the connection is dropped (closed) whatever it was doing. When `close_early` says
-/// a newer connection needs its place: closed at once when no request is in flight, else as at the age.
+/// the age, `drain` does, and then the connection is dropped (closed) whatever it was doing. An idle HTTP/1
+/// connection (`http1`) is asked only once its next request has started, so that it is answered with `Connection:
+/// close` rather than closed under a client about to reuse it; until then the idle timeout (or, at a stop, the drain
+/// deadline) bounds it. When `close_early` says a newer connection needs its place: closed at once when no request is
+/// in flight, else as at the age.
 async fn serve_until<C, E>(
     conn: C,
     age: Duration,
     drain: Duration,
     stop: &mut watch::Receiver<bool>,
     close_early: Option<Arc<ConnState>>,
+    http1: Option<Arc<ConnState>>,
 ) -> Result<(), E>
 where
     C: GracefulConnection<Error = E>,
@@ -254,6 +273,19 @@ where
             false
         }
     };
+    if let Some(state) = &http1 {
+        // Its next answer says `Connection: close` (see `Counted`); hyper closes the connection after it.
+        state.retire.store(true, Ordering::Release);
+        let started = state.started.notified();
+        tokio::pin!(started);
+        started.as_mut().enable();
+        if !state.busy() {
+            tokio::select! {
+                result = conn.as_mut() => return result,
+                () = started => {}
+            }
+        }
+    }
     conn.as_mut().graceful_shutdown();
     if stopping {
         return conn.await;
@@ -285,11 +317,16 @@ struct OpenSet {
     members: Mutex<VecDeque<(u64, Arc<ConnState>)>>,
 }
 
-/// What the listener knows of one of its connections: requests in flight, and the signal that closes it early.
+/// What the listener knows of one of its connections: requests in flight, requests started, and the signals that
+/// close it early and that a request started.
 #[derive(Default)]
 pub(crate) struct ConnState {
     in_flight: AtomicUsize,
+    started_count: AtomicU64,
     close: Notify,
+    started: Notify,
+    /// An HTTP/1 connection to end after its next answer, which then says `Connection: close`.
+    retire: AtomicBool,
 }
 
 impl ConnState {
@@ -304,6 +341,8 @@ struct InFlight(Arc<ConnState>);
 impl InFlight {
     fn new(state: &Arc<ConnState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.started_count.fetch_add(1, Ordering::AcqRel);
+        state.started.notify_waiters();
         InFlight(Arc::clone(state))
     }
 }
@@ -319,16 +358,6 @@ struct Member {
     set: Arc<OpenSet>,
     id: u64,
     state: Arc<ConnState>,
-}
-
-impl Member {
-    /// `router` for this member's connection, counting its requests in flight.
-    fn counted(&self, router: Router) -> Counted {
-        Counted {
-            router,
-            state: Arc::clone(&self.state),
-        }
-    }
 }
 
 /// A router that counts the requests in flight on its connection (until each response is produced).
@@ -351,8 +380,16 @@ impl tower::Service<Request<Incoming>> for Counted {
         let in_flight = InFlight::new(&self.state);
         let response = self.router.call(request);
         Box::pin(async move {
-            let _in_flight = in_flight;
-            response.await
+            let mut response = response.await?;
+            // Still counted while the answer is produced; the header only tells hyper what to do after it.
+            if in_flight.0.retire.load(Ordering::Acquire) {
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            drop(in_flight);
+            Ok(response)
         })
     }
 }
@@ -419,66 +456,141 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Fails I/O with `TimedOut` when no byte moved in either direction for `timeout`.
-pub(crate) struct IdleTimeout<T> {
+/// A connection's I/O with its timers. Fails with `TimedOut` when no byte moved in either direction for `timeout`
+/// (idle), and, for HTTP/1 (`heads`), when a request head is not complete in time: from the connection's start, and
+/// then from the first byte read while no request is in flight, a request must start (be dispatched) within the head
+/// timeout. Waiting between requests is bounded by the idle timeout alone: a keep-alive connection the client holds
+/// for later is not closed under it.
+pub(crate) struct ConnIo<T> {
     inner: T,
     timeout: Duration,
     last_activity: Instant,
     sleep: Pin<Box<Sleep>>,
+    head: Option<HeadDeadline>,
 }
 
-impl<T> IdleTimeout<T> {
-    pub(crate) fn new(inner: T, timeout: Duration) -> Self {
+/// See [`ConnIo`].
+struct HeadDeadline {
+    state: Arc<ConnState>,
+    timeout: Duration,
+    /// Since when a request head is awaited, and how many requests had started then; `None` between requests (until
+    /// the next one's first byte) and while one is in flight.
+    since: Option<(Instant, u64)>,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl HeadDeadline {
+    fn started(&self) -> u64 {
+        self.state.started_count.load(Ordering::Acquire)
+    }
+
+    /// Bytes arrived: they begin a request head unless one is awaited already or a request is in flight.
+    fn on_bytes(&mut self) {
+        self.forget_if_started();
+        if self.since.is_none() && !self.state.busy() {
+            self.since = Some((Instant::now(), self.started()));
+        }
+    }
+
+    /// The awaited head became a request.
+    fn forget_if_started(&mut self) {
+        if self.since.is_some_and(|(_, n)| n != self.started()) {
+            self.since = None;
+        }
+    }
+
+    /// Called when the inner I/O is pending: true once the awaited head is overdue.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.forget_if_started();
+        let Some((since, _)) = self.since else {
+            return false;
+        };
+        let deadline = since + self.timeout;
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx).is_ready() && Instant::now() >= deadline
+    }
+}
+
+impl<T> ConnIo<T> {
+    /// `inner` with an idle `timeout`, and for HTTP/1 the request-head deadline `heads` (the connection's state,
+    /// which counts its requests, and the head timeout).
+    pub(crate) fn new(
+        inner: T,
+        timeout: Duration,
+        heads: Option<(Arc<ConnState>, Duration)>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             inner,
             timeout,
             last_activity: now,
             sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+            head: heads.map(|(state, timeout)| HeadDeadline {
+                since: Some((now, state.started_count.load(Ordering::Acquire))),
+                state,
+                timeout,
+                sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+            }),
         }
     }
 
-    /// Called when the inner I/O is pending: true once the connection has been idle too long.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Called when the inner I/O is pending: the error to end the connection with, once a timer has run out.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.head.as_mut().is_some_and(|h| h.expired(cx)) {
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received in time",
+            ));
+        }
         loop {
             let deadline = self.last_activity + self.timeout;
             if self.sleep.deadline() != deadline {
                 self.sleep.as_mut().reset(deadline);
             }
             match self.sleep.as_mut().poll(cx) {
-                Poll::Pending => return false,
+                Poll::Pending => return None,
                 Poll::Ready(()) if Instant::now() >= self.last_activity + self.timeout => {
-                    return true;
+                    return Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle for too long",
+                    ));
                 }
                 Poll::Ready(()) => continue,
             }
         }
     }
-
-    fn timed_out() -> io::Error {
-        io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long")
-    }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 this.last_activity = Instant::now();
+                if r.is_ok()
+                    && buf.filled().len() > before
+                    && let Some(head) = &mut this.head
+                {
+                    head.on_bytes();
+                }
                 Poll::Ready(r)
             }
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(Self::timed_out())),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.expired(cx) {
+                Some(error) => Poll::Ready(Err(error)),
+                None => Poll::Pending,
+            },
         }
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -490,8 +602,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
                 this.last_activity = Instant::now();
                 Poll::Ready(r)
             }
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(Self::timed_out())),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.expired(cx) {
+                Some(error) => Poll::Ready(Err(error)),
+                None => Poll::Pending,
+            },
         }
     }
 
@@ -506,8 +620,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
                 this.last_activity = Instant::now();
                 Poll::Ready(r)
             }
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(Self::timed_out())),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.expired(cx) {
+                Some(error) => Poll::Ready(Err(error)),
+                None => Poll::Pending,
+            },
         }
     }
 
@@ -564,7 +680,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connection_times_out_and_activity_extends_it() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut io = IdleTimeout::new(a, Duration::from_millis(200));
+        let mut io = ConnIo::new(a, Duration::from_millis(200), None);
         let mut buf = [0u8; 4];
         tokio::time::sleep(Duration::from_millis(120)).await;
         b.write_all(b"hi").await.unwrap();
@@ -574,5 +690,41 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(190));
         drop(b);
+    }
+
+    /// HTTP/1: the first head is due within the head timeout of the connection's start; once a request started, the
+    /// wait for the next one is bounded by the idle timeout only, and a later head is due within the head timeout of
+    /// its first byte.
+    #[tokio::test]
+    async fn request_heads_are_timed_from_their_first_byte_not_between_requests() {
+        let head = Duration::from_millis(150);
+        let state = Arc::new(ConnState::default());
+        let mut buf = [0u8; 8];
+
+        // A silent new connection: cut at the head deadline.
+        let (a, _b) = tokio::io::duplex(64);
+        let mut io = ConnIo::new(a, Duration::from_secs(10), Some((Arc::clone(&state), head)));
+        let started = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("request head"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        // A request arrives and starts: the connection may then wait for the next one longer than the head timeout.
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut io = ConnIo::new(a, Duration::from_secs(10), Some((Arc::clone(&state), head)));
+        b.write_all(b"GET").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        drop(InFlight::new(&state)); // dispatched and answered
+        let waited = tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "the keep-alive wait was cut: {waited:?}");
+
+        // The next request's first byte starts its head deadline.
+        b.write_all(b"P").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        let started = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

@@ -104,7 +104,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(3),
             tls_handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(90),
+            idle_timeout: Duration::from_secs(120),
             max_connection_age: Duration::from_secs(600),
             max_connections: 1024,
             max_concurrent_reviews: 64,
