@@ -27,6 +27,8 @@ command -v wget >/dev/null || apt_install wget
 command -v setsid >/dev/null || apt_install util-linux
 # scripts/bench.sh (run by tests/bench_smoke.rs) pins the servers and the load generator with taskset.
 command -v taskset >/dev/null || apt_install util-linux
+# tests/cli.rs starts serve under prlimit (util-linux) to check that it raises its open-files limit.
+command -v prlimit >/dev/null || apt_install util-linux
 command -v nohup >/dev/null || apt_install coreutils
 command -v openssl >/dev/null || apt_install openssl
 command -v c++ >/dev/null || apt_install g++

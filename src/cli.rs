@@ -797,6 +797,31 @@ pub fn run_serve(args: &ServeArgs) -> i32 {
     }
 }
 
+/// Raise the soft limit on open files to the hard one, as Go programs do on their own: container runtimes may start
+/// the process with 1024 (containerd 2), fewer than `--max-connections` and the probe port, the Kubernetes client
+/// and the certificate watch need together; past it, accepting fails and the liveness probe goes unanswered.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let before = limit.current;
+    if limit.current == limit.maximum {
+        return;
+    }
+    limit.current = limit.maximum;
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => tracing::info!(
+            from = before.unwrap_or(u64::MAX),
+            to = limit.maximum.unwrap_or(u64::MAX),
+            "raised the open-files limit"
+        ),
+        Err(e) => tracing::warn!(
+            limit = before.unwrap_or(u64::MAX),
+            error = %e,
+            "cannot raise the open-files limit"
+        ),
+    }
+}
+
 async fn kube_client(args: &ServeArgs) -> Result<kube::Client, String> {
     let config = match &args.kubeconfig {
         Some(path) => {
@@ -825,6 +850,7 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
     };
 
     server::init_logging(args.log_format);
+    raise_open_files_limit();
     let config = args.server_config()?;
     let client = if args.no_cluster_lookup {
         tracing::info!(

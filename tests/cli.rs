@@ -640,15 +640,12 @@ fn capi_example_templates_render_to_their_goldens() {
     }
 }
 
-/// `--log-format text` writes colour codes only to a terminal: logs piped to a file or a container runtime are plain.
-#[test]
-fn text_logs_to_a_pipe_have_no_colour_codes() {
+/// Start `serve` (the command given, with TMPDIR at `tmp` for its self-signed material) and read its log until it
+/// says how to trust its CA (it is serving) or 20 s pass. The child is returned running.
+fn started_serve(mut serve: Command, tmp: &std::path::Path) -> (std::process::Child, Vec<String>) {
     use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = bin()
-        .args(LOCAL_SERVE)
-        .args(["--log-format", "text"])
-        .env("TMPDIR", dir.path())
+    let mut child = serve
+        .env("TMPDIR", tmp)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -672,6 +669,16 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
             break;
         }
     }
+    (child, lines)
+}
+
+/// `--log-format text` writes colour codes only to a terminal: logs piped to a file or a container runtime are plain.
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = bin();
+    serve.args(LOCAL_SERVE).args(["--log-format", "text"]);
+    let (mut child, lines) = started_serve(serve, dir.path());
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -687,6 +694,37 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
         .find(|l| l.contains("trust the CA"))
         .expect("the self-signed hint");
     assert!(!hint.contains("https://localhost:0/"), "{hint}");
+}
+
+/// `serve` raises its soft open-files limit to the hard one (containerd 2 starts containers with 1024, fewer than
+/// the connection limit and what the rest of the process needs). prlimit is util-linux's, which
+/// scripts/install-test-tools.sh installs.
+#[test]
+fn serve_raises_the_open_files_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = Command::new("prlimit");
+    serve
+        .arg("--nofile=1024:2048")
+        .arg(env!("CARGO_BIN_EXE_capi-calico-webhook"))
+        .args(LOCAL_SERVE);
+    let (mut child, lines) = started_serve(serve, dir.path());
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("trust the CA")),
+        "serve did not start: {lines:#?}"
+    );
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open-files line");
+    assert_eq!(
+        line.split_whitespace().skip(3).take(2).collect::<Vec<_>>(),
+        ["2048", "2048"],
+        "{line}"
+    );
 }
 
 /// YAML numbers and booleans as annotation values: kubectl would refuse the file, so `check` does too, naming each

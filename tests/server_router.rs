@@ -258,3 +258,33 @@ async fn metrics_count_decisions_denials_lookups_and_refusals() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 }
+
+/// A body the shared body memory cannot cover is refused at once with 503 and `Retry-After: 1` (client-go retries a
+/// 503 that says when; the webhooks have no side effects).
+#[tokio::test]
+async fn a_body_refused_for_memory_says_when_to_retry() {
+    let mut cfg = config();
+    // The budget is at least twice one body; one body in flight, counted twice, fills it.
+    cfg.max_body_memory_bytes = 2 * cfg.max_body_bytes;
+    let (_, st) = state(&cfg);
+    let app = router(st);
+    // A first request sends a body of the largest size in one piece and then never ends: its memory stays taken.
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<axum::body::Bytes, std::io::Error>>();
+    tx.unbounded_send(Ok(axum::body::Bytes::from(vec![b' '; cfg.max_body_bytes])))
+        .unwrap();
+    let holding = tokio::spawn({
+        let app = app.clone();
+        async move { app.oneshot(post("/mutate", Body::from_stream(rx))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = app.clone().oneshot(post("/mutate", "{}")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        resp.headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    drop(tx);
+    let _ = holding.await;
+}

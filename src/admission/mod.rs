@@ -81,12 +81,18 @@ impl<S: ClusterSource> Webhook<S> {
             Ok(request) => request,
             Err(err) => return error_reply(err, Decision::empty()),
         };
+        let kind = Kind::from_group_kind(&request.kind.group, &request.kind.kind);
         let mut decision = Decision {
             uid: request.uid.clone(),
-            kind: format!(
-                "{}/{}/{}",
-                request.kind.group, request.kind.version, request.kind.kind
-            ),
+            // Only the kinds this webhook handles are named (they label metrics): another kind, which only a client
+            // other than the API server sends, must not take a label value.
+            kind: match kind {
+                Some(_) => format!(
+                    "{}/{}/{}",
+                    request.kind.group, request.kind.version, request.kind.kind
+                ),
+                None => "other".to_string(),
+            },
             namespace: request.namespace.clone().unwrap_or_default(),
             name: request.name.clone(),
             operation: review::operation_name(&request.operation).to_string(),
@@ -94,7 +100,6 @@ impl<S: ClusterSource> Webhook<S> {
             denied_rules: Vec::new(),
             lookup: String::new(),
         };
-        let kind = Kind::from_group_kind(&request.kind.group, &request.kind.kind);
         let acts = matches!(request.operation, Operation::Create | Operation::Update)
             && request.sub_resource.is_none();
         let verdict = match (kind, &request.object, acts) {
@@ -183,5 +188,41 @@ impl<S: ClusterSource> ReviewHandler for Webhook<S> {
 
     fn ready(&self) -> bool {
         self.source.ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::documents::DocumentSource;
+
+    /// The decision names only the kinds this webhook handles (it labels metrics); any other kind is `other`.
+    #[test]
+    fn decisions_name_only_the_kinds_handled() {
+        let webhook = Webhook::new(DocumentSource::default());
+        let review = |group: &str, kind: &str| {
+            serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u1", "kind": {"group": group, "version": "v1beta2", "kind": kind},
+                            "operation": "CREATE", "name": "x", "namespace": "ns",
+                            "object": {"metadata": {"name": "x"}}}
+            })
+            .to_string()
+        };
+        for (group, kind, named) in [
+            (
+                "cluster.x-k8s.io",
+                "Cluster",
+                "cluster.x-k8s.io/v1beta2/Cluster",
+            ),
+            ("example.com", "Squatter1", "other"),
+            ("", "Pod", "other"),
+        ] {
+            let reply = futures::executor::block_on(
+                webhook.handle(Endpoint::Mutate, review(group, kind).as_bytes()),
+            );
+            assert_eq!(reply.status, 200, "{kind}");
+            assert_eq!(reply.decision.kind, named, "{kind}");
+        }
     }
 }

@@ -54,7 +54,7 @@ pub struct ServerConfig {
     /// the old object, each up to the API server's 3 MiB).
     pub max_body_bytes: usize,
     /// Memory all request bodies being read or handled may hold at once; while a body is read each of its bytes
-    /// counts twice (default 128 MiB, below the shipped Deployment's 256 Mi limit; raised to twice
+    /// counts twice (default 128 MiB, below the shipped Deployment's 384 Mi limit; raised to twice
     /// `max_body_bytes` if lower). A body the budget cannot cover gets 503 at once (see [`body`]).
     pub max_body_memory_bytes: usize,
     /// Deadline for a whole review request: body read, waiting for a handler slot and the handler (default 4 s; keep

@@ -277,7 +277,15 @@ async fn review<H: ReviewHandler>(
         Ok(body) => body,
         Err(e) => {
             let (status, reason) = e.answer();
-            return state.refuse(endpoint, started, status, reason);
+            let mut response = state.refuse(endpoint, started, status, reason);
+            if matches!(e, body::BodyError::Overloaded) {
+                // Refused at once: client-go retries a 503 that says when (within the webhook's own timeout), and
+                // the webhooks have no side effects.
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            return response;
         }
     };
 
