@@ -42,6 +42,8 @@ pub const APPLY_SCRIPT_PATH: &str = "/etc/capi-calico/apply-bgp.sh";
 pub const APPLY_UNIT_PATH: &str = "/etc/capi-calico/capi-calico-apply-bgp.service";
 /// Where the installer puts calicoctl. A user file at this path conflicts with the installer.
 pub const CALICOCTL_BINARY_PATH: &str = "/usr/local/bin/calicoctl";
+/// Where it goes instead when `/usr/local/bin` cannot be written (Flatcar: `/usr` is read-only).
+pub const CALICOCTL_FALLBACK_PATH: &str = "/opt/bin/calicoctl";
 
 /// The `preKubeadmCommands` entry that runs the installer. A constant: no setting ever reaches a command line. It
 /// never fails: Cluster API's Ignition bootstrap runs the commands and kubeadm in one `set -e` script, where a failed

@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 
 use super::{
     APPLY_COMMAND, APPLY_SCRIPT_PATH, APPLY_UNIT_PATH, BGP_CONFIGURATION_PATH, BGP_PEERS_PATH,
-    CALICOCTL_BINARY_PATH, CALICOCTL_CONF_PATH, DIR, INSTALL_COMMAND, INSTALL_SCRIPT_PATH,
-    Injection, MAX_COMMANDS, MAX_CONTENT_CHARS, MAX_FILES, MutationError, Target,
+    CALICOCTL_BINARY_PATH, CALICOCTL_CONF_PATH, CALICOCTL_FALLBACK_PATH, DIR, INSTALL_COMMAND,
+    INSTALL_SCRIPT_PATH, Injection, MAX_COMMANDS, MAX_CONTENT_CHARS, MAX_FILES, MutationError,
+    Target,
 };
 
 const FILES: &str = "files";
@@ -119,10 +120,12 @@ fn collision(path: &str, injection: &Injection) -> Option<String> {
              use a path outside {DIR}"
         ));
     }
-    if n == CALICOCTL_BINARY_PATH && injection.file(INSTALL_SCRIPT_PATH).is_some() {
+    if (n == CALICOCTL_BINARY_PATH || n == CALICOCTL_FALLBACK_PATH)
+        && injection.file(INSTALL_SCRIPT_PATH).is_some()
+    {
         return Some(format!(
             "file {path:?} would be overwritten by the pinned calicoctl that INSTALL_CALICOCTL=true installs at \
-             {CALICOCTL_BINARY_PATH}; remove the file or set capi-calico.io/INSTALL_CALICOCTL to \"false\" in the \
+             {n}; remove the file or set capi-calico.io/INSTALL_CALICOCTL to \"false\" in the \
              Cluster's settings"
         ));
     }

@@ -601,6 +601,62 @@ fn install_falls_back_to_wget() {
     assert_installed(&inst);
 }
 
+/// wget reads only the lower-case proxy variables; the installer passes the upper-case ones on, so a node whose
+/// proxy is set as HTTP_PROXY (and HTTPS_PROXY) downloads through it with wget too.
+#[test]
+fn install_downloads_through_an_upper_case_proxy_with_wget() {
+    let sha = sha256_hex(FAKE_CALICOCTL.as_bytes());
+    // The "proxy": it answers whatever URL it is asked for.
+    let proxy = Mirror::start(vec![(200, FAKE_CALICOCTL.as_bytes().to_vec())]);
+    let inst = Install::new(proxy.port, "x86_64", Some(&sha), None);
+    // A mirror name that does not resolve: only the proxy reaches it.
+    let conf = std::fs::read_to_string(&inst.conf)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{}", proxy.port), "mirror.invalid");
+    std::fs::write(&inst.conf, conf).unwrap();
+    let tools = WGET_TOOLS;
+    if restricted_bin(&inst.bin, &tools).is_none() {
+        eprintln!(
+            "NOTICE: install_downloads_through_an_upper_case_proxy_with_wget skipped: one of {tools:?} is not installed"
+        );
+        return;
+    }
+    let mut cmd = inst.command(&inst.bin.display().to_string());
+    cmd.env("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port));
+    let out = run(cmd, Duration::from_secs(60)).0;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_installed(&inst);
+    let asked = proxy.paths.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        ["http://mirror.invalid/v3.31.7/calicoctl-linux-amd64"]
+    );
+}
+
+/// Where /usr/local/bin cannot be written (Flatcar: /usr is read-only), calicoctl goes to the next directory of the
+/// list (/opt/bin on a node), and apply-bgp.sh looks for it there by the same rule.
+#[test]
+fn install_falls_back_to_a_writable_directory() {
+    let sha = sha256_hex(FAKE_CALICOCTL.as_bytes());
+    let mirror = Mirror::start(vec![(200, FAKE_CALICOCTL.as_bytes().to_vec())]);
+    let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
+    let path = format!("{}:{BASE_PATH}", inst.bin.display());
+    let mut cmd = inst.command(&path);
+    // A directory under a file cannot be created, whoever runs the test (root included).
+    cmd.env_remove("CAPI_CALICO_INSTALL_DIR").env(
+        "CAPI_CALICO_INSTALL_DIRS",
+        format!("/dev/null/bin {}", inst.install_dir.display()),
+    );
+    let out = run(cmd, Duration::from_secs(60)).0;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_installed(&inst);
+    assert!(
+        text(&out.stderr).contains(&format!("at {}", inst.target().display())),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// wget has no size option at all: the same file size limit bounds it.
 #[test]
 fn install_bounds_the_download_size_with_wget() {
@@ -1105,12 +1161,35 @@ fn apply_installs_calicoctl_when_the_pre_command_could_not() {
     assert!(out.status.success(), "stdout: {stdout}");
     assert_eq!(mirror.hits(), 2, "{stdout}");
     assert!(
-        stdout.contains("calicoctl installed at") && stdout.contains("not yet (attempt 1)"),
+        stdout.contains("install calicoctl at") && stdout.contains("not yet (attempt 1)"),
         "{stdout}"
     );
     // The installed binary (the recording stub) did the whole pass.
     let want: Vec<String> = one_successful_pass(&a);
     assert_eq!(a.verbs(), want);
+}
+
+/// A calicoctl already at the path that the installer did not verify (an image's own, of another version) is not
+/// used: the apply runs the installer, which replaces it with the pinned one, and the pass uses that.
+#[test]
+fn apply_verifies_a_calicoctl_it_finds_at_the_path() {
+    let a = Apply::new(1);
+    let stub = STUB_CALICOCTL.as_bytes().to_vec();
+    let mirror = Mirror::start(vec![(200, stub.clone())]);
+    let sha = sha256_hex(&stub);
+    let cmd = a.with_installer(a.command(60, 0, 0, 0), mirror.port, Some(&sha), &sha);
+    let baked = a.tmp.path().join("usr/local/bin/calicoctl");
+    std::fs::create_dir_all(baked.parent().unwrap()).unwrap();
+    write_exec(
+        &baked,
+        "#!/bin/sh\necho 'Client Version: v3.26.4'\nexit 1\n",
+    );
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}");
+    assert_eq!(mirror.hits(), 1, "{stdout}");
+    assert_eq!(std::fs::read(&baked).unwrap(), stub);
+    assert_eq!(a.verbs(), one_successful_pass(&a));
 }
 
 /// An install that no later run can fix (here: no checksum for this machine's architecture, installer exit 3) ends

@@ -13,7 +13,12 @@ state_dir="${CAPI_CALICO_STATE_DIR:-/var/lib/capi-calico}"
 deadline_seconds="${CAPI_CALICO_DEADLINE_SECONDS:-1800}"
 attempt_timeout="${CAPI_CALICO_ATTEMPT_TIMEOUT:-120}"
 retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-5}"
-calicoctl="${CAPI_CALICO_CALICOCTL:-/usr/local/bin/calicoctl}"
+# As install-calicoctl.sh: the first directory that can be written (/opt/bin where /usr is read-only).
+read -ra dirs <<<"${CAPI_CALICO_INSTALL_DIRS:-/usr/local/bin /opt/bin}"
+for bin_dir in "${dirs[@]}"; do
+  { mkdir -p "$bin_dir" && [ -w "$bin_dir" ]; } 2>/dev/null && break
+done
+calicoctl="${CAPI_CALICO_CALICOCTL:-$bin_dir/calicoctl}"
 # From a timed-out run's TERM to its KILL, s.
 kill_after=10
 log_file=""
@@ -23,7 +28,7 @@ export PATH
 
 if mkdir -p "$log_dir" 2>/dev/null && touch "$log_dir/apply-bgp.log" 2>/dev/null; then
   log_file="$log_dir/apply-bgp.log"
-  # The unit may run many times: past 1 MiB the log is moved to .1 (one previous kept).
+  # Past 1 MiB the log is moved to .1.
   if [ "$(wc -c <"$log_file")" -gt 1048576 ]; then
     mv -f -- "$log_file" "$log_file.1" && : >"$log_file"
   fi
@@ -68,15 +73,18 @@ while [ -e "$dir/bgppeers-$n.yaml" ]; do
   n=$((n + 1))
 done
 
-start="$(date +%s)"
-deadline=$((start + deadline_seconds))
+# Seconds since boot: a clock step (NTP at boot) does not move the deadline.
+now() {
+  local up
+  if read -r up _ </proc/uptime 2>/dev/null; then echo "${up%.*}"; else date +%s; fi
+}
+deadline=$(($(now) + deadline_seconds))
 
 remaining() {
-  echo $((deadline - $(date +%s)))
+  echo $((deadline - $(now)))
 }
 
-# retry DESCRIPTION COMMAND...: run COMMAND until it succeeds; exit 1 once the deadline has passed, 2 at once when
-# COMMAND exits 100 (no later run can do better).
+# retry WHAT CMD...: until CMD succeeds; exit 1 past the deadline, 2 at once when CMD exits 100 (hopeless).
 retry() {
   what="$1"
   shift
@@ -116,7 +124,7 @@ if command -v timeout >/dev/null 2>&1; then
   have_timeout=1
 fi
 
-# bounded CAP WHAT COMMAND...: COMMAND, stopped by `timeout` after min(time left, CAP) seconds.
+# bounded CAP WHAT CMD...: CMD, stopped by `timeout` after min(time left, CAP) s.
 bounded() {
   local bound="$1" what="$2" rc=0
   shift 2
@@ -139,7 +147,7 @@ calicoctl_() {
   bounded "$attempt_timeout" "calicoctl $1 ${2:-}" "$calicoctl" "$@"
 }
 
-# Create "default" only when `get` says it "does not exist" (else retry). A lost create race: the next try patches.
+# Create "default" only if `get` says it "does not exist"; a lost create race: the next try patches.
 bgp_configuration() {
   local out
   if out="$(calicoctl_ get bgpconfiguration default 2>&1)"; then
@@ -171,26 +179,26 @@ if [ -z "$have_timeout" ]; then
   log "WARNING: timeout (coreutils) not found: a hung calicoctl run is not stopped, the deadline is only checked between runs"
 fi
 retry "admin kubeconfig $kubeconfig" have_kubeconfig
-# What this machine applied last, to which cluster (its CA: a reused host may join another): no second run.
+# What this machine applied last, to which cluster (its CA: a host may join another): no second run.
 digest="$(cat -- "${peer_files[@]}" "$conf_file" <(grep -m 1 'certificate-authority-data' "$kubeconfig" || true) |
   sha256sum | cut -d ' ' -f 1)"
 if [ "$(cat -- "$state_dir/applied" 2>/dev/null || true)" = "$digest" ]; then
   log "already applied (files and cluster CA sha256 $digest); nothing to do"
   exit 0
 fi
-# If the pre command's install failed, run the installer again, retried. Never a calicoctl on PATH.
+# The installer verifies (fast) or installs the pinned binary: never one on PATH or an unverified one (tests: none).
 installer="$dir/install-calicoctl.sh"
 [ -x "$calicoctl" ] || [ -r "$installer" ] || die 2 "calicoctl is not installed at $calicoctl, nor $installer"
-# The installer's last words (all in install-calicoctl.log). Its exit codes 2, 3, 4 cannot change on another run.
+# Its last words (all in install-calicoctl.log). Its exit codes 2, 3, 4 cannot change on another run.
 have_calicoctl() {
   local out rc=0
-  [ ! -x "$calicoctl" ] || return 0
+  [ -r "$installer" ] || return 0
   out="$(bounded "$deadline_seconds" "$installer" /bin/bash "$installer" 2>&1)" || rc=$?
   printf 'installer exit %s: %s\n' "$rc" "$(printf '%s\n' "$out" | tail -n 2)"
-  case "$rc" in 2 | 3 | 4) return 100 ;; esac
+  case "$rc" in 2 | 3 | 4) echo "fix it, then: systemctl restart capi-calico-apply-bgp" && return 100 ;; esac
   return "$rc"
 }
-retry "calicoctl installed at $calicoctl" have_calicoctl
+retry "install calicoctl at $calicoctl" have_calicoctl
 retry "Calico ready (calicoctl get clusterinformation default)" calicoctl_ get clusterinformation default
 for f in "${peer_files[@]}"; do
   retry "apply BGPPeers from $f" calicoctl_ apply -f "$f"

@@ -1,15 +1,19 @@
 #!/bin/bash
 # capi-calico-webhook: /etc/capi-calico/install-calicoctl.sh, run from preKubeadmCommands (and by apply-bgp.sh).
-# Installs a pinned calicoctl whose SHA-256 is verified first. Values come from the data file, read, never sourced.
-# Environment (tests only, see the webhook's docs/injection.md): CAPI_CALICO_CONF, CAPI_CALICO_INSTALL_DIR,
-# CAPI_CALICO_LOG_DIR, CAPI_CALICO_DOWNLOAD_ATTEMPTS, CAPI_CALICO_RETRY_SLEEP, CAPI_CALICO_MAX_DOWNLOAD_KIB.
+# Installs a pinned calicoctl, SHA-256 verified first. Values come from the data file, never sourced.
+# CAPI_CALICO_* variables: tests only (the webhook's docs/injection.md).
 # Exit codes: 0 installed or already present, 2 bad data file, 3 unsupported architecture or no checksum for it,
 # 4 checksum mismatch, 5 download failed (both on the last attempt), 6 no downloader / install failure.
 set -eu
 set -o pipefail
 
 conf="${CAPI_CALICO_CONF:-/etc/capi-calico/calicoctl.conf}"
-install_dir="${CAPI_CALICO_INSTALL_DIR:-/usr/local/bin}"
+# The first writable of these (/opt/bin: Flatcar's /usr is read-only); apply-bgp.sh picks the same.
+read -ra dirs <<<"${CAPI_CALICO_INSTALL_DIRS:-/usr/local/bin /opt/bin}"
+for install_dir in "${dirs[@]}"; do
+  { mkdir -p "$install_dir" && [ -w "$install_dir" ]; } 2>/dev/null && break
+done
+install_dir="${CAPI_CALICO_INSTALL_DIR:-$install_dir}"
 log_dir="${CAPI_CALICO_LOG_DIR:-/var/log/capi-calico}"
 attempts="${CAPI_CALICO_DOWNLOAD_ATTEMPTS:-5}"
 retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-2}"
@@ -62,8 +66,7 @@ version=""
 url_template=""
 sha256_amd64=""
 sha256_arm64=""
-# Plain key=value lines. The whole line is read verbatim and split at the first '=' with parameter expansion,
-# so a value may itself contain '='. Unknown keys are ignored; nothing is ever evaluated.
+# key=value lines, read verbatim and split at the first '='. Unknown keys are ignored; nothing is evaluated.
 while IFS= read -r line || [ -n "$line" ]; do
   case "$line" in
     '' | '#'*) continue ;;
@@ -135,6 +138,9 @@ if command -v curl >/dev/null 2>&1; then
       --output "$2" -- "$1"
   }
 elif command -v wget >/dev/null 2>&1; then
+  # wget reads only the lower-case proxy variables.
+  export https_proxy="${https_proxy:-${HTTPS_PROXY:-}}" http_proxy="${http_proxy:-${HTTP_PROXY:-}}"
+  export no_proxy="${no_proxy:-${NO_PROXY:-}}"
   fetch() {
     # wget's --timeout bounds each read, not the download: bound the whole attempt like curl's --max-time.
     if command -v timeout >/dev/null 2>&1; then
@@ -160,7 +166,7 @@ fetch_bounded() {
 }
 
 mkdir -p -- "$install_dir" || die 6 "cannot create $install_dir"
-# The temporary file lives in the target directory so that the final mv is an atomic rename.
+# The temporary file is in the target directory: the mv is an atomic rename.
 tmp_file="$(mktemp "$install_dir/.calicoctl.XXXXXX")" || die 6 "cannot create a temporary file in $install_dir"
 
 attempt=1
