@@ -155,6 +155,10 @@ struct ListPlan {
     append: Vec<Value>,
     /// Length after the plan.
     final_len: usize,
+    /// The whole list after the plan, when a missing entry of ours belongs before one that is there (a second peers
+    /// file after a settings change): one `replace` of the list, so that ours stay in injection order, as a fresh
+    /// injection has them (Cluster API's topology controller compares its dry runs of both, see `docs/deploy.md`).
+    whole: Option<Vec<Value>>,
 }
 
 impl ListPlan {
@@ -185,6 +189,8 @@ fn conflicts(fields: &[(&str, Option<&[Value]>)], injection: &Injection) -> Vec<
 
 fn plan_files(existing: &[Value], injection: &Injection) -> ListPlan {
     let mut placed = vec![false; injection.files.len()];
+    // Which of ours each kept existing entry is (existing index → injection index).
+    let mut ours_at = std::collections::HashMap::new();
     let mut plan = ListPlan::default();
     for (i, entry) in existing.iter().enumerate() {
         let Some(path) = entry.get("path").and_then(Value::as_str) else {
@@ -196,6 +202,7 @@ fn plan_files(existing: &[Value], injection: &Injection) -> ListPlan {
         match injection.files.iter().position(|f| f.path == path) {
             Some(j) if !placed[j] => {
                 placed[j] = true;
+                ours_at.insert(i, j);
                 if !injection.files[j].matches(entry) {
                     plan.replace.push((i, injection.files[j].to_json()));
                 }
@@ -209,6 +216,31 @@ fn plan_files(existing: &[Value], injection: &Injection) -> ListPlan {
         }
     }
     plan.final_len = existing.len() - plan.remove.len() + plan.append.len();
+    let missing: Vec<usize> = (0..placed.len()).filter(|j| !placed[*j]).collect();
+    let last_kept = ours_at.values().max();
+    if missing.first().zip(last_kept).is_some_and(|(m, k)| m < k) {
+        let replaced: std::collections::HashMap<usize, &Value> =
+            plan.replace.iter().map(|(i, v)| (*i, v)).collect();
+        let mut whole = Vec::with_capacity(plan.final_len);
+        let mut next = missing.iter().peekable();
+        for (i, entry) in existing.iter().enumerate() {
+            if plan.remove.contains(&i) {
+                continue;
+            }
+            if let Some(k) = ours_at.get(&i) {
+                while let Some(j) = next.next_if(|j| *j < k) {
+                    whole.push(injection.files[*j].to_json());
+                }
+            }
+            whole.push(
+                replaced
+                    .get(&i)
+                    .map_or_else(|| entry.clone(), |v| (*v).clone()),
+            );
+        }
+        whole.extend(next.map(|j| injection.files[*j].to_json()));
+        plan.whole = Some(whole);
+    }
     plan
 }
 
@@ -437,6 +469,13 @@ pub fn patch(
                 if plan.final_len == 0 {
                     ops.push(PatchOperation::Remove(RemoveOperation {
                         path: pointer_with(path, &[field]),
+                    }));
+                    continue;
+                }
+                if let Some(whole) = plan.whole {
+                    ops.push(PatchOperation::Replace(ReplaceOperation {
+                        path: pointer_with(path, &[field]),
+                        value: Value::Array(whole),
                     }));
                     continue;
                 }

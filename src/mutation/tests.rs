@@ -671,6 +671,60 @@ fn large_peer_sets_are_split_in_order() {
     roundtrip(&fixture("kcp-v1beta2.json"), Target::ControlPlane, &inj);
 }
 
+/// A second peers file after a settings change goes right after the first, as in a fresh injection, not after our
+/// other files: Cluster API's topology controller compares its dry run of the stored object (patched by us) with
+/// one of the template (injected afresh) and rolls the machines on any difference. User entries stay where they are.
+#[test]
+fn a_new_peers_file_is_placed_in_injection_order() {
+    let one = desired(&settings(true, true), Target::ControlPlane).unwrap();
+    let mut s = settings(true, true);
+    s.route_reflectors = many_peers(120);
+    let more = desired(&s, Target::ControlPlane).unwrap();
+    let base = fixture("kcp-v1beta2.json");
+    let stored = apply(&base, &patch(&base, Target::ControlPlane, &one).unwrap()).unwrap();
+    let updated = apply(
+        &stored,
+        &patch(&stored, Target::ControlPlane, &more).unwrap(),
+    )
+    .unwrap();
+    let fresh = apply(&base, &patch(&base, Target::ControlPlane, &more).unwrap()).unwrap();
+    let files = |o: &Value| o["spec"]["kubeadmConfigSpec"]["files"].clone();
+    assert_eq!(files(&updated), files(&fresh));
+    // Idempotent from there, and a user file added after ours stays after them.
+    assert!(
+        patch(&updated, Target::ControlPlane, &more)
+            .unwrap()
+            .is_empty()
+    );
+    let mut with_user = stored.clone();
+    with_user["spec"]["kubeadmConfigSpec"]["files"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"path": "/etc/user-late.conf", "content": "x"}));
+    let updated = apply(
+        &with_user,
+        &patch(&with_user, Target::ControlPlane, &more).unwrap(),
+    )
+    .unwrap();
+    let paths: Vec<String> = files(&updated)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        paths.last().map(String::as_str),
+        Some("/etc/user-late.conf")
+    );
+    let ours: Vec<&str> = paths
+        .iter()
+        .map(String::as_str)
+        .filter(|p| p.starts_with(DIR))
+        .collect();
+    let want: Vec<&str> = more.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(ours, want);
+}
+
 #[test]
 fn a_single_huge_peer_is_refused() {
     let mut s = settings(true, true);
@@ -1206,8 +1260,13 @@ fn reserved_paths_and_collisions() {
         .unwrap()
         .push(json!({"path": CALICOCTL_CONF_PATH, "content": "version=v0.0.1"}));
     let after = roundtrip(&obj, Target::Workers, &inj);
+    // Replaced, and the missing installer goes before it, in injection order (as a fresh injection has them).
     assert_eq!(
         after["spec"]["template"]["spec"]["files"][1],
+        inj.files[0].to_json()
+    );
+    assert_eq!(
+        after["spec"]["template"]["spec"]["files"][2],
         inj.files[1].to_json()
     );
 
