@@ -166,8 +166,13 @@ fn render_injects_what_the_contract_says_and_keeps_the_users_entries() {
     );
     assert_eq!(pre.len(), 3, "{pre:?}");
     assert!(pre[2].contains("/etc/capi-calico/install-calicoctl.sh"));
+    // Our post command first, then the user's.
     let post = spec["postKubeadmCommands"].as_array().expect("post");
-    assert_eq!(post[0], "echo bootstrap done");
+    assert!(
+        post[0].as_str().is_some_and(|c| c.contains("apply-bgp")),
+        "{post:?}"
+    );
+    assert_eq!(post[1], "echo bootstrap done");
     assert_eq!(post.len(), 2);
     let paths: Vec<&str> = spec["files"]
         .as_array()

@@ -163,7 +163,10 @@ struct ListPlan {
 
 impl ListPlan {
     fn is_noop(&self) -> bool {
-        self.replace.is_empty() && self.remove.is_empty() && self.append.is_empty()
+        self.replace.is_empty()
+            && self.remove.is_empty()
+            && self.append.is_empty()
+            && self.whole.is_none()
     }
 }
 
@@ -244,7 +247,10 @@ fn plan_files(existing: &[Value], injection: &Injection) -> ListPlan {
     plan
 }
 
-fn plan_commands(existing: &[Value], desired: &[&'static str]) -> ListPlan {
+/// `ours_first`: our commands go before the user's (postKubeadmCommands: under Ignition, Cluster API runs them in
+/// one `set -e` script, so a failing user command before ours would leave the apply unit never enabled); otherwise
+/// missing ones are appended after them (preKubeadmCommands: after the user's proxy and network set-up).
+fn plan_commands(existing: &[Value], desired: &[&'static str], ours_first: bool) -> ListPlan {
     let mut placed = vec![false; desired.len()];
     let mut handled = vec![false; existing.len()];
     // Pass 1: exact matches stay where they are.
@@ -284,6 +290,26 @@ fn plan_commands(existing: &[Value], desired: &[&'static str]) -> ListPlan {
         }
     }
     plan.final_len = existing.len() - plan.remove.len() + plan.append.len();
+    if ours_first && !desired.is_empty() {
+        let replaced: std::collections::HashMap<usize, &Value> =
+            plan.replace.iter().map(|(i, v)| (*i, v)).collect();
+        let after: Vec<Value> = existing
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !plan.remove.contains(i))
+            .map(|(i, e)| replaced.get(&i).map_or_else(|| e.clone(), |v| (*v).clone()))
+            .chain(plan.append.iter().cloned())
+            .collect();
+        let is_ours = |v: &Value| v.as_str().is_some_and(|c| desired.contains(&c));
+        let mut first: Vec<Value> = desired
+            .iter()
+            .map(|d| Value::String((*d).to_string()))
+            .collect();
+        first.extend(after.into_iter().filter(|v| !is_ours(v)));
+        if first.as_slice() != existing {
+            plan.whole = Some(first);
+        }
+    }
     plan
 }
 
@@ -409,8 +435,8 @@ pub fn patch(
         let plan = match (field, existing) {
             (_, None) => None,
             (FILES, Some(a)) => Some(plan_files(a, injection)),
-            (PRE, Some(a)) => Some(plan_commands(a, &injection.pre_kubeadm_commands)),
-            (_, Some(a)) => Some(plan_commands(a, &injection.post_kubeadm_commands)),
+            (PRE, Some(a)) => Some(plan_commands(a, &injection.pre_kubeadm_commands, false)),
+            (_, Some(a)) => Some(plan_commands(a, &injection.post_kubeadm_commands, true)),
         };
         let (desired_len, max) = match field {
             FILES => (injection.files.len(), MAX_FILES),

@@ -810,7 +810,7 @@ fn minimal_ops_append_after_user_entries() {
             files.clone(),
             files,
             "add /spec/kubeadmConfigSpec/preKubeadmCommands/-".into(),
-            "add /spec/kubeadmConfigSpec/postKubeadmCommands/-".into(),
+            "replace /spec/kubeadmConfigSpec/postKubeadmCommands".into(),
         ]
     );
     let after = apply(&before, &ops).unwrap();
@@ -820,12 +820,13 @@ fn minimal_ops_append_after_user_entries() {
         pre[3], INSTALL_COMMAND,
         "our pre command runs after the user's (and after the drop-in loop)"
     );
+    // Our post command runs first (under Ignition's `set -e` a failing user command would stop it).
     let post = list_of(&after, Target::ControlPlane, "postKubeadmCommands");
     assert_eq!(
         post,
         vec![
-            json!("echo control plane ready > /var/log/cp-ready"),
-            json!(APPLY_COMMAND)
+            json!(APPLY_COMMAND),
+            json!("echo control plane ready > /var/log/cp-ready")
         ]
     );
 }
@@ -936,7 +937,7 @@ fn stale_entries_are_removed_and_user_entries_kept() {
             "remove /spec/kubeadmConfigSpec/files/6",
             "remove /spec/kubeadmConfigSpec/files/5",
             "remove /spec/kubeadmConfigSpec/files/4",
-            "remove /spec/kubeadmConfigSpec/postKubeadmCommands/1",
+            "remove /spec/kubeadmConfigSpec/postKubeadmCommands/0",
         ]
     );
     let after = roundtrip(&injected, Target::ControlPlane, &install_only);
@@ -1059,20 +1060,26 @@ fn an_object_injected_by_the_previous_release_is_upgraded_in_place() {
     };
     let inj = desired(&settings, Target::ControlPlane).unwrap();
     let post_before = old["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"].clone();
-    let retired_at = post_before
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|c| {
+    assert!(
+        post_before.as_array().unwrap().iter().any(|c| {
             c.as_str()
                 .is_some_and(|c| patch::RETIRED_COMMANDS.contains(&c))
-        })
-        .expect("the fixture holds a retired command");
+        }),
+        "the fixture holds a retired command"
+    );
     let upgraded = roundtrip(&old, Target::ControlPlane, &inj);
     let spec = &upgraded["spec"]["kubeadmConfigSpec"];
     let post = spec["postKubeadmCommands"].as_array().unwrap();
     assert_eq!(post.len(), post_before.as_array().unwrap().len());
-    assert_eq!(post[retired_at], APPLY_COMMAND);
+    // Rewritten, and first (where this release puts it), the user's commands in their order after it.
+    assert_eq!(post[0], APPLY_COMMAND);
+    let users = |list: &[Value]| -> Vec<Value> {
+        list.iter()
+            .filter(|c| c.as_str().is_some_and(|c| !is_ours_command(c)))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(users(&post[1..]), users(post_before.as_array().unwrap()));
     // Its pre command, without `|| true`, is rewritten where it was too.
     let pre_before = old["spec"]["kubeadmConfigSpec"]["preKubeadmCommands"].clone();
     let install_at = pre_before
