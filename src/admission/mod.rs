@@ -86,12 +86,11 @@ impl<S: ClusterSource> Webhook<S> {
             uid: request.uid.clone(),
             // Only the kinds this webhook handles are named (they label metrics): another kind, which only a client
             // other than the API server sends, must not take a label value.
-            kind: match kind {
-                Some(_) => format!(
-                    "{}/{}/{}",
-                    request.kind.group, request.kind.version, request.kind.kind
-                ),
-                None => "other".to_string(),
+            kind: match (kind, request.kind.version.as_str()) {
+                (Some(_), version @ ("v1beta1" | "v1beta2")) => {
+                    format!("{}/{version}/{}", request.kind.group, request.kind.kind)
+                }
+                _ => "other".to_string(),
             },
             namespace: request.namespace.clone().unwrap_or_default(),
             name: request.name.clone(),
@@ -200,29 +199,37 @@ mod tests {
     #[test]
     fn decisions_name_only_the_kinds_handled() {
         let webhook = Webhook::new(DocumentSource::default());
-        let review = |group: &str, kind: &str| {
+        let review = |group: &str, version: &str, kind: &str| {
             serde_json::json!({
                 "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                "request": {"uid": "u1", "kind": {"group": group, "version": "v1beta2", "kind": kind},
+                "request": {"uid": "u1", "kind": {"group": group, "version": version, "kind": kind},
                             "operation": "CREATE", "name": "x", "namespace": "ns",
                             "object": {"metadata": {"name": "x"}}}
             })
             .to_string()
         };
-        for (group, kind, named) in [
+        for (group, version, kind, named) in [
             (
                 "cluster.x-k8s.io",
+                "v1beta2",
                 "Cluster",
                 "cluster.x-k8s.io/v1beta2/Cluster",
             ),
-            ("example.com", "Squatter1", "other"),
-            ("", "Pod", "other"),
+            (
+                "cluster.x-k8s.io",
+                "v1beta1",
+                "Cluster",
+                "cluster.x-k8s.io/v1beta1/Cluster",
+            ),
+            ("cluster.x-k8s.io", "zz01", "Cluster", "other"),
+            ("example.com", "v1beta2", "Squatter1", "other"),
+            ("", "v1", "Pod", "other"),
         ] {
-            let reply = futures::executor::block_on(
-                webhook.handle(Endpoint::Mutate, review(group, kind).as_bytes()),
-            );
+            let body = review(group, version, kind);
+            let reply =
+                futures::executor::block_on(webhook.handle(Endpoint::Mutate, body.as_bytes()));
             assert_eq!(reply.status, 200, "{kind}");
-            assert_eq!(reply.decision.kind, named, "{kind}");
+            assert_eq!(reply.decision.kind, named, "{version} {kind}");
         }
     }
 }

@@ -501,8 +501,9 @@ async fn apply(
                     // RBAC of an older release (no `delete` on clusterresourcesets): change it in place as before.
                     Err(kube::Error::Api(s)) if s.code == 403 => {
                         tracing::warn!(namespace = %cluster.namespace, clusterresourceset = crs_name, error = %s.message,
-                            "cannot delete the ClusterResourceSet (apply deploy/base's RBAC): changing it in place, which \
-                             Cluster API does not apply when the Cluster goes back to a version it had before");
+                            "cannot delete the ClusterResourceSet (an older release's RBAC: apply deploy/base's; or an \
+                             admission webhook refused it): changing it in place, which Cluster API does not apply when \
+                             the Cluster goes back to a version it had before");
                         listed
                     }
                     Err(e) => return Err(e.into()),

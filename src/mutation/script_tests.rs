@@ -698,6 +698,7 @@ const STUB_CALICOCTL: &str = r##"#!/bin/bash
 set -eu
 state="$STUB_STATE"
 printf '%s|%s|%s\n' "${KUBECONFIG:-}" "${DATASTORE_TYPE:-}" "$*" >>"$state/calls"
+[ -z "${HTTPS_PROXY:-}${https_proxy:-}${HTTP_PROXY:-}${http_proxy:-}" ] || echo "$*" >>"$state/proxied"
 bump() {
   n=0
   if [ -f "$state/$1" ]; then n="$(<"$state/$1")"; fi
@@ -1167,6 +1168,25 @@ fn apply_installs_calicoctl_when_the_pre_command_could_not() {
     // The installed binary (the recording stub) did the whole pass.
     let want: Vec<String> = one_successful_pass(&a);
     assert_eq!(a.verbs(), want);
+}
+
+/// The unit's environment may carry a proxy for the installer's download (/etc/environment); calicoctl talks to the
+/// API server directly, without it (a NO_PROXY that misses the control-plane endpoint would send it to the proxy).
+#[test]
+fn apply_runs_calicoctl_without_the_proxy() {
+    let a = Apply::new(1);
+    let mut cmd = a.command(60, 0, 0, 0);
+    for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+        cmd.env(var, "http://proxy.invalid:3128");
+    }
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(a.verbs(), one_successful_pass(&a));
+    assert!(
+        !a.state.join("proxied").exists(),
+        "calicoctl ran with a proxy: {:?}",
+        std::fs::read_to_string(a.state.join("proxied"))
+    );
 }
 
 /// A calicoctl already at the path that the installer did not verify (an image's own, of another version) is not

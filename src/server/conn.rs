@@ -197,7 +197,10 @@ pub(crate) async fn serve(
                         let builder = if h2 { &builders.http2 } else { &builders.http1 };
                         let heads = (!h2).then(|| (Arc::clone(&state), limits.header_read_timeout));
                         let io = TokioIo::new(ConnIo::new(stream, limits.idle_timeout, heads));
-                        let http1 = (!h2).then_some(state);
+                        // The API server's pooled connections: retired at their next request (the probe port's GET
+                        // clients retry a request on a connection closed under them).
+                        let http1 = (!h2 && limits.when_full == WhenFull::Wait)
+                            .then_some((state, limits.idle_timeout));
                         serve_until(builder.serve_connection(io, service), age, drain, &mut stop, close_early, http1)
                             .await
                     }
@@ -208,7 +211,8 @@ pub(crate) async fn serve(
                     let heads = Some((Arc::clone(&state), limits.header_read_timeout));
                     let io = TokioIo::new(ConnIo::new(tcp, limits.idle_timeout, heads));
                     let conn = builders.http1.serve_connection(io, service);
-                    serve_until(conn, age, drain, &mut stop, close_early, Some(state)).await
+                    let http1 = (limits.when_full == WhenFull::Wait).then_some((state, limits.idle_timeout));
+                    serve_until(conn, age, drain, &mut stop, close_early, http1).await
                 }
             };
             if let Err(e) = result {
@@ -249,7 +253,7 @@ async fn serve_until<C, E>(
     drain: Duration,
     stop: &mut watch::Receiver<bool>,
     close_early: Option<Arc<ConnState>>,
-    http1: Option<Arc<ConnState>>,
+    http1: Option<(Arc<ConnState>, Duration)>,
 ) -> Result<(), E>
 where
     C: GracefulConnection<Error = E>,
@@ -273,8 +277,10 @@ where
             false
         }
     };
-    if let Some(state) = &http1 {
-        // Its next answer says `Connection: close` (see `Counted`); hyper closes the connection after it.
+    if let Some((state, wait)) = &http1 {
+        // Its next answer says `Connection: close` (see `Counted`); hyper closes the connection after it. Waiting for
+        // that request is bounded by the idle timeout (a client closes a connection it left unused first: the API
+        // server after 90 s), so a client that never asks again, or stops reading an answer, is still closed.
         state.retire.store(true, Ordering::Release);
         let started = state.started.notified();
         tokio::pin!(started);
@@ -283,6 +289,7 @@ where
             tokio::select! {
                 result = conn.as_mut() => return result,
                 () = started => {}
+                () = tokio::time::sleep(*wait) => {}
             }
         }
     }

@@ -6,8 +6,10 @@
 //!   first (tests bind to port 0).
 //! * [`router`] / [`metrics_router`] build the routers alone, for in-process tests.
 //! * Shutdown: readiness turns false at once, then (after [`ServerConfig::shutdown_delay`]) the listener closes and
-//!   open connections are asked to finish (HTTP/1: close after the current response; HTTP/2: GOAWAY); whatever
-//!   is still open after [`ServerConfig::drain_timeout`] is dropped. The metrics port keeps answering until then.
+//!   open connections are asked to finish (HTTP/2: GOAWAY; HTTP/1 on the webhook port: the request in flight, or an
+//!   idle connection's next one, is answered with `Connection: close`; on the metrics port idle ones close at once);
+//!   whatever is still open after [`ServerConfig::drain_timeout`] is dropped. The metrics port keeps answering until
+//!   the webhook port has drained.
 
 pub mod body;
 mod conn;
@@ -60,19 +62,21 @@ pub struct ServerConfig {
     /// Deadline for a whole review request: body read, waiting for a handler slot and the handler (default 4 s; keep
     /// it below the webhook's `timeoutSeconds`). Past it: 503.
     pub request_timeout: Duration,
-    /// HTTP/1 request head deadline, against slowloris; also the longest an HTTP/1 keep-alive connection stays idle
-    /// (default 5 s).
+    /// HTTP/1 request head deadline, against slowloris: from the connection's start, and from the first byte of each
+    /// later request (default 5 s). A keep-alive connection waiting for its next request is bounded by
+    /// `idle_timeout` instead. Bytes of a pipelined request that arrive while another is in flight are not timed.
     pub header_read_timeout: Duration,
     /// Deadline to receive the request body (default 3 s). Past it: 408.
     pub body_read_timeout: Duration,
     /// Deadline for the TLS handshake (default 5 s).
     pub tls_handshake_timeout: Duration,
-    /// A connection with no byte in either direction for this long is closed (default 90 s; bounds idle HTTP/2).
-    /// Raised to `request_timeout + 1 s` if set lower.
+    /// A connection with no byte in either direction for this long is closed (default 120 s, above the API server's
+    /// 90 s for unused connections; bounds idle HTTP/2 and HTTP/1). Raised to `request_timeout + 1 s` if set lower.
     pub idle_timeout: Duration,
-    /// A connection older than this (±10 %) is asked to finish (HTTP/2 GOAWAY, HTTP/1 `Connection: close` after the
-    /// request in flight) and closed `drain_timeout` later, at least `request_timeout + 1 s` (default 10 min). Bounds what a client that keeps a
-    /// connection busy with pings, or stops reading its answers, can hold.
+    /// A connection older than this (±10 %) is asked to finish (HTTP/2 GOAWAY; HTTP/1 `Connection: close` on the
+    /// request in flight, or on an idle connection's next request within `idle_timeout`) and closed `drain_timeout`
+    /// later, at least `request_timeout + 1 s` (default 10 min). Bounds what a client that keeps a connection busy
+    /// with pings, or stops reading its answers, can hold.
     pub max_connection_age: Duration,
     /// Open connections on the webhook port; at the limit, accepting pauses (default 1024).
     pub max_connections: usize,

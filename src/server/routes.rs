@@ -256,20 +256,20 @@ async fn review<H: ReviewHandler>(
     let max = state.limits.max_body_bytes;
 
     if !is_json(request.headers()) {
-        return state.refuse(
+        return closing(state.refuse(
             endpoint,
             started,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content-type must be application/json",
-        );
+        ));
     }
     if declared_length(request.headers()).is_some_and(|n| n > max as u64) {
-        return state.refuse(
+        return closing(state.refuse(
             endpoint,
             started,
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
-        );
+        ));
     }
 
     let body_deadline = deadline.min(tokio::time::Instant::now() + state.limits.body_read_timeout);
@@ -277,7 +277,7 @@ async fn review<H: ReviewHandler>(
         Ok(body) => body,
         Err(e) => {
             let (status, reason) = e.answer();
-            let mut response = state.refuse(endpoint, started, status, reason);
+            let mut response = closing(state.refuse(endpoint, started, status, reason));
             if matches!(e, body::BodyError::Overloaded) {
                 // Refused at once: client-go retries a 503 that says when (within the webhook's own timeout), and
                 // the webhooks have no side effects.
@@ -351,6 +351,16 @@ async fn review<H: ReviewHandler>(
         Body::from(reply.body),
     )
         .into_response()
+}
+
+/// `response` with `Connection: close`, for an answer given before the request's body was read to its end: the rest
+/// of it would otherwise be read as the start of the next request on an HTTP/1 keep-alive connection. (HTTP/2 has no
+/// such header; hyper leaves it out there.)
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The longest request-supplied text put in a log line (a Kubernetes name is at most 253 characters; the API server's

@@ -1,7 +1,7 @@
 #!/bin/bash
-# capi-calico-webhook: /etc/capi-calico/apply-bgp.sh, run by the unit capi-calico-apply-bgp (docs/injection.md).
-# Once Calico answers: BGPPeers FIRST, then the BGPConfiguration (mesh off), which would cut every BGP session if
-# the peerings did not exist yet. Failures are retried until a deadline. CAPI_CALICO_* variables: tests only.
+# capi-calico-webhook's apply-bgp.sh, run by the unit capi-calico-apply-bgp (docs/injection.md).
+# Once Calico answers: BGPPeers FIRST, then the BGPConfiguration (mesh off). Failures are retried until a deadline.
+# CAPI_CALICO_* variables: tests only.
 # Exit codes: 0 applied (now or before), 1 deadline passed, 2 what no later run can fix.
 set -eu
 set -o pipefail
@@ -13,7 +13,7 @@ state_dir="${CAPI_CALICO_STATE_DIR:-/var/lib/capi-calico}"
 deadline_seconds="${CAPI_CALICO_DEADLINE_SECONDS:-1800}"
 attempt_timeout="${CAPI_CALICO_ATTEMPT_TIMEOUT:-120}"
 retry_sleep="${CAPI_CALICO_RETRY_SLEEP:-5}"
-# As install-calicoctl.sh: the first directory that can be written (/opt/bin where /usr is read-only).
+# As install-calicoctl.sh: the first writable of these (/opt/bin where /usr is read-only).
 read -ra dirs <<<"${CAPI_CALICO_INSTALL_DIRS:-/usr/local/bin /opt/bin}"
 for bin_dir in "${dirs[@]}"; do
   { mkdir -p "$bin_dir" && [ -w "$bin_dir" ]; } 2>/dev/null && break
@@ -76,7 +76,7 @@ done
 # Seconds since boot: a clock step (NTP at boot) does not move the deadline.
 now() {
   local up
-  if read -r up _ </proc/uptime 2>/dev/null; then echo "${up%.*}"; else date +%s; fi
+  if { read -r up _ </proc/uptime; } 2>/dev/null; then echo "${up%.*}"; else date +%s; fi
 }
 deadline=$(($(now) + deadline_seconds))
 
@@ -147,7 +147,7 @@ calicoctl_() {
   bounded "$attempt_timeout" "calicoctl $1 ${2:-}" "$calicoctl" "$@"
 }
 
-# Create "default" only if `get` says it "does not exist"; a lost create race: the next try patches.
+# Create "default" only if `get` says "does not exist"; a lost race: the next try patches.
 bgp_configuration() {
   local out
   if out="$(calicoctl_ get bgpconfiguration default 2>&1)"; then
@@ -179,17 +179,17 @@ if [ -z "$have_timeout" ]; then
   log "WARNING: timeout (coreutils) not found: a hung calicoctl run is not stopped, the deadline is only checked between runs"
 fi
 retry "admin kubeconfig $kubeconfig" have_kubeconfig
-# What this machine applied last, to which cluster (its CA: a host may join another): no second run.
+# What was applied last, to which cluster (its CA): no second run.
 digest="$(cat -- "${peer_files[@]}" "$conf_file" <(grep -m 1 'certificate-authority-data' "$kubeconfig" || true) |
   sha256sum | cut -d ' ' -f 1)"
 if [ "$(cat -- "$state_dir/applied" 2>/dev/null || true)" = "$digest" ]; then
   log "already applied (files and cluster CA sha256 $digest); nothing to do"
   exit 0
 fi
-# The installer verifies (fast) or installs the pinned binary: never one on PATH or an unverified one (tests: none).
+# The installer verifies (fast) or installs the pinned binary: never one on PATH or unverified (tests: none).
 installer="$dir/install-calicoctl.sh"
 [ -x "$calicoctl" ] || [ -r "$installer" ] || die 2 "calicoctl is not installed at $calicoctl, nor $installer"
-# Its last words (all in install-calicoctl.log). Its exit codes 2, 3, 4 cannot change on another run.
+# Its last words (all in install-calicoctl.log). Exit codes 2, 3, 4 cannot change on another run.
 have_calicoctl() {
   local out rc=0
   [ -r "$installer" ] || return 0
@@ -199,6 +199,8 @@ have_calicoctl() {
   return "$rc"
 }
 retry "install calicoctl at $calicoctl" have_calicoctl
+# The unit's proxy is for that download: calicoctl reaches the API server directly.
+unset HTTPS_PROXY https_proxy HTTP_PROXY http_proxy
 retry "Calico ready (calicoctl get clusterinformation default)" calicoctl_ get clusterinformation default
 for f in "${peer_files[@]}"; do
   retry "apply BGPPeers from $f" calicoctl_ apply -f "$f"
