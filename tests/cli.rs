@@ -964,6 +964,29 @@ fn a_template_shared_with_a_cluster_of_other_settings_is_warned_about() {
     assert_eq!(same.status.code(), Some(0), "{}", text(&same.stdout));
 }
 
+/// A KCP labelled with a Cluster that the input does not hold, and a KCT whose MachineDeployment names one, are told
+/// to create that Cluster, not to label themselves (they are linked already) nor that they may be ClusterClass
+/// templates.
+#[test]
+fn objects_linked_to_a_missing_cluster_are_told_to_create_it() {
+    let manifest = "apiVersion: controlplane.cluster.x-k8s.io/v1beta2\nkind: KubeadmControlPlane\nmetadata:\n  \
+                    name: cp\n  labels:\n    cluster.x-k8s.io/cluster-name: missing\nspec:\n  version: v1.33.0\n\
+                    ---\napiVersion: cluster.x-k8s.io/v1beta2\nkind: MachineDeployment\nmetadata:\n  name: md\n\
+                    spec:\n  clusterName: missing\n  template:\n    spec:\n      clusterName: missing\n      \
+                    bootstrap:\n        configRef:\n          apiGroup: bootstrap.cluster.x-k8s.io\n          \
+                    kind: KubeadmConfigTemplate\n          name: kct\n---\n\
+                    apiVersion: bootstrap.cluster.x-k8s.io/v1beta2\nkind: KubeadmConfigTemplate\nmetadata:\n  \
+                    name: kct\nspec:\n  template:\n    spec: {}\n";
+    let out = run(&["check", "-"], Some(manifest));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout.matches("create that Cluster").count(), 2, "{stdout}");
+    assert!(
+        !stdout.contains("label it") && !stdout.contains("ClusterClass"),
+        "{stdout}"
+    );
+}
+
 /// Documents that name no namespace are looked up in `--namespace` (as `kubectl apply -n` places them), and are
 /// printed still naming none.
 #[test]

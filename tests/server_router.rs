@@ -103,7 +103,15 @@ async fn wrong_method_path_and_content_type() {
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(b.contains("application/json"));
     let none = Request::post("/mutate").body(Body::from("{}")).unwrap();
-    assert_eq!(send(&app, none).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let resp = app.clone().oneshot(none).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Refused before the body is read: the rest of it must not be taken for the next request.
+    assert_eq!(
+        resp.headers()
+            .get(header::CONNECTION)
+            .map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
     assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
 }
 
@@ -264,8 +272,11 @@ async fn metrics_count_decisions_denials_lookups_and_refusals() {
 #[tokio::test]
 async fn a_body_refused_for_memory_says_when_to_retry() {
     let mut cfg = config();
-    // The budget is at least twice one body; one body in flight, counted twice, fills it.
+    // The budget is at least twice one body; one body in flight, counted twice, fills it. The held body must stay
+    // held for the whole test, whatever the machine's load.
     cfg.max_body_memory_bytes = 2 * cfg.max_body_bytes;
+    cfg.body_read_timeout = Duration::from_secs(30);
+    cfg.request_timeout = Duration::from_secs(30);
     let (_, st) = state(&cfg);
     let app = router(st);
     // A first request sends a body of the largest size in one piece and then never ends: its memory stays taken.
@@ -284,6 +295,13 @@ async fn a_body_refused_for_memory_says_when_to_retry() {
             .get(header::RETRY_AFTER)
             .map(|v| v.to_str().unwrap()),
         Some("1")
+    );
+    // Answered before its body was read: the connection is not kept for a next request.
+    assert_eq!(
+        resp.headers()
+            .get(header::CONNECTION)
+            .map(|v| v.to_str().unwrap()),
+        Some("close")
     );
     drop(tx);
     let _ = holding.await;

@@ -624,16 +624,18 @@ async fn healthz_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: 
 #[tokio::test]
 async fn keep_alive_connections_are_kept_between_requests_and_retired_at_a_request() {
     let (dir, mut config) = self_signed();
-    config.max_connection_age = Duration::from_secs(3);
+    config.max_connection_age = Duration::from_secs(4);
+    config.idle_timeout = Duration::from_secs(10);
     let (server, stop) = start_server(config, FakeHandler::new()).await;
     let ca = ca_of(&dir);
     let mut s = tls_connect(server.local_addr, &[&ca], HTTP1).await.unwrap();
+    let t0 = Instant::now();
     assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
-    // Unused for 2.5 s: more than the 1 s header deadline, less than the 5 s idle timeout and the ~3 s age.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
-    // Past the age (2.7 to 3.3 s) and idle: still open, and the next request is answered, with Connection: close.
+    // Unused for 1.5 s: more than the 1 s header deadline, well inside the 10 s idle timeout and the ~4 s age.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Past the age (3.6 to 4.4 s) and idle: still open, and the next request is answered, with Connection: close.
+    tokio::time::sleep(Duration::from_millis(5000).saturating_sub(t0.elapsed())).await;
     let last = healthz_on(&mut s).await;
     assert!(last.starts_with("HTTP/1.1 200"), "{last}");
     assert!(

@@ -195,6 +195,61 @@ mod tests {
     use super::*;
     use crate::cluster::documents::DocumentSource;
 
+    /// Through the whole handler: an UPDATE of a v1beta2 KCP whose kubeadmConfigSpec holds only our entries, under
+    /// settings that inject nothing, is denied (Cluster API refuses removing spec.kubeadmConfigSpec from an existing
+    /// KCP); the same object on CREATE gets the removal.
+    #[test]
+    fn removing_the_whole_kubeadm_config_spec_is_denied_on_update_only() {
+        use crate::mutation::{self, Target};
+        let on = serde_json::json!({"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true",
+                                    "capi-calico.io/INSTALL_CALICOCTL": "true"});
+        let settings = |annotations: &serde_json::Value| {
+            let map = crate::cluster::string_map(Some(annotations));
+            match crate::settings::resolve(&map, None) {
+                crate::settings::Resolution::OptedIn { settings, .. } => *settings,
+                other => panic!("{other:?}"),
+            }
+        };
+        let bare = serde_json::json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
+            "metadata": {"name": "cp", "namespace": "ns", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
+            "spec": {"version": "v1.33.0", "kubeadmConfigSpec": {}}
+        });
+        let injection = mutation::desired(&settings(&on), Target::ControlPlane).expect("injection");
+        let ops = mutation::patch(&bare, Target::ControlPlane, &injection).expect("patch");
+        let injected = mutation::apply(&bare, &ops).expect("apply");
+        let cluster = serde_json::json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+            "metadata": {"name": "c1", "namespace": "ns", "annotations": {
+                "capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true", "capi-calico.io/INSTALL_CALICOCTL": "false"}},
+            "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["100.96.0.0/11"]}}}
+        });
+        let webhook = Webhook::new(DocumentSource::new([&cluster]));
+        let review = |operation: &str| {
+            serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u1", "kind": {"group": "controlplane.cluster.x-k8s.io", "version": "v1beta2",
+                            "kind": "KubeadmControlPlane"},
+                            "operation": operation, "name": "cp", "namespace": "ns", "object": injected}
+            })
+            .to_string()
+        };
+        let update = futures::executor::block_on(
+            webhook.handle(Endpoint::Mutate, review("UPDATE").as_bytes()),
+        );
+        assert_eq!(update.decision.outcome, Outcome::Denied);
+        assert_eq!(
+            update.decision.denied_rules,
+            [policy::KEEP_KUBEADM_CONFIG_SPEC_RULE]
+        );
+        let create = futures::executor::block_on(
+            webhook.handle(Endpoint::Mutate, review("CREATE").as_bytes()),
+        );
+        assert_eq!(create.decision.outcome, Outcome::Mutated);
+        let body = String::from_utf8_lossy(&create.body);
+        assert!(body.contains("\"patchType\":\"JSONPatch\""), "{body}");
+    }
+
     /// The decision names only the kinds this webhook handles (it labels metrics); any other kind is `other`.
     #[test]
     fn decisions_name_only_the_kinds_handled() {

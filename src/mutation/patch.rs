@@ -378,7 +378,8 @@ fn removable(object: &Value, target: Target, depth: usize) -> bool {
 /// JSON patch operations that make `object` hold exactly `injection` (see the module docs for ownership).
 ///
 /// Order: existing entries of ours are rewritten in place; missing ones are appended after the user's entries
-/// (files and pre/post commands alike); stale and duplicated entries of ours are removed. Missing parents and lists
+/// (a missing file that belongs before one of ours already there is put in injection order instead); our post
+/// command goes first; stale and duplicated entries of ours are removed. Missing parents and lists
 /// are created; a list (or parent) that would become empty is removed instead. An already-correct object yields an
 /// empty vector.
 pub fn patch(

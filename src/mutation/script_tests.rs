@@ -214,6 +214,11 @@ impl Install {
             .env("PATH", path)
             .env("CAPI_CALICO_CONF", &self.conf)
             .env("CAPI_CALICO_INSTALL_DIR", &self.install_dir)
+            // Never the machine's /usr/local/bin or /opt/bin, even if the override above were not honoured.
+            .env(
+                "CAPI_CALICO_INSTALL_DIRS",
+                self.install_dir.display().to_string(),
+            )
             .env("CAPI_CALICO_LOG_DIR", &self.log_dir)
             .env("CAPI_CALICO_RETRY_SLEEP", "0");
         c
@@ -657,6 +662,50 @@ fn install_falls_back_to_a_writable_directory() {
     );
 }
 
+/// Of two directories that can both be written, the first is used (not simply the last of the list).
+#[test]
+fn install_uses_the_first_writable_directory() {
+    let sha = sha256_hex(FAKE_CALICOCTL.as_bytes());
+    let mirror = Mirror::start(vec![(200, FAKE_CALICOCTL.as_bytes().to_vec())]);
+    let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
+    let second = inst.tmp.path().join("opt/bin");
+    let path = format!("{}:{BASE_PATH}", inst.bin.display());
+    let mut cmd = inst.command(&path);
+    cmd.env_remove("CAPI_CALICO_INSTALL_DIR").env(
+        "CAPI_CALICO_INSTALL_DIRS",
+        format!("{} {}", inst.install_dir.display(), second.display()),
+    );
+    let out = run(cmd, Duration::from_secs(60)).0;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_installed(&inst);
+    assert!(!second.join("calicoctl").exists());
+}
+
+/// Both scripts try the same directories by default, those of the two paths the webhook reserves.
+#[test]
+fn both_scripts_default_to_the_reserved_calicoctl_directories() {
+    let dir_of = |p: &str| {
+        p.rsplit_once('/')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default()
+    };
+    let want = format!(
+        "${{CAPI_CALICO_INSTALL_DIRS:-{} {}}}",
+        dir_of(crate::mutation::CALICOCTL_BINARY_PATH),
+        dir_of(crate::mutation::CALICOCTL_FALLBACK_PATH)
+    );
+    for script in [
+        include_str!("scripts/install-calicoctl.sh"),
+        include_str!("scripts/apply-bgp.sh"),
+    ] {
+        assert!(script.contains(&want), "{want} not in a script");
+    }
+    assert!(
+        include_str!("scripts/capi-calico-apply-bgp.service")
+            .contains("EnvironmentFile=-/etc/environment")
+    );
+}
+
 /// wget has no size option at all: the same file size limit bounds it.
 #[test]
 fn install_bounds_the_download_size_with_wget() {
@@ -847,6 +896,7 @@ impl Apply {
             .env("CAPI_CALICO_DEADLINE_SECONDS", deadline.to_string())
             .env("CAPI_CALICO_RETRY_SLEEP", sleep.to_string())
             .env("CAPI_CALICO_CALICOCTL", self.bin.join("calicoctl"))
+            .env("CAPI_CALICO_INSTALL_DIRS", self.bin.display().to_string())
             .env("STUB_STATE", &self.state)
             .env("STUB_GET_FAILURES", get_failures.to_string())
             .env("STUB_APPLY_FAILURES", apply_failures.to_string());
@@ -1170,6 +1220,22 @@ fn apply_installs_calicoctl_when_the_pre_command_could_not() {
     assert_eq!(a.verbs(), want);
 }
 
+/// apply-bgp.sh looks for calicoctl by the installer's rule: in the first directory of the list it can write (here
+/// the first cannot be created, as /usr/local/bin on Flatcar), without being told the path.
+#[test]
+fn apply_finds_calicoctl_in_the_first_writable_directory() {
+    let a = Apply::new(1);
+    let mut cmd = a.command(60, 0, 0, 0);
+    cmd.env_remove("CAPI_CALICO_CALICOCTL").env(
+        "CAPI_CALICO_INSTALL_DIRS",
+        format!("/dev/null/bin {}", a.bin.display()),
+    );
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    // The recording stub in that directory did the pass.
+    assert_eq!(a.verbs(), one_successful_pass(&a));
+}
+
 /// The unit's environment may carry a proxy for the installer's download (/etc/environment); calicoctl talks to the
 /// API server directly, without it (a NO_PROXY that misses the control-plane endpoint would send it to the proxy).
 #[test]
@@ -1226,7 +1292,9 @@ fn apply_stops_at_an_install_that_cannot_succeed() {
     assert_eq!(out.status.code(), Some(2), "stdout: {stdout}");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert!(
-        stdout.contains("installer exit 3") && stdout.contains("no SHA-256 for calicoctl"),
+        stdout.contains("installer exit 3")
+            && stdout.contains("no SHA-256 for calicoctl")
+            && stdout.contains("fix it, then: systemctl restart capi-calico-apply-bgp"),
         "{stdout}"
     );
     assert_eq!(mirror.hits(), 0, "nothing downloaded");

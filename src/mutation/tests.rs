@@ -795,7 +795,7 @@ fn workers_never_get_bgp() {
 }
 
 #[test]
-fn minimal_ops_append_after_user_entries() {
+fn minimal_ops_append_after_user_entries_and_put_our_post_command_first() {
     let before = fixture("kcp-v1beta1.json");
     let inj = desired(&settings(true, true), Target::ControlPlane).unwrap();
     let ops = patch(&before, Target::ControlPlane, &inj).unwrap();
@@ -1294,19 +1294,23 @@ fn reserved_paths_and_collisions() {
         assert!(err.to_string().contains(path), "{err}");
         assert!(!verify(&obj, Target::Workers, &inj).is_empty());
     }
-    // A user calicoctl binary collides with the installer only when INSTALL_CALICOCTL is on.
-    let mut obj = fixture("kct-v1beta2.json");
-    obj["spec"]["template"]["spec"]["files"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"path": "/usr/local/bin/calicoctl", "contentFrom": {"secret": {"name": "s", "key": "k"}}}));
-    let err = patch(&obj, Target::Workers, &inj).unwrap_err();
-    assert!(err.to_string().contains("INSTALL_CALICOCTL"), "{err}");
-    assert!(
-        patch(&obj, Target::Workers, &Injection::default())
+    // A user calicoctl binary collides with the installer only when INSTALL_CALICOCTL is on, at either place the
+    // installer may put it.
+    for path in [CALICOCTL_BINARY_PATH, CALICOCTL_FALLBACK_PATH] {
+        let mut obj = fixture("kct-v1beta2.json");
+        obj["spec"]["template"]["spec"]["files"]
+            .as_array_mut()
             .unwrap()
-            .is_empty()
-    );
+            .push(json!({"path": path, "contentFrom": {"secret": {"name": "s", "key": "k"}}}));
+        let err = patch(&obj, Target::Workers, &inj).unwrap_err();
+        assert!(err.to_string().contains("INSTALL_CALICOCTL"), "{err}");
+        assert!(err.to_string().contains(path), "{err}");
+        assert!(
+            patch(&obj, Target::Workers, &Injection::default())
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
 
 #[test]

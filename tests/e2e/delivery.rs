@@ -1223,11 +1223,34 @@ fn policy_narrows_the_webhooks_own_writes(h: &mut Harness) -> TestResult {
         "deleting someone else's ConfigMap: {out:?}"
     );
     delete_as_webhook("ours")?.check("deleting a labelled ConfigMap")?;
+    // Nor someone else's ClusterResourceSet (RBAC grants delete on every set; the policy narrows it to ours).
+    let user_set = json!({"apiVersion": "addons.cluster.x-k8s.io/v1beta2", "kind": "ClusterResourceSet",
+        "metadata": {"name": "team-set", "namespace": ns},
+        "spec": {"clusterSelector": {"matchLabels": {"team": "x"}}, "resources": [{"kind": "ConfigMap", "name": "x"}]}});
+    h.apply(&ns, &user_set.to_string())?;
+    let out = h.kubectl(
+        &[
+            &kubeconfig,
+            "delete",
+            "-n",
+            &ns,
+            "clusterresourceset",
+            "team-set",
+        ],
+        None,
+    )?;
+    ensure!(
+        !out.success
+            && out
+                .stderr
+                .contains("capi-calico-webhook creates, changes and deletes only ConfigMaps and ClusterResourceSets"),
+        "deleting someone else's ClusterResourceSet: {out:?}"
+    );
 
     // The audit log shows these refusals as `rbac_shipped_roles_sufficient_and_used` looks for them (a 422 naming
     // the policy), so that scenario would see one in the webhook's own traffic.
     let refusals = policy_refusals(h)? - refusals_before;
-    ensure!(refusals >= 7, "{refusals} refusals in the audit log");
+    ensure!(refusals >= 8, "{refusals} refusals in the audit log");
     Ok(())
 }
 
