@@ -649,3 +649,26 @@ async fn keep_alive_connections_are_kept_between_requests_and_retired_at_a_reque
     );
     stop_server(server, stop).await;
 }
+
+/// The probe and metrics port closes an idle connection as soon as it is past its maximum age (its GET clients retry
+/// on a new one): it does not wait for a next request the way the webhook port does, so connections past their age
+/// cannot keep its slots from the kubelet's probes.
+#[tokio::test]
+async fn the_probe_port_closes_idle_connections_at_their_age() {
+    let (_dir, mut config) = self_signed();
+    config.max_connection_age = Duration::from_secs(1);
+    config.idle_timeout = Duration::from_secs(30);
+    let (server, stop) = start_server(config, FakeHandler::new()).await;
+    let mut s = TcpStream::connect(server.metrics_addr.unwrap())
+        .await
+        .unwrap();
+    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Age 0.9 to 1.1 s; the idle timeout (30 s) and the head deadline (not running between requests) play no part.
+    assert!(
+        closed_within(&mut s, Duration::from_secs(4))
+            .await
+            .is_some(),
+        "an idle probe-port connection past its age stayed open"
+    );
+    stop_server(server, stop).await;
+}
