@@ -376,13 +376,6 @@ const REPLACE_RECHECK: Duration = Duration::from_secs(3);
 /// A replaced set still being deleted after this long is logged as a warning at every look.
 const STUCK_DELETION_SECS: i64 = 120;
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Server-side apply everything in `desired`: bundle copies (content, then this Cluster's ownerReference under its
 /// own field manager, each skipped when already in place), the Installation ConfigMap, the ClusterResourceSet last.
 /// Returns the ConfigMaps the ClusterResourceSet listed before (for [`retire`]).
@@ -465,7 +458,9 @@ async fn apply(
         Ok(Some(before)) => {
             let listed = listed_configmaps(&serde_json::to_value(&before)?);
             if let Some(since) = &before.metadata.deletion_timestamp {
-                let for_s = unix_now().saturating_sub(since.0.as_second());
+                let for_s = k8s_openapi::jiff::Timestamp::now()
+                    .as_second()
+                    .saturating_sub(since.0.as_second());
                 if for_s > STUCK_DELETION_SECS {
                     tracing::warn!(namespace = %cluster.namespace, clusterresourceset = crs_name, seconds = for_s,
                         "the replaced ClusterResourceSet is still being deleted: Cluster API's controller removes its \

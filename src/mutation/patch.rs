@@ -162,6 +162,21 @@ struct ListPlan {
 }
 
 impl ListPlan {
+    /// The entries of `existing` this plan keeps, with their indices, as they are after its replacements.
+    fn kept<'a>(&'a self, existing: &'a [Value]) -> impl Iterator<Item = (usize, Value)> + 'a {
+        existing
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.remove.contains(i))
+            .map(|(i, entry)| {
+                let replaced = self.replace.iter().find(|(r, _)| *r == i);
+                (
+                    i,
+                    replaced.map_or_else(|| entry.clone(), |(_, v)| v.clone()),
+                )
+            })
+    }
+
     fn is_noop(&self) -> bool {
         self.replace.is_empty()
             && self.remove.is_empty()
@@ -222,24 +237,15 @@ fn plan_files(existing: &[Value], injection: &Injection) -> ListPlan {
     let missing: Vec<usize> = (0..placed.len()).filter(|j| !placed[*j]).collect();
     let last_kept = ours_at.values().max();
     if missing.first().zip(last_kept).is_some_and(|(m, k)| m < k) {
-        let replaced: std::collections::HashMap<usize, &Value> =
-            plan.replace.iter().map(|(i, v)| (*i, v)).collect();
         let mut whole = Vec::with_capacity(plan.final_len);
         let mut next = missing.iter().peekable();
-        for (i, entry) in existing.iter().enumerate() {
-            if plan.remove.contains(&i) {
-                continue;
-            }
+        for (i, entry) in plan.kept(existing) {
             if let Some(k) = ours_at.get(&i) {
                 while let Some(j) = next.next_if(|j| *j < k) {
                     whole.push(injection.files[*j].to_json());
                 }
             }
-            whole.push(
-                replaced
-                    .get(&i)
-                    .map_or_else(|| entry.clone(), |v| (*v).clone()),
-            );
+            whole.push(entry);
         }
         whole.extend(next.map(|j| injection.files[*j].to_json()));
         plan.whole = Some(whole);
@@ -291,13 +297,9 @@ fn plan_commands(existing: &[Value], desired: &[&'static str], ours_first: bool)
     }
     plan.final_len = existing.len() - plan.remove.len() + plan.append.len();
     if ours_first && !desired.is_empty() {
-        let replaced: std::collections::HashMap<usize, &Value> =
-            plan.replace.iter().map(|(i, v)| (*i, v)).collect();
-        let after: Vec<Value> = existing
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !plan.remove.contains(i))
-            .map(|(i, e)| replaced.get(&i).map_or_else(|| e.clone(), |v| (*v).clone()))
+        let after: Vec<Value> = plan
+            .kept(existing)
+            .map(|(_, entry)| entry)
             .chain(plan.append.iter().cloned())
             .collect();
         let is_ours = |v: &Value| v.as_str().is_some_and(|c| desired.contains(&c));

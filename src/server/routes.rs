@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use super::ServerConfig;
 use super::body::{self, BodyBudget};
 use super::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
+use super::tls::unix_now;
 use crate::admission::api::{Endpoint, ReviewHandler};
 
 /// Liveness/readiness flags the transport owns (the handler's own readiness is asked on each probe).
@@ -62,13 +63,6 @@ impl Health {
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy)]

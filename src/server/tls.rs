@@ -145,7 +145,8 @@ pub fn load_pair_files(
     load_pair(&read(cert)?, &read(key)?, cert, key, provider)
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch (0 before it); certificate expiry is compared in these.
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
