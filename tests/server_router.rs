@@ -115,6 +115,86 @@ async fn wrong_method_path_and_content_type() {
     assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
 }
 
+/// The router's own 404 and 405 leave a request's body unread: a request with a body (as hyper gives it: a declared
+/// length or chunked) is answered with `Connection: close`, one without keeps its connection; 405 keeps `Allow`.
+#[tokio::test]
+async fn router_refusals_of_a_request_with_a_body_close_the_connection() {
+    let cfg = config();
+    let (_, st) = state(&cfg);
+    for app in [router(st.clone()), metrics_router(st)] {
+        let cases = [
+            (
+                "POST",
+                "/nope",
+                Some((header::CONTENT_LENGTH, "2")),
+                StatusCode::NOT_FOUND,
+                Some("close"),
+            ),
+            (
+                "POST",
+                "/nope",
+                Some((header::TRANSFER_ENCODING, "chunked")),
+                StatusCode::NOT_FOUND,
+                Some("close"),
+            ),
+            (
+                "PUT",
+                "/healthz",
+                Some((header::CONTENT_LENGTH, "2")),
+                StatusCode::METHOD_NOT_ALLOWED,
+                Some("close"),
+            ),
+            ("GET", "/nope", None, StatusCode::NOT_FOUND, None),
+            (
+                "POST",
+                "/nope",
+                Some((header::CONTENT_LENGTH, "0")),
+                StatusCode::NOT_FOUND,
+                None,
+            ),
+            (
+                "PUT",
+                "/healthz",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+            ),
+            (
+                "GET",
+                "/healthz",
+                Some((header::CONTENT_LENGTH, "2")),
+                StatusCode::OK,
+                None,
+            ),
+        ];
+        for (method, path, framing, status, connection) in cases {
+            let mut req = Request::builder().method(method).uri(path);
+            if let Some((name, value)) = framing.clone() {
+                req = req.header(name, value);
+            }
+            let resp = app
+                .clone()
+                .oneshot(req.body(Body::from("{}")).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), status, "{method} {path} {framing:?}");
+            assert_eq!(
+                resp.headers()
+                    .get(header::CONNECTION)
+                    .map(|v| v.to_str().unwrap()),
+                connection,
+                "{method} {path} {framing:?}"
+            );
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                assert!(
+                    resp.headers().contains_key(header::ALLOW),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn oversized_bodies_get_413_and_serving_goes_on() {
     let cfg = config();

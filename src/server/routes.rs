@@ -146,6 +146,7 @@ pub fn router<H: ReviewHandler>(state: AppState<H>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<H>))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .with_state(state)
 }
 
@@ -156,7 +157,20 @@ pub fn metrics_router<H: ReviewHandler>(state: AppState<H>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<H>))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .with_state(state)
+}
+
+/// The router's own refusals (404 for an unknown path, 405 for a wrong method) never read the request's body: when
+/// the request has one, they say `Connection: close` too, as the review route's early refusals do (see [`closing`]).
+async fn close_if_body_unread(request: Request, next: axum::middleware::Next) -> Response {
+    let has_body = declared_length(request.headers()).is_some_and(|n| n > 0)
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let response = next.run(request).await;
+    match response.status() {
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED if has_body => closing(response),
+        _ => response,
+    }
 }
 
 async fn not_found() -> Response {
