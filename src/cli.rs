@@ -192,15 +192,15 @@ pub struct ServeArgs {
     #[arg(long, env = "CAPI_CALICO_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Run without cluster access: no Cluster lookup for KCPs/KCTs, no reconciler.
-    #[arg(long, env = "CAPI_CALICO_NO_CLUSTER_LOOKUP")]
+    #[arg(long, env = "CAPI_CALICO_NO_CLUSTER_LOOKUP", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cluster_lookup: bool,
     /// Do not run the reconciler that delivers Calico through ClusterResourceSets.
-    #[arg(long, env = "CAPI_CALICO_NO_RECONCILER")]
+    #[arg(long, env = "CAPI_CALICO_NO_RECONCILER", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_reconciler: bool,
     /// Do not label an opted-in Cluster's KubeadmControlPlane and KubeadmConfigTemplates with
     /// cluster.x-k8s.io/cluster-name (what lets the webhook inject objects applied before their Cluster or
     /// MachineDeployment).
-    #[arg(long, env = "CAPI_CALICO_NO_TEMPLATE_LINKER")]
+    #[arg(long, env = "CAPI_CALICO_NO_TEMPLATE_LINKER", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_template_linker: bool,
     /// Namespace holding the Calico operator bundles (see `bundle`).
     #[arg(long, env = "CAPI_CALICO_BUNDLE_NAMESPACE", default_value = crate::delivery::DEFAULT_BUNDLE_NAMESPACE, value_parser = parse_namespace)]

@@ -1033,3 +1033,37 @@ fn documents_without_a_namespace_take_the_namespace_option() {
         text(&bad.stderr)
     );
 }
+
+/// The switches' environment variables take the usual spellings of a boolean (`1`, `yes`, `on`, ...); anything else
+/// stops `serve` before it starts, with exit code 2 and a message naming the flag.
+#[test]
+fn switch_variables_take_boolean_spellings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for value in ["1", "yes", "On", "false", "0"] {
+        let mut serve = bin();
+        serve
+            .args(LOCAL_SERVE)
+            .env("CAPI_CALICO_NO_RECONCILER", value)
+            .env("CAPI_CALICO_NO_TEMPLATE_LINKER", value);
+        let (mut child, lines) = started_serve(serve, dir.path());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            lines.iter().any(|l| l.contains("trust the CA")),
+            "{value}: serve did not start: {lines:#?}"
+        );
+    }
+    let out = bin()
+        .args(LOCAL_SERVE)
+        .env("CAPI_CALICO_NO_RECONCILER", "maybe")
+        .env("TMPDIR", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run serve");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'maybe'") && stderr.contains("--no-reconciler"),
+        "{stderr}"
+    );
+}
