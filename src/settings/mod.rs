@@ -476,6 +476,10 @@ impl<'a> Resolver<'a> {
         });
         if configure == Some(true) {
             self.bgp_prerequisites(install, bgp, as_number, route_reflectors.as_ref());
+            if let Some(peers) = &route_reflectors {
+                let mesh_needed = encapsulation.is_some_and(Encapsulation::needs_bgp);
+                self.warnings.extend(peers::warnings(peers, mesh_needed));
+            }
         } else if configure == Some(false) {
             for variable in [keys::CALICO_ROUTE_REFLECTORS, keys::CALICO_BGP_AS_NUMBER] {
                 if self.get(variable).is_some_and(|v| !v.is_empty()) {
@@ -621,7 +625,21 @@ impl<'a> Resolver<'a> {
                     .find(|block| wanted.is_none_or(|family| values::Family::of(block) == family))
                     .map(IpNet::trunc);
                 match (found, wanted) {
-                    (Some(block), _) => block,
+                    (Some(block), _) => {
+                        if let Some(err) = values::unusable_pool_range(&block) {
+                            self.problems.push(Problem::without_value(
+                                keys::CALICO_POD_CIDR,
+                                err.rule,
+                                format!(
+                                    "is not set, and the pool would be the Cluster's pod cidrBlock {block}, which {}; \
+                                     set CALICO_POD_CIDR to a usable range inside the cidrBlocks",
+                                    err.message
+                                ),
+                            ));
+                            return None;
+                        }
+                        block
+                    }
                     (None, Some(family)) if !cluster_blocks.is_empty() => {
                         let raw = self.get(keys::CALICO_BLOCK_SIZE).unwrap_or_default();
                         self.problems.push(Problem::with_value(

@@ -24,8 +24,8 @@ use super::keys::closest;
 use super::problem::{display_value, escape, rules, shown};
 use super::selector;
 use super::values::{
-    Family, ValueError, is_dns1123_subdomain, parse_as_number_allow_zero, parse_go_duration,
-    parse_peer_ip,
+    Family, ValueError, is_dns1123_subdomain, is_ipv4_mapped, parse_as_number_allow_zero,
+    parse_go_duration, parse_peer_ip,
 };
 use super::{BgpPeer, CalicoVersion};
 
@@ -78,6 +78,76 @@ pub const FIELDS_SINCE: [(&str, (u16, u16)); 9] = [
     ("reversePeering", (3, 31)),
     ("keepaliveTime", (3, 32)),
 ];
+
+/// What the webhook cannot check or deliver about valid `peers` that the user must know, as warnings:
+///
+/// - a `password` Secret is read by calico-node from its own namespace (`calico-system`), with a Role that lets it;
+///   the webhook creates neither, and without them Calico sets the session up without the password;
+/// - `filters` name BGPFilters, which Calico skips when they do not exist (routes go unfiltered);
+/// - with `mesh_needed` (an encapsulation whose routes BGP carries: IPIP or none), the node-to-node mesh goes off,
+///   so every node needs a peer: a `peerSelector` peer only works with route reflector nodes (a cluster ID on the
+///   nodes), and without a `peerIP` peer for all nodes some nodes may learn no pod routes.
+pub fn warnings(peers: &[BgpPeer], mesh_needed: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let secrets: BTreeSet<&str> = peers
+        .iter()
+        .filter_map(|p| {
+            p.spec
+                .get("password")?
+                .pointer("/secretKeyRef/name")?
+                .as_str()
+        })
+        .collect();
+    if !secrets.is_empty() {
+        let names: Vec<&str> = secrets.into_iter().collect();
+        warnings.push(format!(
+            "capi-calico: BGPPeer password: create Secret {} in calico-system, with a Role letting calico-node read it",
+            names.join(", ")
+        ));
+    }
+    let filters: BTreeSet<&str> = peers
+        .iter()
+        .filter_map(|p| p.spec.get("filters")?.as_array())
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !filters.is_empty() {
+        let names: Vec<&str> = filters.into_iter().collect();
+        warnings.push(format!(
+            "capi-calico: create BGPFilter {} yourself: Calico skips a missing filter (routes go unfiltered)",
+            names.join(", ")
+        ));
+    }
+    if mesh_needed {
+        if peers.iter().any(|p| p.spec.contains_key("peerSelector")) {
+            warnings.push(
+                "capi-calico: peerSelector peers need route reflector nodes (a routeReflectorClusterID), which this does \
+                 not set"
+                    .to_string(),
+            );
+        }
+        let for_all_nodes = |p: &&BgpPeer| {
+            text(p, "node").is_none_or(str::is_empty)
+                && text(p, "nodeSelector").is_none_or(|s| s.is_empty() || s == "all()")
+        };
+        if !peers
+            .iter()
+            .filter(for_all_nodes)
+            .any(|p| p.spec.contains_key("peerIP"))
+        {
+            warnings.push(
+                "capi-calico: no peerIP BGPPeer is for all nodes: with the node-to-node mesh off, some nodes may get \
+                 no pod routes"
+                    .to_string(),
+            );
+        }
+    }
+    warnings
+}
+
+fn text<'a>(peer: &'a BgpPeer, field: &str) -> Option<&'a str> {
+    peer.spec.get(field).and_then(Value::as_str).map(str::trim)
+}
 
 /// The fields of `peers` that `version`'s calicoctl does not know, one error per peer and field.
 pub fn fields_newer_than(peers: &[BgpPeer], version: CalicoVersion) -> Vec<PeerError> {
@@ -777,6 +847,10 @@ impl DocCheck<'_> {
                 "numAllowedLocalASNumbers" => self.integer(field, value, 2_147_483_647),
                 "ttlSecurity" => self.integer(field, value, 255),
                 "reachableBy" => self.string(field, value).and_then(|s| match s.parse::<IpAddr>() {
+                    Ok(addr) if is_ipv4_mapped(&addr) => {
+                        self.field(rules::BGP_PEER_FIELD, field, value, "is an IPv4-mapped IPv6 address, which Calico reads as IPv4: write the IPv4 address");
+                        None
+                    }
                     Ok(addr) => {
                         reachable_by = Some(addr);
                         Some(value.clone())

@@ -1650,3 +1650,131 @@ fn an_old_calico_version_is_refused_only_for_calicoctl_and_bgp() {
         problems[0]
     );
 }
+
+/// What the webhook cannot check or deliver about valid peers is said in warnings: password Secrets, BGPFilters, and
+/// (only when BGP carries the pod routes) peers that leave nodes without a route once the mesh is off.
+#[test]
+fn peer_warnings_table() {
+    const GLOBAL: &str = "  peerIP: 172.16.20.1\n  asNumber: 65100\n";
+    let doc = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: {name}\nspec:\n{spec}"
+        )
+    };
+    let password = "  peerIP: 172.16.20.2\n  asNumber: 65100\n  password:\n    secretKeyRef:\n      name: bgp-secrets\n      key: rr\n";
+    let filtered = "  peerIP: 172.16.20.3\n  asNumber: 65100\n  filters: [export-v4]\n";
+    let scoped = "  peerIP: 172.16.20.4\n  asNumber: 65100\n  nodeSelector: rack == 'a'\n";
+    let all_nodes = "  peerIP: 172.16.20.5\n  asNumber: 65100\n  nodeSelector: all()\n";
+    let in_cluster = "  peerSelector: route-reflector == 'true'\n";
+    // (peers, encapsulation, warnings expected: substrings, none of the others)
+    let cases: &[(&[&str], &str, &[&str])] = &[
+        (&[GLOBAL], "IPIP", &[]),
+        (&[GLOBAL], "VXLAN", &[]),
+        (&[all_nodes], "None", &[]),
+        (
+            &[password],
+            "VXLAN",
+            &["create Secret bgp-secrets in calico-system"],
+        ),
+        (
+            &[filtered],
+            "VXLAN",
+            &["create BGPFilter export-v4 yourself"],
+        ),
+        (&[scoped], "IPIP", &["no peerIP BGPPeer is for all nodes"]),
+        (&[scoped], "VXLAN", &[]),
+        (&[scoped, GLOBAL], "IPIPCrossSubnet", &[]),
+        (
+            &[in_cluster],
+            "None",
+            &[
+                "peerSelector peers need route reflector nodes",
+                "no peerIP BGPPeer is for all nodes",
+            ],
+        ),
+        (
+            &[in_cluster, GLOBAL],
+            "IPIP",
+            &["peerSelector peers need route reflector nodes"],
+        ),
+        (&[in_cluster], "VXLANCrossSubnet", &[]),
+    ];
+    let all = [
+        "create Secret",
+        "create BGPFilter",
+        "peerSelector peers need",
+        "no peerIP BGPPeer is for all nodes",
+    ];
+    for (peers, encapsulation, expected) in cases {
+        let text: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| doc(&format!("rr{i}"), spec))
+            .collect();
+        let rr = rr_b64(&text.join("---\n"));
+        let (_, warnings) = settings(
+            &[
+                ("CONFIGURE_CALICO_BGP_SETTINGS", "true"),
+                ("INSTALL_CALICOCTL", "true"),
+                ("CALICO_BGP_OPTION", "Enabled"),
+                ("CALICO_BGP_AS_NUMBER", "65100"),
+                ("CALICO_ENCAPSULATION", encapsulation),
+                ("CALICO_ROUTE_REFLECTORS", rr.as_str()),
+            ],
+            None,
+        );
+        for wanted in all {
+            let said = warnings.iter().any(|w| w.contains(wanted));
+            let expect = expected
+                .iter()
+                .any(|e| e.contains(wanted) || wanted.contains(e));
+            assert_eq!(
+                said, expect,
+                "{peers:?} {encapsulation}: {wanted:?} in {warnings:#?}"
+            );
+        }
+        for wanted in *expected {
+            assert!(
+                warnings.iter().any(|w| w.contains(wanted)),
+                "{peers:?} {encapsulation}: {wanted:?} in {warnings:#?}"
+            );
+        }
+        assert!(
+            warnings.iter().all(|w| w.chars().count() < 120),
+            "{warnings:#?}"
+        );
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is IPv4 to Calico: refused as a pool, a pool from the Cluster's cidrBlocks, a
+/// peer address and a peer's gateway.
+#[test]
+fn ipv4_mapped_ipv6_is_refused() {
+    let got = problems(&[("CALICO_POD_CIDR", "::ffff:10.0.0.0/104")], None);
+    assert_eq!(rules_of(&got), [rules::POD_CIDR_FORMAT], "{got:#?}");
+    assert!(got[0].message.contains("::ffff:0:0/96"), "{got:#?}");
+
+    let got = problems(&[], Some(&network(&["::ffff:10.0.0.0/104"])));
+    assert_eq!(rules_of(&got), [rules::POD_CIDR_FORMAT], "{got:#?}");
+    assert!(
+        got[0].message.contains("is not set, and the pool would be"),
+        "{got:#?}"
+    );
+    let got = problems(&[], Some(&network(&["169.254.0.0/16"])));
+    assert_eq!(rules_of(&got), [rules::POD_CIDR_LINK_LOCAL], "{got:#?}");
+
+    for spec in [
+        "  peerIP: \"::ffff:192.0.2.1\"\n  asNumber: 65100\n",
+        "  peerIP: \"[::ffff:192.0.2.1]:179\"\n  asNumber: 65100\n",
+        "  peerIP: 2001:db8::1\n  asNumber: 65100\n  reachableBy: \"::ffff:192.0.2.254\"\n",
+    ] {
+        let rr = rr_b64(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr1\nspec:\n{spec}"
+        ));
+        let got = problems(&[("CALICO_ROUTE_REFLECTORS", rr.as_str())], None);
+        assert!(
+            got.iter().any(|p| p.message.contains("IPv4-mapped")),
+            "{spec}: {got:#?}"
+        );
+    }
+}

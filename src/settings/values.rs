@@ -378,9 +378,25 @@ pub fn parse_pod_cidr(raw: &str) -> Result<IpNet, ValueError> {
             ),
         ));
     }
+    match unusable_pool_range(&net) {
+        Some(err) => Err(err),
+        None => Ok(net),
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`): Calico reads them as IPv4 (Go's `To4`), so a pool or peer written
+/// that way is judged by the IPv4 rules there and the IPv6 rules here.
+const IPV4_MAPPED: IpNet = IpNet::V6(ipnet::Ipv6Net::new_assert(
+    Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+    96,
+));
+
+/// Why a well-formed CIDR cannot be a Calico IP pool (the same rules for `CALICO_POD_CIDR` and for a pool taken from
+/// the Cluster's pod cidrBlocks), or `None`.
+pub fn unusable_pool_range(net: &IpNet) -> Option<ValueError> {
     for link_local in [LINK_LOCAL_V4, LINK_LOCAL_V6] {
-        if link_local.contains(&net) || net.contains(&link_local) {
-            return Err(ValueError::new(
+        if link_local.contains(net) || net.contains(&link_local) {
+            return Some(ValueError::new(
                 rules::POD_CIDR_LINK_LOCAL,
                 format!(
                     "overlaps link-local space {link_local}, which Calico does not allow for an IP pool"
@@ -388,7 +404,20 @@ pub fn parse_pod_cidr(raw: &str) -> Result<IpNet, ValueError> {
             ));
         }
     }
-    Ok(net)
+    if IPV4_MAPPED.contains(net) || net.contains(&IPV4_MAPPED) {
+        return Some(ValueError::new(
+            rules::POD_CIDR_FORMAT,
+            "overlaps the IPv4-mapped IPv6 range ::ffff:0:0/96, which Calico reads as IPv4: write an IPv4 CIDR or \
+             another IPv6 range"
+                .to_string(),
+        ));
+    }
+    None
+}
+
+/// `addr` written as an IPv4-mapped IPv6 address (Calico reads it as IPv4).
+pub fn is_ipv4_mapped(addr: &IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1016,9 +1045,19 @@ pub fn parse_peer_ip(raw: &str) -> Result<(IpAddr, Option<u16>), String> {
                 "is not a peer address: [IPv6] needs a :port; {HINT}"
             ));
         };
+        if addr.to_ipv4_mapped().is_some() {
+            return Err(format!(
+                "is an IPv4-mapped IPv6 address, which Calico reads as IPv4: write IPv4:port; {HINT}"
+            ));
+        }
         return Ok((IpAddr::V6(addr), Some(port(p)?)));
     }
     if let Ok(addr) = raw.parse::<IpAddr>() {
+        if is_ipv4_mapped(&addr) {
+            return Err(format!(
+                "is an IPv4-mapped IPv6 address, which Calico reads as IPv4: write the IPv4 address; {HINT}"
+            ));
+        }
         return Ok((addr, None));
     }
     if let Some((v4, p)) = raw.split_once(':')
