@@ -292,6 +292,17 @@ impl ServeArgs {
                     format!("--metrics-listen {addr:?}: {e} (use host:port or off)")
                 })?),
             };
+        // A KCT's review may make two lookups (its Cluster, then the MachineDeployments); both, and the decision, must
+        // fit in the request deadline, or the API server sees a bare timeout instead of the lookup's message.
+        if !self.no_cluster_lookup && self.lookup_timeout * 2 >= self.request_timeout {
+            return Err(format!(
+                "--lookup-timeout {:?} is too long for --request-timeout {:?}: a review may make two lookups, which \
+                 must end before the request's deadline; set --lookup-timeout below {:?}",
+                self.lookup_timeout,
+                self.request_timeout,
+                self.request_timeout / 2
+            ));
+        }
         if self.max_body_memory_bytes / 2 < self.max_body_bytes {
             return Err(format!(
                 "--max-body-memory-bytes {} is less than twice --max-body-bytes {}: a body of the largest size, counted twice while it is read, could never be read; set --max-body-memory-bytes to at least {} or lower --max-body-bytes",
@@ -861,8 +872,14 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
         match kube_client(args).await {
             Ok(client) => Some(client),
             Err(e) => {
-                if args.kubeconfig.is_some() {
-                    return Err(e);
+                // In a pod (the API server's Service variables are set) cluster access is expected: without it every
+                // KCP/KCT would be admitted without its Cluster's settings while the pod reports ready.
+                if args.kubeconfig.is_some()
+                    || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+                {
+                    return Err(format!(
+                        "{e} (run with --no-cluster-lookup to serve without cluster access)"
+                    ));
                 }
                 tracing::warn!(
                     error = %e,
@@ -953,6 +970,37 @@ mod tests {
         let reconciler = crate::delivery::reconciler::ReconcilerConfig::default();
         assert_eq!(args.resync_interval, reconciler.resync);
         assert_eq!(args.reconcile_concurrency, reconciler.concurrency);
+    }
+
+    /// Two lookups must fit in the request deadline; without cluster lookup the lookup timeout is not used.
+    #[test]
+    fn the_lookup_timeout_must_leave_room_for_two_lookups() {
+        let config = |flags: &[&str]| {
+            let mut argv = vec!["capi-calico-webhook", "serve"];
+            argv.extend_from_slice(flags);
+            let Cli {
+                command: Command::Serve(args),
+                ..
+            } = Cli::try_parse_from(argv).expect("parses")
+            else {
+                panic!("serve");
+            };
+            args.server_config()
+        };
+        for (flags, ok) in [
+            (&["--lookup-timeout", "1999ms"][..], true),
+            (&["--lookup-timeout", "2s"], false),
+            (&["--lookup-timeout", "3s", "--request-timeout", "7s"], true),
+            (&["--lookup-timeout", "3s", "--no-cluster-lookup"], true),
+        ] {
+            match config(flags) {
+                Ok(_) => assert!(ok, "{flags:?} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{flags:?}: {e}");
+                    assert!(e.contains("set --lookup-timeout below 2s"), "{e}");
+                }
+            }
+        }
     }
 
     /// clap wraps help text at 100 columns: every line of ours fits, so none is broken mid-phrase.

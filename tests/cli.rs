@@ -1067,3 +1067,43 @@ fn switch_variables_take_boolean_spellings() {
         "{stderr}"
     );
 }
+
+/// In a pod (the API server's Service variables set) `serve` without usable cluster access stops with a message
+/// naming `--no-cluster-lookup`, rather than serving ready while injecting nothing; outside a pod it serves.
+#[test]
+fn serve_in_a_pod_without_cluster_access_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = |in_pod: bool| {
+        let mut serve = bin();
+        serve
+            .args([
+                "serve",
+                "--metrics-listen",
+                "off",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("KUBECONFIG")
+            .env("HOME", dir.path());
+        if in_pod {
+            serve
+                .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+                .env("KUBERNETES_SERVICE_PORT", "1");
+        } else {
+            serve.env_remove("KUBERNETES_SERVICE_HOST");
+        }
+        let (mut child, lines) = started_serve(serve, dir.path());
+        let serving = lines.iter().any(|l| l.contains("trust the CA"));
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        (serving, status, lines)
+    };
+    let (serving, status, lines) = serve(true);
+    assert!(!serving && !status.success(), "{status}: {lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("--no-cluster-lookup")),
+        "{lines:#?}"
+    );
+    let (serving, _, lines) = serve(false);
+    assert!(serving, "{lines:#?}");
+}

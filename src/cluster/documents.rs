@@ -144,7 +144,7 @@ impl DocumentSource {
             SubjectKind::ConfigTemplate => self.template_users(subject),
             SubjectKind::ControlPlane => TemplateUsers::default(),
         };
-        if let Some(name) = subject.labels.get(CLUSTER_NAME_LABEL) {
+        if let Some(name) = subject.cluster_label() {
             return match self.cluster_named(ns, name) {
                 Some(cluster) => self.found(cluster, &users.clusters),
                 None => Lookup::NotFound {
@@ -276,6 +276,15 @@ mod tests {
             (
                 subject(SubjectKind::ControlPlane, "ns", "x", Some("missing")),
                 None,
+            ),
+            // An empty label names no Cluster: found by reference, as without the label.
+            (
+                subject(SubjectKind::ControlPlane, "ns", "c1-cp", Some("")),
+                Some("c1"),
+            ),
+            (
+                subject(SubjectKind::ConfigTemplate, "ns", "c1-md-0", Some("")),
+                Some("c1"),
             ),
         ];
         for (subject, want) in cases {

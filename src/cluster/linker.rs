@@ -132,7 +132,7 @@ pub fn label_patch(
     kcp_machines: Option<u64>,
 ) -> Option<Value> {
     let ours = || json!({ "metadata": { "labels": { crate::delivery::CLUSTER_LABEL: cluster } } });
-    match labels.get(CLUSTER_NAME_LABEL).map(String::as_str) {
+    match super::cluster_label(labels) {
         None => Some(json!({ "metadata": { "labels": {
             CLUSTER_NAME_LABEL: cluster,
             crate::delivery::CLUSTER_LABEL: cluster,
@@ -474,7 +474,17 @@ mod tests {
         let ours = json!({"metadata": {"labels": {"capi-calico.io/cluster": "wl"}}});
         let cases = [
             ("KubeadmControlPlane", labels(&[]), Some(both.clone())),
-            ("KubeadmConfigTemplate", labels(&[("app", "x")]), Some(both)),
+            (
+                "KubeadmConfigTemplate",
+                labels(&[("app", "x")]),
+                Some(both.clone()),
+            ),
+            // An empty cluster-name label names no Cluster: set as if absent.
+            (
+                "KubeadmConfigTemplate",
+                labels(&[(CLUSTER_NAME_LABEL, "")]),
+                Some(both),
+            ),
             (
                 "KubeadmConfigTemplate",
                 labels(&[(CLUSTER_NAME_LABEL, "other")]),

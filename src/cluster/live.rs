@@ -269,7 +269,7 @@ fn spawn_reflector(client: Client, resource: ApiResource) -> Store<DynamicObject
 impl ClusterSource for LiveSource {
     async fn find(&self, subject: &Subject) -> Lookup {
         let ns = subject.namespace.as_str();
-        if let Some(name) = subject.labels.get(CLUSTER_NAME_LABEL) {
+        if let Some(name) = subject.cluster_label() {
             let looked_for = format!("Cluster {ns}/{name} (from the {CLUSTER_NAME_LABEL} label)");
             let lookup = self.cluster_by_name(ns, name, looked_for).await;
             return match subject.kind {

@@ -49,6 +49,23 @@ pub struct Subject {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Subject {
+    /// The Cluster named by the [`CLUSTER_NAME_LABEL`] label. An empty value (an unset `${CLUSTER_NAME}` after
+    /// envsubst) names no Cluster: the object is looked up by reference as if it had no label, rather than denied
+    /// for good with an invalid name.
+    pub fn cluster_label(&self) -> Option<&str> {
+        cluster_label(&self.labels)
+    }
+}
+
+/// The non-empty value of the [`CLUSTER_NAME_LABEL`] label in `labels`.
+pub fn cluster_label(labels: &BTreeMap<String, String>) -> Option<&str> {
+    labels
+        .get(CLUSTER_NAME_LABEL)
+        .map(String::as_str)
+        .filter(|name| !name.is_empty())
+}
+
 /// What the admission layer needs to know about a Cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterInfo {
