@@ -1,6 +1,7 @@
-//! Cluster lookup in a live management cluster: reflector caches on Clusters and MachineDeployments, with one
-//! direct API call (bounded by a short timeout) on a cache miss, so that a Cluster created a moment earlier in the
-//! same `kubectl apply` is still found.
+//! Cluster lookup in a live management cluster: reflector caches on Clusters and MachineDeployments find which
+//! Cluster a KCP or KCT belongs to (one LIST, bounded by a short timeout, on a cache miss, so that an object created a
+//! moment earlier in the same `kubectl apply` is still found); the Cluster itself is then read with one GET, so that
+//! its settings are those stored now, with the cached copy as the fallback when the API server does not answer.
 
 use std::{
     sync::{
@@ -165,27 +166,34 @@ impl LiveSource {
         }
     }
 
+    /// The Cluster `namespace/name` as stored now: one GET (a quorum read), not the cache, so that a settings change
+    /// applied a moment before the KCP or KCT (one `kubectl apply` of both) is seen even while the watch has not
+    /// brought it yet; from the cache, the mutating and the validating call could read two states of the Cluster
+    /// and deny the injection they disagree on. When the API server does not answer in time, the cached copy is
+    /// used (counted as `cache`), else the lookup fails (fail closed).
     async fn cluster_by_name(&self, namespace: &str, name: &str, looked_for: String) -> Lookup {
-        if let Some(cluster) = self.cached_cluster(namespace, name) {
-            return Self::found(&cluster, LookupSource::Cache);
-        }
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &self.cluster_resource);
-        match tokio::time::timeout(self.api_timeout, api.get_opt(name)).await {
-            Ok(Ok(Some(cluster))) => Self::found(&cluster, LookupSource::Api),
-            Ok(Ok(None)) => Lookup::NotFound {
-                looked_for,
-                named: true,
-            },
-            Ok(Err(err)) => Lookup::Failed {
-                reason: format!("reading Cluster {namespace}/{name}: {err}"),
-            },
-            Err(_) => Lookup::Failed {
-                reason: format!(
-                    "reading Cluster {namespace}/{name} timed out after {:?}",
-                    self.api_timeout
-                ),
-            },
+        let reason = match tokio::time::timeout(self.api_timeout, api.get_opt(name)).await {
+            Ok(Ok(Some(cluster))) => return Self::found(&cluster, LookupSource::Api),
+            Ok(Ok(None)) => {
+                return Lookup::NotFound {
+                    looked_for,
+                    named: true,
+                };
+            }
+            Ok(Err(err)) => format!("reading Cluster {namespace}/{name}: {err}"),
+            Err(_) => format!(
+                "reading Cluster {namespace}/{name} timed out after {:?}",
+                self.api_timeout
+            ),
+        };
+        match self.cached_cluster(namespace, name) {
+            Some(cluster) => {
+                tracing::warn!(%reason, "using the cached Cluster: the API server did not answer");
+                Self::found(&cluster, LookupSource::Cache)
+            }
+            None => Lookup::Failed { reason },
         }
     }
 
@@ -295,6 +303,16 @@ impl ClusterSource for LiveSource {
                     .find_in(&self.clusters, &self.cluster_resource, ns, names_subject)
                     .await
                 {
+                    // Found in the cache: read it as stored now (see `cluster_by_name`).
+                    Ok(Some((cluster, LookupSource::Cache))) => {
+                        let name = cluster
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        let looked_for =
+                            format!("Cluster {ns}/{name} (its spec.controlPlaneRef names it)");
+                        self.cluster_by_name(ns, name, looked_for).await
+                    }
                     Ok(Some((cluster, source))) => match ClusterInfo::from_object(&cluster) {
                         Some(info) => Lookup::Found {
                             cluster: Box::new(info),
@@ -352,17 +370,17 @@ impl ClusterSource for LiveSource {
                 // watch's delay), else one GET for the first name: never the cache's order. A Cluster created a moment
                 // ago and not cached yet can be passed over for a later name in that moment; one GET per uncached
                 // name instead could exceed the request's deadline for a template shared by many Clusters.
-                let cached = users
+                let first = users
                     .clusters
                     .iter()
-                    .find_map(|(md_ns, name)| self.cached_cluster(md_ns, name));
-                let lookup = match (cached, users.clusters.first()) {
-                    (Some(cluster), _) => Self::found(&cluster, LookupSource::Cache),
-                    (None, Some((md_ns, name))) => {
+                    .find(|(md_ns, name)| self.cached_cluster(md_ns, name).is_some())
+                    .or(users.clusters.first());
+                let lookup = match first {
+                    Some((md_ns, name)) => {
                         self.cluster_by_name(md_ns, name, users.looked_for(ns))
                             .await
                     }
-                    (None, None) => Lookup::NotFound {
+                    None => Lookup::NotFound {
                         looked_for: users.looked_for(ns),
                         named: false,
                     },

@@ -142,9 +142,9 @@ pub fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
 pub enum LookupSource {
     /// The input documents (CLI).
     Documents,
-    /// The informer cache.
+    /// The informer cache (when the API server did not answer the Cluster's GET).
     Cache,
-    /// A direct GET after a cache miss.
+    /// A direct read of the API server.
     Api,
 }
 

@@ -179,6 +179,17 @@ fn without_bundle_warning(stderr: &str) -> String {
 /// Start the webhook (as [`WEBHOOK_USER`]) and register the shipped webhook configurations for it,
 /// unless it is already running; wait until `/readyz` says the caches are synced and the API
 /// server calls both webhooks. Returns the metrics port.
+/// `capi_calico_cluster_lookups_total{source}` of the webhook whose metrics port is `metrics` (0 when not counted yet).
+fn lookups(metrics: u16, source: &str) -> TestResult<u64> {
+    let text = http_get(metrics, "/metrics")?;
+    let prefix = format!("capi_calico_cluster_lookups_total{{source=\"{source}\"}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0))
+}
+
 pub fn ensure_webhook(h: &mut Harness) -> TestResult<u16> {
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = running.as_ref()
@@ -1221,6 +1232,11 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
     // (b) labelled KCP and KCT, no controlPlaneRef match and no MachineDeployment
     let ns = h.create_namespace("calico-6-label")?;
     h.apply(&ns, &cluster.to_string())?;
+    // Once the Cluster is in the webhook's cache, each review still reads it from the API server (its settings as
+    // stored now), none from the cache, which is only the fallback when the API server does not answer.
+    let metrics = ensure_webhook(h)?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (from_cache, from_api) = (lookups(metrics, "cache")?, lookups(metrics, "api")?);
     for d in [&kcp, &kct] {
         let mut d = d.clone();
         d["metadata"]["name"] = json!(format!("labelled-{}", name_of(&d)));
@@ -1233,6 +1249,39 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
         );
         ensure!(injected(h, &ns, &d)?, "labelled {} not injected", d["kind"]);
     }
+    ensure!(
+        lookups(metrics, "cache")? == from_cache && lookups(metrics, "api")? >= from_api + 4,
+        "Cluster lookups: cache {from_cache} -> {}, api {from_api} -> {}",
+        lookups(metrics, "cache")?,
+        lookups(metrics, "api")?
+    );
+    // (b'') a settings change of the Cluster and a spec change of its KCP in one kubectl apply: the KCP gets the new
+    // settings (AS number 64512 -> 64513 in its BGPConfiguration file), read from the Cluster as just stored.
+    let mut changed_cluster = cluster.clone();
+    changed_cluster["metadata"]["annotations"]["capi-calico.io/CALICO_BGP_AS_NUMBER"] =
+        json!("64513");
+    let mut labelled_kcp = kcp.clone();
+    labelled_kcp["metadata"]["name"] = json!(format!("labelled-{}", name_of(&kcp)));
+    labelled_kcp["metadata"]["labels"] = json!({"cluster.x-k8s.io/cluster-name": "calico"});
+    labelled_kcp["spec"]["kubeadmConfigSpec"]["preKubeadmCommands"] =
+        json!(["echo settings changed"]);
+    h.apply(&ns, &format!("{changed_cluster}\n---\n{labelled_kcp}"))?;
+    let stored = h.get_json(&qualified(&kcp), &ns, name_of(&labelled_kcp))?;
+    let bgp_configuration = kubeadm_spec(&stored)["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["path"] == "/etc/capi-calico/bgpconfiguration.yaml")
+        .and_then(|f| f["content"].as_str())
+        .map(|c| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c))
+        .transpose()?
+        .map(String::from_utf8)
+        .transpose()?
+        .unwrap_or_default();
+    ensure!(
+        bgp_configuration.contains("64513"),
+        "the KCP applied with its Cluster's change has: {bgp_configuration}"
+    );
 
     // (b') labelled with a Cluster that does not exist: one direct GET (a cache miss), then the
     // warning names the label
