@@ -97,19 +97,34 @@ pub fn targets(cluster: &Value, machine_deployments: &[Value]) -> Vec<LinkTarget
     )
     .into_iter()
     .collect();
-    for md in machine_deployments {
-        if md.pointer("/spec/clusterName").and_then(Value::as_str) != Some(name) {
-            continue;
-        }
-        if let Some(t) = referenced(
+    let kct_of = |md: &Value| {
+        referenced(
             md.pointer("/spec/template/spec/bootstrap/configRef"),
             "KubeadmConfigTemplate",
-        ) && !out.contains(&t)
-        {
+        )
+    };
+    for md in machine_deployments {
+        if cluster_of(md) != Some(name) {
+            continue;
+        }
+        let Some(t) = kct_of(md) else { continue };
+        // A template shared with other Clusters follows the first of them by name (the webhook's rule, README):
+        // only that Cluster labels it, so the label never ties it to another one for good.
+        let first_user = machine_deployments
+            .iter()
+            .filter(|other| kct_of(other).as_ref() == Some(&t))
+            .filter_map(cluster_of)
+            .min();
+        if first_user == Some(name) && !out.contains(&t) {
             out.push(t);
         }
     }
     out
+}
+
+/// A MachineDeployment's `spec.clusterName`.
+fn cluster_of(md: &Value) -> Option<&str> {
+    md.pointer("/spec/clusterName").and_then(Value::as_str)
 }
 
 /// The label patch for one of `cluster`'s objects, or `None` when it needs none.
@@ -447,12 +462,18 @@ mod tests {
             md("wl", "wl-md-1", "KubeadmConfigTemplate"),
             md("other", "other-md-0", "KubeadmConfigTemplate"),
             md("wl", "wl-pool", "SomeOtherBootstrapTemplate"),
+            // Shared: labelled by the first Cluster by name only ("a-first" comes before "wl").
+            md("wl", "shared-early", "KubeadmConfigTemplate"),
+            md("a-first", "shared-early", "KubeadmConfigTemplate"),
+            md("wl", "shared-late", "KubeadmConfigTemplate"),
+            md("z-last", "shared-late", "KubeadmConfigTemplate"),
         ];
         let got = targets(&cluster(true), &mds);
         let want = [
             ("KubeadmControlPlane", "wl-cp"),
             ("KubeadmConfigTemplate", "wl-md-0"),
             ("KubeadmConfigTemplate", "wl-md-1"),
+            ("KubeadmConfigTemplate", "shared-late"),
         ]
         .map(|(kind, name)| LinkTarget {
             kind,
