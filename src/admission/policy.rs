@@ -477,6 +477,23 @@ pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value
                     "capi-calico: a running cluster cannot follow that (Calico's pools are immutable): create a new one",
                 ));
             }
+            // The node files follow the Cluster only when a KCP or KCT is written again: say so, or a CALICO_VERSION
+            // or peer change seems to have been applied to every node.
+            let differ = |target| match (
+                prepare.injection(was, target),
+                prepare.injection(now, target),
+            ) {
+                (Ok(a), Ok(b)) => a != b,
+                _ => false,
+            };
+            if differ(Target::ControlPlane) || differ(Target::Workers) {
+                warnings.push(fit_warning(
+                    "capi-calico: the node files change: the KCP and KCTs get them at their next spec change",
+                ));
+                warnings.push(fit_warning(
+                    "capi-calico: running Machines keep theirs; new Machines of an unchanged KCT get the old ones",
+                ));
+            }
         }
         (Resolution::NotOptedIn { .. }, Resolution::OptedIn { .. }) => {
             warnings.push(fit_warning(
@@ -993,7 +1010,17 @@ mod tests {
             cluster(annotations)
         };
         let base = with(json!({}));
-        let cases: [(Value, Value, &str); 6] = [
+        let cases: [(Value, Value, &str); 8] = [
+            (
+                base.clone(),
+                with(json!({"capi-calico.io/CALICO_VERSION": "v3.30.7"})),
+                "the node files change: the KCP and KCTs get them at their next spec change",
+            ),
+            (
+                base.clone(),
+                with(json!({"capi-calico.io/INSTALL_CALICOCTL": "false"})),
+                "the node files change",
+            ),
             (
                 base.clone(),
                 with(json!({"capi-calico.io/CALICO_BLOCK_SIZE": "27"})),
