@@ -1116,6 +1116,36 @@ fn match_conditions_send_creates_and_relevant_updates_only() {
             ),
             want: true,
         },
+        Case {
+            what: "UPDATE by the template linker changing capi-calico.io/refresh",
+            op: "UPDATE",
+            new: kcp(
+                json!({"capi-calico.io/cluster": "c1", "capi-calico.io/refresh": "0123456789abcdef"}),
+                n.clone(),
+                spec.clone(),
+            ),
+            old: kcp(
+                json!({"capi-calico.io/cluster": "c1"}),
+                n.clone(),
+                spec.clone(),
+            ),
+            want: true,
+        },
+        Case {
+            what: "UPDATE keeping capi-calico.io/refresh",
+            op: "UPDATE",
+            new: kcp(
+                json!({"capi-calico.io/refresh": "0123456789abcdef", "x": "2"}),
+                n.clone(),
+                spec.clone(),
+            ),
+            old: kcp(
+                json!({"capi-calico.io/refresh": "0123456789abcdef", "x": "1"}),
+                n.clone(),
+                spec.clone(),
+            ),
+            want: false,
+        },
     ];
     let mut failures = Vec::new();
     for case in cases {

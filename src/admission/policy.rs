@@ -477,8 +477,8 @@ pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value
                     "capi-calico: a running cluster cannot follow that (Calico's pools are immutable): create a new one",
                 ));
             }
-            // The node files follow the Cluster only when a KCP or KCT is written again: say so, or a CALICO_VERSION
-            // or peer change seems to have been applied to every node.
+            // The node files follow the Cluster only when a KCP or KCT is written again (the template linker does it
+            // for the KCTs it linked): say so, or a CALICO_VERSION or peer change seems to have reached every node.
             let differ = |target| match (
                 prepare.injection(was, target),
                 prepare.injection(now, target),
@@ -488,10 +488,10 @@ pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value
             };
             if differ(Target::ControlPlane) || differ(Target::Workers) {
                 warnings.push(fit_warning(
-                    "capi-calico: the node files change: the KCP and KCTs get them at their next spec change",
+                    "capi-calico: the node files change: linked KCTs get them now, the KCP at its next spec change",
                 ));
                 warnings.push(fit_warning(
-                    "capi-calico: running Machines keep theirs; new Machines of an unchanged KCT get the old ones",
+                    "capi-calico: running Machines keep theirs: only new Machines get the new files",
                 ));
             }
         }
@@ -1014,7 +1014,7 @@ mod tests {
             (
                 base.clone(),
                 with(json!({"capi-calico.io/CALICO_VERSION": "v3.30.7"})),
-                "the node files change: the KCP and KCTs get them at their next spec change",
+                "the node files change: linked KCTs get them now, the KCP at its next spec change",
             ),
             (
                 base.clone(),

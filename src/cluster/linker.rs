@@ -9,7 +9,9 @@
 //! controller closes that gap: for every opted-in Cluster it labels the KCP named by `spec.controlPlaneRef` and the
 //! KCT of every MachineDeployment whose `spec.clusterName` is the Cluster (see [`label_patch`] for exactly when).
 //! The label change reaches the webhook (its matchConditions send changes of `cluster.x-k8s.io/cluster-name` and
-//! `capi-calico.io/cluster`), which then finds the Cluster and injects. Objects labelled for another Cluster and
+//! `capi-calico.io/cluster`), which then finds the Cluster and injects. A KCT already linked whose entries no longer
+//! match its Cluster's settings gets [`REFRESH_LABEL`] instead, which brings it back to the webhook the same way
+//! (see [`refresh_patch`]). Objects labelled for another Cluster and
 //! Clusters that are not opted in are never touched. It runs beside the delivery reconciler, not on the admission
 //! path, and can be turned off with `serve --no-template-linker`. Once every target of a Cluster is found and
 //! labelled, Cluster events that change neither the Cluster (its status aside) nor its MachineDeployments are
@@ -27,7 +29,8 @@ use serde_json::{Value, json};
 
 use super::seen::{self, Seen};
 use super::{CLUSTER_NAME_LABEL, ClusterInfo};
-use crate::settings::{self, Resolution};
+use crate::mutation::{self, Target};
+use crate::settings::{self, Resolution, Settings};
 
 /// Field manager of the label patches.
 pub const FIELD_MANAGER: &str = "capi-calico-webhook-linker";
@@ -66,12 +69,44 @@ pub struct LinkTarget {
 /// True when `cluster` opted in with valid settings. A Cluster whose settings are invalid is left alone: the webhook
 /// would refuse the label change anyway, because it refuses the KCP/KCT of such a Cluster.
 pub fn opted_in(cluster: &Value) -> bool {
-    ClusterInfo::from_object(cluster).is_some_and(|info| {
-        matches!(
-            settings::resolve(&info.annotations, Some(&info.network)),
-            Resolution::OptedIn { .. }
-        )
-    })
+    settings_of(cluster).is_some()
+}
+
+/// The settings of `cluster` when it opted in with valid ones.
+fn settings_of(cluster: &Value) -> Option<Settings> {
+    let info = ClusterInfo::from_object(cluster)?;
+    match settings::resolve(&info.annotations, Some(&info.network)) {
+        Resolution::OptedIn { settings, .. } => Some(*settings),
+        _ => None,
+    }
+}
+
+/// The label the linker sets on a KubeadmConfigTemplate whose entries of ours no longer match its Cluster's settings
+/// (a `CALICO_VERSION` or `CALICOCTL_URL` change, say). Its value, a digest of the entries those settings give,
+/// changes only with them; the change brings the template back to the webhook (its matchConditions send changes of
+/// this label), which writes the current entries. Editing a KCT never changes existing Machines, only new ones.
+pub const REFRESH_LABEL: &str = "capi-calico.io/refresh";
+
+/// The patch that brings the KCT `kct` (the whole object) of an opted-in Cluster with `settings` back to the webhook,
+/// or `None`: its entries are current, it carries settings of its own (the webhook reads those, not the Cluster's),
+/// or the label already asks for these settings (no second write for an object the webhook could not bring up to
+/// date). Pure, for tests.
+pub fn refresh_patch(kct: &Value, settings: &Settings) -> Option<Value> {
+    let annotations = super::string_map(kct.pointer("/metadata/annotations"));
+    if settings::has_settings(&annotations) {
+        return None;
+    }
+    let injection = mutation::desired(settings, Target::Workers).ok()?;
+    if mutation::verify(kct, Target::Workers, &injection).is_empty() {
+        return None;
+    }
+    let digest = injection.digest();
+    let asked = kct
+        .pointer("/metadata/labels")
+        .and_then(|labels| labels.get(REFRESH_LABEL))
+        .and_then(Value::as_str);
+    (asked != Some(digest.as_str()))
+        .then(|| json!({ "metadata": { "labels": { REFRESH_LABEL: digest } } }))
 }
 
 /// The objects an opted-in `cluster` links to: its KCP, and the KCT of each of `machine_deployments` that names
@@ -296,10 +331,10 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         return Ok(Action::await_change());
     }
     let object = serde_json::to_value(&*cluster).unwrap_or(Value::Null);
-    if !opted_in(&object) {
+    let Some(settings) = settings_of(&object) else {
         ctx.seen.forget(&key);
         return Ok(Action::await_change());
-    }
+    };
     // Skip a Cluster event (a status update, mostly) when neither the Cluster nor its MachineDeployments changed
     // since every target was found and labelled.
     let fingerprint = {
@@ -327,7 +362,7 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     // Each target on its own: one the API server refuses (the webhook denying a KCP's label change, say) must not
     // keep the others from being linked.
     for target in targets(&object, &machine_deployments) {
-        match link(&ctx, &namespace, &name, &target).await {
+        match link(&ctx, &namespace, &name, &settings, &target).await {
             Ok(true) => {}
             Ok(false) => all_found = false,
             Err(e) => {
@@ -354,6 +389,7 @@ async fn link(
     ctx: &Ctx,
     namespace: &str,
     cluster: &str,
+    settings: &Settings,
     target: &LinkTarget,
 ) -> Result<bool, LinkError> {
     let resource = match target.kind {
@@ -373,6 +409,11 @@ async fn link(
         None
     };
     let Some(mut patch) = label_patch(target.kind, cluster, &labels, kcp_machines) else {
+        // Linked already: a KCT linked to this Cluster (and only such a one) is brought up to date with its settings.
+        if target.kind == "KubeadmConfigTemplate" && super::cluster_label(&labels) == Some(cluster)
+        {
+            refresh(&api, cluster, namespace, settings, &target.name).await?;
+        }
         return Ok(true);
     };
     if kcp_machines.is_some() {
@@ -391,6 +432,36 @@ async fn link(
         "labelled with its Cluster so the webhook can inject it"
     );
     Ok(true)
+}
+
+/// Set [`REFRESH_LABEL`] on the KCT `name` when its entries of ours are out of date (see [`refresh_patch`]).
+async fn refresh(
+    api: &Api<DynamicObject>,
+    cluster: &str,
+    namespace: &str,
+    settings: &Settings,
+    name: &str,
+) -> Result<(), LinkError> {
+    let Some(kct) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let Some(patch) = serde_json::to_value(&kct)
+        .ok()
+        .and_then(|kct| refresh_patch(&kct, settings))
+    else {
+        return Ok(());
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    tracing::info!(
+        %cluster, %namespace, kind = "KubeadmConfigTemplate", object = %name,
+        "its capi-calico entries are out of date with its Cluster's settings: sent back to the webhook"
+    );
+    Ok(())
 }
 
 /// Control-plane Machines of Cluster `cluster` (0 or 1: one is enough to know), found as the KubeadmControlPlane
@@ -480,6 +551,68 @@ mod tests {
             name: name.to_string(),
         });
         assert_eq!(got, want);
+    }
+
+    /// A KCT linked to its Cluster is sent back to the webhook (a new refresh label value) only while its entries
+    /// differ from what the Cluster's settings give, once per settings, and never when it carries settings itself.
+    #[test]
+    fn refresh_patches() {
+        let settings = |version: &str| {
+            let annotations: std::collections::BTreeMap<String, String> = [
+                ("capi-calico.io/CUSTOM_CALICO_DEPLOYMENT", "true"),
+                ("capi-calico.io/INSTALL_CALICOCTL", "true"),
+                ("capi-calico.io/CALICO_VERSION", version),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            match settings::resolve(&annotations, None) {
+                Resolution::OptedIn { settings, .. } => *settings,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (old, new) = (settings("v3.30.7"), settings("v3.31.7"));
+        let bare = json!({
+            "metadata": {"name": "wl-md-0", "namespace": "ns", "labels": {CLUSTER_NAME_LABEL: "wl"}},
+            "spec": {"template": {"spec": {"preKubeadmCommands": ["echo mine"]}}}
+        });
+        let injected = |settings: &Settings| {
+            let injection = mutation::desired(settings, Target::Workers).expect("injection");
+            let ops = mutation::patch(&bare, Target::Workers, &injection).expect("patch");
+            mutation::apply(&bare, &ops).expect("apply")
+        };
+        let digest = |settings: &Settings| {
+            mutation::desired(settings, Target::Workers)
+                .expect("injection")
+                .digest()
+        };
+        assert_eq!(digest(&new), digest(&new.clone()));
+        assert_ne!(digest(&old), digest(&new));
+        assert_eq!(digest(&new).len(), 16);
+
+        let stale = injected(&old);
+        assert_eq!(refresh_patch(&injected(&new), &new), None, "current");
+        assert_eq!(
+            refresh_patch(&stale, &new),
+            Some(json!({"metadata": {"labels": {REFRESH_LABEL: digest(&new)}}})),
+            "stale"
+        );
+        assert!(refresh_patch(&bare, &new).is_some(), "never injected");
+        let mut asked = stale.clone();
+        asked["metadata"]["labels"][REFRESH_LABEL] = json!(digest(&new));
+        assert_eq!(
+            refresh_patch(&asked, &new),
+            None,
+            "asked already for these settings"
+        );
+        asked["metadata"]["labels"][REFRESH_LABEL] = json!(digest(&old));
+        assert!(
+            refresh_patch(&asked, &new).is_some(),
+            "asked for other settings"
+        );
+        let mut own = stale.clone();
+        own["metadata"]["annotations"] = json!({"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true"});
+        assert_eq!(refresh_patch(&own, &new), None, "settings of its own");
     }
 
     #[test]

@@ -207,6 +207,26 @@ impl Injection {
     pub fn file(&self, path: &str) -> Option<&InjectedFile> {
         self.files.iter().find(|f| f.path == path)
     }
+
+    /// A short digest of everything injected (16 hex digits, a valid label value): equal injections, equal digests.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for f in &self.files {
+            for part in [f.path.as_str(), f.owner, f.permissions, f.encoded_content()] {
+                hasher.update(part.len().to_le_bytes());
+                hasher.update(part);
+            }
+        }
+        for commands in [&self.pre_kubeadm_commands, &self.post_kubeadm_commands] {
+            hasher.update(commands.len().to_le_bytes());
+            for c in commands {
+                hasher.update(c.len().to_le_bytes());
+                hasher.update(c);
+            }
+        }
+        hex::encode(&hasher.finalize()[..8])
+    }
 }
 
 /// Why no injection or patch could be computed.

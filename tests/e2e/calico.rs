@@ -179,6 +179,21 @@ fn without_bundle_warning(stderr: &str) -> String {
 /// Start the webhook (as [`WEBHOOK_USER`]) and register the shipped webhook configurations for it,
 /// unless it is already running; wait until `/readyz` says the caches are synced and the API
 /// server calls both webhooks. Returns the metrics port.
+/// The text of the base64 file at `path` in a stored KCP's or KCT's kubeadm spec ("" when there is none).
+fn file_text(stored: &Value, path: &str) -> TestResult<String> {
+    use base64::Engine as _;
+    let content = kubeadm_spec(stored)["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["path"] == path)
+        .and_then(|f| f["content"].as_str());
+    Ok(match content {
+        Some(c) => String::from_utf8(base64::engine::general_purpose::STANDARD.decode(c)?)?,
+        None => String::new(),
+    })
+}
+
 /// `capi_calico_cluster_lookups_total{source}` of the webhook whose metrics port is `metrics` (0 when not counted yet).
 fn lookups(metrics: u16, source: &str) -> TestResult<u64> {
     let text = http_get(metrics, "/metrics")?;
@@ -1267,17 +1282,7 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
         json!(["echo settings changed"]);
     h.apply(&ns, &format!("{changed_cluster}\n---\n{labelled_kcp}"))?;
     let stored = h.get_json(&qualified(&kcp), &ns, name_of(&labelled_kcp))?;
-    let bgp_configuration = kubeadm_spec(&stored)["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["path"] == "/etc/capi-calico/bgpconfiguration.yaml")
-        .and_then(|f| f["content"].as_str())
-        .map(|c| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c))
-        .transpose()?
-        .map(String::from_utf8)
-        .transpose()?
-        .unwrap_or_default();
+    let bgp_configuration = file_text(&stored, "/etc/capi-calico/bgpconfiguration.yaml")?;
     ensure!(
         bgp_configuration.contains("64513"),
         "the KCP applied with its Cluster's change has: {bgp_configuration}"
@@ -1444,6 +1449,46 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
     ensure!(
         kubeadm_spec(by_kind(&rendered, "KubeadmConfigTemplate")?) == kubeadm_spec(&again),
         "render and the webhook disagree on the KCT"
+    );
+
+    // (e) a Cluster settings change that changes the workers' files (CALICO_VERSION): the template linker sends its
+    // KCT back to the webhook (label capi-calico.io/refresh), which writes the new calicoctl.conf, with no action by
+    // the user. The KCP (a rollout) is left for its next spec change.
+    let ns = h.create_namespace("calico-6-refresh")?;
+    for d in [&cluster, &md, &kct] {
+        h.apply(&ns, &d.to_string())?;
+    }
+    let calicoctl_conf = |h: &Harness| -> TestResult<String> {
+        let stored = h.get_json(&qualified(&kct), &ns, name_of(&kct))?;
+        file_text(&stored, "/etc/capi-calico/calicoctl.conf")
+    };
+    ensure!(
+        calicoctl_conf(h)?.contains("v3.31.7"),
+        "{}",
+        calicoctl_conf(h)?
+    );
+    // Linked first (a label change also brings the KCT back to the webhook, with the settings of that moment): the
+    // linker's pass at the MachineDeployment's event found no KCT yet; a Cluster event starts another.
+    h.annotate_cluster(&ns, "calico", "example.com/touched=1")?;
+    eventually("the KCT labelled by the linker", || {
+        let stored = h.get_json(&qualified(&kct), &ns, name_of(&kct))?;
+        Ok(stored["metadata"]["labels"][CLUSTER_LABEL] == "calico")
+    })?;
+    let out = h.annotate_cluster(&ns, "calico", "capi-calico.io/CALICO_VERSION=v3.30.7")?;
+    ensure!(
+        out.stderr
+            .contains("Warning: capi-calico: the node files change"),
+        "{out:?}"
+    );
+    eventually(
+        "the KCT refreshed with the Cluster's new CALICO_VERSION",
+        || Ok(calicoctl_conf(h)?.contains("v3.30.7")),
+    )?;
+    let refreshed = h.get_json(&qualified(&kct), &ns, name_of(&kct))?;
+    ensure!(
+        refreshed["metadata"]["labels"]["capi-calico.io/refresh"].is_string(),
+        "{}",
+        refreshed["metadata"]
     );
     Ok(())
 }
