@@ -182,6 +182,14 @@ impl LiveSource {
                     named: true,
                 };
             }
+            // A refusal (401, 403: a missing RBAC rule, say) is no outage: say it rather than decide on the cache.
+            Ok(Err(kube::Error::Api(status)))
+                if (400..500).contains(&status.code) && !matches!(status.code, 408 | 429) =>
+            {
+                return Lookup::Failed {
+                    reason: format!("reading Cluster {namespace}/{name}: {}", status.message),
+                };
+            }
             Ok(Err(err)) => format!("reading Cluster {namespace}/{name}: {err}"),
             Err(_) => format!(
                 "reading Cluster {namespace}/{name} timed out after {:?}",
@@ -190,7 +198,9 @@ impl LiveSource {
         };
         match self.cached_cluster(namespace, name) {
             Some(cluster) => {
-                tracing::warn!(%reason, "using the cached Cluster: the API server did not answer");
+                if FALLBACK_LOG.ready() {
+                    tracing::warn!(%reason, "using the cached Cluster: the API server did not answer");
+                }
                 Self::found(&cluster, LookupSource::Cache)
             }
             None => Lookup::Failed { reason },
@@ -272,6 +282,36 @@ fn spawn_reflector(client: Client, resource: ApiResource) -> Store<DynamicObject
         .applied_objects();
     drive(stream, resource.plural);
     reader
+}
+
+/// At most one log line a minute about answering from the cache (each review of a KCP or KCT would log one while the
+/// API server is down; the lookups metric counts them all, as `cache`).
+static FALLBACK_LOG: LogEvery = LogEvery::new(60);
+
+/// Lets a repeated log line through at most once per `seconds`.
+struct LogEvery {
+    seconds: u64,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl LogEvery {
+    const fn new(seconds: u64) -> Self {
+        LogEvery {
+            seconds,
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// True when the line may be logged now (and then not again for `seconds`).
+    fn ready(&self) -> bool {
+        let now = crate::server::tls::unix_now().max(0) as u64;
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now >= last + self.seconds)
+            && self
+                .last
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 impl ClusterSource for LiveSource {
