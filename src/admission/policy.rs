@@ -478,7 +478,7 @@ pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value
                 ));
             }
             // The node files follow the Cluster only when a KCP or KCT is written again (the template linker does it
-            // for the KCTs it linked): say so, or a CALICO_VERSION or peer change seems to have reached every node.
+            // for the KCTs it linked): say which, or a CALICO_VERSION or peer change seems to have reached every node.
             let differ = |target| match (
                 prepare.injection(was, target),
                 prepare.injection(now, target),
@@ -486,10 +486,18 @@ pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value
                 (Ok(a), Ok(b)) => a != b,
                 _ => false,
             };
-            if differ(Target::ControlPlane) || differ(Target::Workers) {
+            let (control_plane, workers) = (differ(Target::ControlPlane), differ(Target::Workers));
+            if control_plane {
                 warnings.push(fit_warning(
-                    "capi-calico: the node files change: linked KCTs get them now, the KCP at its next spec change",
+                    "capi-calico: the KCP's node files change: it gets them at its next spec change, which rolls it out",
                 ));
+            }
+            if workers {
+                warnings.push(fit_warning(
+                    "capi-calico: the workers' node files change: the template linker writes them into linked KCTs",
+                ));
+            }
+            if control_plane || workers {
                 warnings.push(fit_warning(
                     "capi-calico: running Machines keep theirs: only new Machines get the new files",
                 ));
@@ -1010,53 +1018,72 @@ mod tests {
             cluster(annotations)
         };
         let base = with(json!({}));
-        let cases: [(Value, Value, &str); 8] = [
+        let bgp = |asn: &str| {
+            use base64::Engine as _;
+            let peers = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr1\nspec:\n  peerIP: 192.0.2.10\n  asNumber: 64512\n";
+            with(json!({
+                "capi-calico.io/CONFIGURE_CALICO_BGP_SETTINGS": "true",
+                "capi-calico.io/CALICO_BGP_OPTION": "Enabled",
+                "capi-calico.io/CALICO_BGP_AS_NUMBER": asn,
+                "capi-calico.io/CALICO_ROUTE_REFLECTORS": base64::engine::general_purpose::STANDARD.encode(peers),
+            }))
+        };
+        const KCP: &str = "the KCP's node files change: it gets them at its next spec change";
+        const WORKERS: &str =
+            "the workers' node files change: the template linker writes them into linked KCTs";
+        const MACHINES: &str = "running Machines keep theirs";
+        let cases: [(Value, Value, &[&str]); 9] = [
             (
                 base.clone(),
                 with(json!({"capi-calico.io/CALICO_VERSION": "v3.30.7"})),
-                "the node files change: linked KCTs get them now, the KCP at its next spec change",
+                &[KCP, WORKERS, MACHINES],
             ),
             (
                 base.clone(),
                 with(json!({"capi-calico.io/INSTALL_CALICOCTL": "false"})),
-                "the node files change",
+                &[KCP, WORKERS, MACHINES],
             ),
+            // The BGP settings are the control plane's only.
+            (bgp("64513"), bgp("64514"), &[KCP, MACHINES]),
             (
                 base.clone(),
                 with(json!({"capi-calico.io/CALICO_BLOCK_SIZE": "27"})),
-                "from 100.96.0.0/11 (blocks /28) to 100.96.0.0/11 (blocks /27)",
+                &[
+                    "from 100.96.0.0/11 (blocks /28) to 100.96.0.0/11 (blocks /27)",
+                    "Calico's pools are immutable",
+                ],
             ),
             (
                 base.clone(),
                 with(json!({"capi-calico.io/CALICO_POD_CIDR": "100.96.0.0/12"})),
-                "to 100.96.0.0/12 (blocks /28)",
+                &[
+                    "to 100.96.0.0/12 (blocks /28)",
+                    "Calico's pools are immutable",
+                ],
             ),
-            (cluster(json!({})), base.clone(), "opted in after creation"),
+            (
+                cluster(json!({})),
+                base.clone(),
+                &["opted in after creation", "both will run"],
+            ),
             (
                 base.clone(),
                 with(json!({"capi-calico.io/CALICO_POD_CIDR": "100.96.0.0/11"})),
-                "",
+                &[],
             ),
             (
                 base.clone(),
                 with(json!({"capi-calico.io/CALICO_NAT_OUTGOING": "Disabled"})),
-                "",
+                &[],
             ),
-            (base.clone(), cluster(json!({})), ""),
+            (base.clone(), cluster(json!({})), &[]),
         ];
         for (old, new, wanted) in cases {
             let warnings = cluster_change_warnings(&Compute, &old, &new);
-            if wanted.is_empty() {
-                assert!(warnings.is_empty(), "{warnings:?}");
-            } else {
-                assert_eq!(warnings.len(), 2, "{warnings:?}");
-                assert!(warnings[0].contains(wanted), "{warnings:?}");
-                assert!(
-                    warnings
-                        .iter()
-                        .all(|w| w.chars().count() <= MAX_WARNING_CHARS),
-                    "{warnings:?}"
-                );
+            assert_eq!(warnings.len(), wanted.len(), "{warnings:#?} for {wanted:?}");
+            for (warning, wanted) in warnings.iter().zip(wanted) {
+                assert!(warning.contains(wanted), "{warnings:#?} for {wanted:?}");
+                assert!(warning.chars().count() <= MAX_WARNING_CHARS, "{warning}");
             }
         }
     }

@@ -85,8 +85,9 @@ pub const FIELDS_SINCE: [(&str, (u16, u16)); 9] = [
 ///   the webhook creates neither, and without them Calico sets the session up without the password;
 /// - `filters` name BGPFilters, which Calico skips when they do not exist (routes go unfiltered);
 /// - with `mesh_needed` (an encapsulation whose routes BGP carries: IPIP or none), the node-to-node mesh goes off,
-///   so every node needs a peer: a `peerSelector` peer only works with route reflector nodes (a cluster ID on the
-///   nodes), and without a `peerIP` peer for all nodes some nodes may learn no pod routes.
+///   so every node needs a peer: a `peerSelector` peer (other than `all()`, a full mesh) only works with route
+///   reflector nodes (a cluster ID on the nodes), and without a peer for all nodes some nodes may learn no pod
+///   routes.
 pub fn warnings(peers: &[BgpPeer], mesh_needed: bool) -> Vec<String> {
     let mut warnings = Vec::new();
     let secrets: BTreeSet<&str> = peers
@@ -101,7 +102,7 @@ pub fn warnings(peers: &[BgpPeer], mesh_needed: bool) -> Vec<String> {
     if !secrets.is_empty() {
         let names: Vec<&str> = secrets.into_iter().collect();
         warnings.push(format!(
-            "capi-calico: BGPPeer password: create Secret {} in calico-system, with a Role letting calico-node read it",
+            "capi-calico: BGP password Secrets to create in calico-system, readable by calico-node: {}",
             names.join(", ")
         ));
     }
@@ -114,15 +115,18 @@ pub fn warnings(peers: &[BgpPeer], mesh_needed: bool) -> Vec<String> {
     if !filters.is_empty() {
         let names: Vec<&str> = filters.into_iter().collect();
         warnings.push(format!(
-            "capi-calico: create BGPFilter {} yourself: Calico skips a missing filter (routes go unfiltered)",
+            "capi-calico: BGPFilters to create (Calico skips a missing one: routes unfiltered): {}",
             names.join(", ")
         ));
     }
     if mesh_needed {
-        if peers.iter().any(|p| p.spec.contains_key("peerSelector")) {
+        // `peerSelector: all()` peers rebuild a full mesh from BGPPeers: no route reflector needed.
+        if peers
+            .iter()
+            .any(|p| text(p, "peerSelector").is_some_and(|s| !s.is_empty() && s != "all()"))
+        {
             warnings.push(
-                "capi-calico: peerSelector peers need route reflector nodes (a routeReflectorClusterID), which this does \
-                 not set"
+                "capi-calico: peerSelector peers need the selected nodes to be route reflectors (routeReflectorClusterID)"
                     .to_string(),
             );
         }
@@ -130,14 +134,14 @@ pub fn warnings(peers: &[BgpPeer], mesh_needed: bool) -> Vec<String> {
             text(p, "node").is_none_or(str::is_empty)
                 && text(p, "nodeSelector").is_none_or(|s| s.is_empty() || s == "all()")
         };
-        if !peers
-            .iter()
-            .filter(for_all_nodes)
-            .any(|p| p.spec.contains_key("peerIP"))
-        {
+        let peers_somewhere = |p: &BgpPeer| {
+            text(p, "peerIP").is_some_and(|s| !s.is_empty())
+                || text(p, "peerSelector").is_some_and(|s| !s.is_empty())
+        };
+        if !peers.iter().filter(for_all_nodes).any(peers_somewhere) {
             warnings.push(
-                "capi-calico: no peerIP BGPPeer is for all nodes: with the node-to-node mesh off, some nodes may get \
-                 no pod routes"
+                "capi-calico: no BGPPeer is for all nodes: with the node-to-node mesh off, some nodes may get no pod \
+                 routes"
                     .to_string(),
             );
         }
