@@ -936,6 +936,7 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
         (Some(client), false) => Some(tokio::spawn(crate::cluster::linker::run_linker_until(
             client.clone(),
             args.resync_interval,
+            std::env::var("POD_NAME").ok(),
             stopped(),
         ))),
         _ => None,

@@ -663,8 +663,8 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
         ])
     );
 
-    // Template linker (src/cluster/linker.rs): read and label KCPs and KCTs, and see whether a KCP has Machines;
-    // nothing else.
+    // Template linker (src/cluster/linker.rs): read and label KCPs and KCTs, see whether a KCP has Machines, and
+    // report what it cannot link as an Event; nothing else.
     let linker = rules_of(find(&docs, "ClusterRole", "capi-calico-webhook-linker"));
     assert_eq!(
         linker,
@@ -680,6 +680,7 @@ fn rbac_is_exactly_the_least_set_split_by_feature() {
                 &["get", "patch"]
             ),
             ("cluster.x-k8s.io", "machines", &["list"]),
+            ("events.k8s.io", "events", &["create", "patch"]),
         ])
     );
 

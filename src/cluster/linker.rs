@@ -21,9 +21,15 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, future};
 use kube::{
-    Client,
+    Client, Resource as _,
     api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
 };
 use serde_json::{Value, json};
 
@@ -42,12 +48,25 @@ pub enum LinkError {
     Kube(#[from] kube::Error),
 }
 
+impl LinkError {
+    /// The API server refused the change for good (the webhook's denial, a validation or authorization error), as
+    /// opposed to what may pass on a retry (a conflict, throttling, a timeout, a server error).
+    pub fn refused(&self) -> bool {
+        matches!(self, LinkError::Kube(kube::Error::Api(status))
+            if (400..500).contains(&status.code) && !matches!(status.code, 404 | 408 | 409 | 429))
+    }
+}
+
 fn resource(group: &str, kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, "v1beta2", kind))
 }
 
 struct Ctx {
     client: Client,
+    /// Warning Events on the Cluster when one of its objects cannot be linked (the webhook refusing it, mostly):
+    /// otherwise only this process's log would say so.
+    recorder: Recorder,
+    cluster: ApiResource,
     kcp: ApiResource,
     kct: ApiResource,
     machine: ApiResource,
@@ -88,9 +107,11 @@ fn settings_of(cluster: &Value) -> Option<Settings> {
 pub const REFRESH_LABEL: &str = "capi-calico.io/refresh";
 
 /// The patch that brings the KCT `kct` (the whole object) of an opted-in Cluster with `settings` back to the webhook,
-/// or `None`: its entries are current, it carries settings of its own (the webhook reads those, not the Cluster's),
-/// or the label already asks for these settings (no second write for an object the webhook could not bring up to
-/// date). Pure, for tests.
+/// or `None`: its entries are current, or it carries settings of its own (the webhook reads those, not the
+/// Cluster's). The label takes the digest of the wanted entries; when it holds that digest already and the entries
+/// are still not current (the change reached a webhook replica of an older release during an upgrade, or one that
+/// read a stale Cluster), it takes the digest with `-r` instead, so each pass of the linker asks again, and a pass
+/// is made at each Cluster change and at the resync. Pure, for tests.
 pub fn refresh_patch(kct: &Value, settings: &Settings) -> Option<Value> {
     let annotations = super::string_map(kct.pointer("/metadata/annotations"));
     if settings::has_settings(&annotations) {
@@ -105,8 +126,36 @@ pub fn refresh_patch(kct: &Value, settings: &Settings) -> Option<Value> {
         .pointer("/metadata/labels")
         .and_then(|labels| labels.get(REFRESH_LABEL))
         .and_then(Value::as_str);
-    (asked != Some(digest.as_str()))
-        .then(|| json!({ "metadata": { "labels": { REFRESH_LABEL: digest } } }))
+    let value = if asked == Some(digest.as_str()) {
+        format!("{digest}-r")
+    } else {
+        digest
+    };
+    Some(json!({ "metadata": { "labels": { REFRESH_LABEL: value } } }))
+}
+
+/// The KubeadmConfigTemplates of the MachineDeployments of Cluster `cluster` (shared ones included), by name.
+pub fn templates_of(cluster: &str, machine_deployments: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = machine_deployments
+        .iter()
+        .filter(|md| cluster_of(md) == Some(cluster))
+        .filter_map(|md| md.pointer("/spec/template/spec/bootstrap/configRef"))
+        .filter(|r| r.get("kind").and_then(Value::as_str) == Some("KubeadmConfigTemplate"))
+        .filter_map(|r| r.get("name")?.as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// True when Cluster API's pause applies to `cluster` (`spec.paused`, or the `cluster.x-k8s.io/paused` annotation):
+/// the linker leaves its objects alone, as Cluster API's own controllers do.
+fn paused(cluster: &Value) -> bool {
+    cluster.pointer("/spec/paused").and_then(Value::as_bool) == Some(true)
+        || cluster
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+            .is_some_and(|a| a.contains_key("cluster.x-k8s.io/paused"))
 }
 
 /// The objects an opted-in `cluster` links to: its KCP, and the KCT of each of `machine_deployments` that names
@@ -209,11 +258,18 @@ pub fn lacks_our_label(labels: &std::collections::BTreeMap<String, String>, clus
 pub async fn run_linker_until(
     client: Client,
     resync: Duration,
+    instance: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let cluster = resource("cluster.x-k8s.io", "Cluster");
     let md = resource("cluster.x-k8s.io", "MachineDeployment");
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_string(),
+        instance,
+    };
     let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), reporter),
+        cluster: cluster.clone(),
         client: client.clone(),
         kcp: resource("controlplane.cluster.x-k8s.io", "KubeadmControlPlane"),
         kct: resource("bootstrap.cluster.x-k8s.io", "KubeadmConfigTemplate"),
@@ -335,6 +391,10 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         ctx.seen.forget(&key);
         return Ok(Action::await_change());
     };
+    if paused(&object) {
+        ctx.seen.forget(&key);
+        return Ok(Action::requeue(ctx.resync));
+    }
     // Skip a Cluster event (a status update, mostly) when neither the Cluster nor its MachineDeployments changed
     // since every target was found and labelled.
     let fingerprint = {
@@ -359,19 +419,49 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         .collect();
     let mut all_found = true;
     let mut failed = false;
+    let mut reports = Vec::new();
     // Each target on its own: one the API server refuses (the webhook denying a KCP's label change, say) must not
-    // keep the others from being linked.
-    for target in targets(&object, &machine_deployments) {
-        match link(&ctx, &namespace, &name, &settings, &target).await {
-            Ok(true) => {}
-            Ok(false) => all_found = false,
+    // keep the others from being linked. A refusal is reported on the Cluster and asked again at the next Cluster or
+    // MachineDeployment change, or at the resync; only errors that may pass (a conflict, a timeout) are retried soon.
+    let mut settle =
+        |kind: &'static str, object: &str, result: Result<bool, LinkError>| match result {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(
-                    cluster = %name, %namespace, kind = target.kind, object = %target.name, error = %e,
-                    "could not link it to its Cluster; retrying"
+                    cluster = %name, %namespace, kind, %object, error = %e,
+                    "could not link it to its Cluster or bring it up to date"
                 );
-                failed = true;
+                if e.refused() {
+                    reports.push(link_failure_note(kind, object, &e));
+                } else {
+                    failed = true;
+                }
+                true
             }
+        };
+    for target in targets(&object, &machine_deployments) {
+        let result = link(&ctx, &namespace, &name, &target).await;
+        all_found &= settle(target.kind, &target.name, result);
+    }
+    // Every KCT of the Cluster's MachineDeployments, shared ones included: brought up to date when linked to it.
+    for kct in templates_of(&name, &machine_deployments) {
+        let result = refresh(&ctx, &namespace, &name, &settings, &kct).await;
+        settle("KubeadmConfigTemplate", &kct, result.map(|()| true));
+    }
+    for note in reports {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "LinkFailed".to_string(),
+            note: Some(note),
+            action: "LinkTemplates".to_string(),
+            secondary: None,
+        };
+        if let Err(e) = ctx
+            .recorder
+            .publish(&event, &cluster.object_ref(&ctx.cluster))
+            .await
+        {
+            tracing::warn!(error = %e, cluster = %name, "publishing Event");
         }
     }
     if failed {
@@ -383,13 +473,33 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     Ok(Action::requeue(ctx.resync))
 }
 
+/// The note of the Event for a target that could not be linked: what, and the API server's answer (the webhook's
+/// denial message, when it refused the change), cut to the 1 KiB an Event note may hold.
+fn link_failure_note(kind: &str, name: &str, error: &LinkError) -> String {
+    let reason = match error {
+        LinkError::Kube(kube::Error::Api(status)) => status.message.clone(),
+        other => other.to_string(),
+    };
+    let mut note = format!(
+        "{kind} {name} could not be linked to this Cluster or brought up to date: {reason}"
+    );
+    if note.len() > 1024 {
+        let mut cut = 1021;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
+}
+
 /// Label one target of Cluster `cluster` if it needs it; false when it does not exist yet (looked at again on the
 /// next Cluster event).
 async fn link(
     ctx: &Ctx,
     namespace: &str,
     cluster: &str,
-    settings: &Settings,
     target: &LinkTarget,
 ) -> Result<bool, LinkError> {
     let resource = match target.kind {
@@ -409,11 +519,6 @@ async fn link(
         None
     };
     let Some(mut patch) = label_patch(target.kind, cluster, &labels, kcp_machines) else {
-        // Linked already: a KCT linked to this Cluster (and only such a one) is brought up to date with its settings.
-        if target.kind == "KubeadmConfigTemplate" && super::cluster_label(&labels) == Some(cluster)
-        {
-            refresh(&api, cluster, namespace, settings, &target.name).await?;
-        }
         return Ok(true);
     };
     if kcp_machines.is_some() {
@@ -434,17 +539,23 @@ async fn link(
     Ok(true)
 }
 
-/// Set [`REFRESH_LABEL`] on the KCT `name` when its entries of ours are out of date (see [`refresh_patch`]).
+/// Set [`REFRESH_LABEL`] on the KCT `name` when it is linked to Cluster `cluster` (its `cluster.x-k8s.io/cluster-name`
+/// label names it) and its entries of ours are out of date (see [`refresh_patch`]).
 async fn refresh(
-    api: &Api<DynamicObject>,
-    cluster: &str,
+    ctx: &Ctx,
     namespace: &str,
+    cluster: &str,
     settings: &Settings,
     name: &str,
 ) -> Result<(), LinkError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &ctx.kct);
     let Some(kct) = api.get_opt(name).await? else {
         return Ok(());
     };
+    let labels = kct.metadata.labels.clone().unwrap_or_default();
+    if super::cluster_label(&labels) != Some(cluster) {
+        return Ok(());
+    }
     let Some(patch) = serde_json::to_value(&kct)
         .ok()
         .and_then(|kct| refresh_patch(&kct, settings))
@@ -600,19 +711,88 @@ mod tests {
         assert!(refresh_patch(&bare, &new).is_some(), "never injected");
         let mut asked = stale.clone();
         asked["metadata"]["labels"][REFRESH_LABEL] = json!(digest(&new));
+        // Asked already and still stale (an older webhook answered): asked again, with another value each pass.
+        let again = json!({"metadata": {"labels": {REFRESH_LABEL: format!("{}-r", digest(&new))}}});
+        assert_eq!(refresh_patch(&asked, &new), Some(again), "asked already");
+        asked["metadata"]["labels"][REFRESH_LABEL] = json!(format!("{}-r", digest(&new)));
         assert_eq!(
             refresh_patch(&asked, &new),
-            None,
-            "asked already for these settings"
+            Some(json!({"metadata": {"labels": {REFRESH_LABEL: digest(&new)}}})),
+            "asked twice already"
         );
         asked["metadata"]["labels"][REFRESH_LABEL] = json!(digest(&old));
         assert!(
             refresh_patch(&asked, &new).is_some(),
             "asked for other settings"
         );
+        // Current, whatever the label says: nothing to ask.
+        let mut current = injected(&new);
+        current["metadata"]["labels"][REFRESH_LABEL] = json!(digest(&old));
+        assert_eq!(refresh_patch(&current, &new), None, "current");
         let mut own = stale.clone();
         own["metadata"]["annotations"] = json!({"capi-calico.io/CUSTOM_CALICO_DEPLOYMENT": "true"});
         assert_eq!(refresh_patch(&own, &new), None, "settings of its own");
+    }
+
+    /// Every KCT of the Cluster's MachineDeployments, shared or not, once, by name; other kinds and Clusters left out.
+    #[test]
+    fn templates_of_a_cluster() {
+        let mds = [
+            md("wl", "b-kct", "KubeadmConfigTemplate"),
+            md("wl", "a-kct", "KubeadmConfigTemplate"),
+            md("wl", "a-kct", "KubeadmConfigTemplate"),
+            md("other", "a-kct", "KubeadmConfigTemplate"),
+            md("other", "c-kct", "KubeadmConfigTemplate"),
+            md("wl", "pool", "SomeOtherBootstrapTemplate"),
+        ];
+        assert_eq!(templates_of("wl", &mds), ["a-kct", "b-kct"]);
+        assert_eq!(templates_of("none", &mds), Vec::<String>::new());
+    }
+
+    #[test]
+    fn paused_clusters_and_refusals() {
+        assert!(!paused(&cluster(true)));
+        let mut by_spec = cluster(true);
+        by_spec["spec"]["paused"] = json!(true);
+        assert!(paused(&by_spec));
+        let mut by_annotation = cluster(true);
+        by_annotation["metadata"]["annotations"]["cluster.x-k8s.io/paused"] = json!("");
+        assert!(paused(&by_annotation));
+
+        let api = |code: u16| {
+            LinkError::Kube(kube::Error::Api(
+                serde_json::from_value(
+                    json!({"status": "Failure", "message": "no", "reason": "x", "code": code}),
+                )
+                .expect("status"),
+            ))
+        };
+        for (code, refused) in [
+            (400, true),
+            (403, true),
+            (422, true),
+            (404, false),
+            (409, false),
+            (429, false),
+            (500, false),
+        ] {
+            assert_eq!(api(code).refused(), refused, "{code}");
+        }
+        let note = link_failure_note("KubeadmConfigTemplate", "wl-md-0", &api(403));
+        assert_eq!(
+            note,
+            "KubeadmConfigTemplate wl-md-0 could not be linked to this Cluster or brought up to date: no"
+        );
+        let long = LinkError::Kube(kube::Error::Api(
+            serde_json::from_value(json!({"status": "Failure", "message": "é".repeat(900), "reason": "x", "code": 403}))
+                .expect("status"),
+        ));
+        let note = link_failure_note("KubeadmConfigTemplate", "wl-md-0", &long);
+        assert!(
+            note.len() <= 1024 && note.ends_with("..."),
+            "{}",
+            note.len()
+        );
     }
 
     #[test]

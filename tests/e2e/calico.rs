@@ -1477,7 +1477,7 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
     let out = h.annotate_cluster(&ns, "calico", "capi-calico.io/CALICO_VERSION=v3.30.7")?;
     ensure!(
         out.stderr
-            .contains("Warning: capi-calico: the node files change"),
+            .contains("Warning: capi-calico: the workers' node files change"),
         "{out:?}"
     );
     eventually(
@@ -1490,6 +1490,32 @@ fn s6_lookup_by_machinedeployment_label_and_order(h: &mut Harness) -> TestResult
         "{}",
         refreshed["metadata"]
     );
+
+    // (f) a KCT applied before its MachineDeployment with an entry the webhook refuses (a user file at calicoctl's
+    // path): the linker's label change is denied, and the Cluster gets a LinkFailed Warning Event with the reason,
+    // where `kubectl describe cluster` shows it, not only in the webhook's log.
+    let ns = h.create_namespace("calico-6-link-failed")?;
+    h.apply(&ns, &cluster.to_string())?;
+    let mut clashing = kct.clone();
+    clashing["spec"]["template"]["spec"]["files"] =
+        json!([{"path": "/usr/local/bin/calicoctl", "content": "mine", "permissions": "0755"}]);
+    h.apply(&ns, &clashing.to_string())?;
+    h.apply(&ns, &md.to_string())?;
+    eventually("a LinkFailed Event on the Cluster", || {
+        let out = h.kubectl(
+            &["get", "events.events.k8s.io", "-n", &ns, "-o", "json"],
+            None,
+        )?;
+        let events: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        Ok(events["items"].as_array().into_iter().flatten().any(|e| {
+            e["reason"] == "LinkFailed"
+                && e["type"] == "Warning"
+                && e["regarding"]["name"] == "calico"
+                && e["note"].as_str().is_some_and(|n| {
+                    n.contains(name_of(&kct)) && n.contains("/usr/local/bin/calicoctl")
+                })
+        }))
+    })?;
     Ok(())
 }
 
