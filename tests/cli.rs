@@ -48,6 +48,15 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 /// `serve` on a free loopback port, without cluster access or metrics listener.
+/// `serve` on a free local port without the metrics port, cluster lookup left to the environment.
+const SERVE_WITH_LOOKUP: [&str; 5] = [
+    "serve",
+    "--metrics-listen",
+    "off",
+    "--listen",
+    "127.0.0.1:0",
+];
+
 const LOCAL_SERVE: [&str; 6] = [
     "serve",
     "--no-cluster-lookup",
@@ -1034,23 +1043,42 @@ fn documents_without_a_namespace_take_the_namespace_option() {
     );
 }
 
-/// The switches' environment variables take the usual spellings of a boolean (`1`, `yes`, `on`, ...); anything else
-/// stops `serve` before it starts, with exit code 2 and a message naming the flag.
+/// The switches' environment variables take the usual spellings of a boolean (`1`, `yes`, `on`, ...) with their
+/// meaning (seen in what `serve` logs about cluster access); anything else stops `serve` before it starts, with exit
+/// code 2 and a message naming the flag.
 #[test]
 fn switch_variables_take_boolean_spellings() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for value in ["1", "yes", "On", "false", "0"] {
+    for (value, off) in [
+        ("1", true),
+        ("yes", true),
+        ("On", true),
+        ("false", false),
+        ("0", false),
+    ] {
         let mut serve = bin();
         serve
-            .args(LOCAL_SERVE)
-            .env("CAPI_CALICO_NO_RECONCILER", value)
-            .env("CAPI_CALICO_NO_TEMPLATE_LINKER", value);
+            .args(SERVE_WITH_LOOKUP)
+            .env("CAPI_CALICO_NO_CLUSTER_LOOKUP", value)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", dir.path());
         let (mut child, lines) = started_serve(serve, dir.path());
         let _ = child.kill();
         let _ = child.wait();
         assert!(
             lines.iter().any(|l| l.contains("trust the CA")),
             "{value}: serve did not start: {lines:#?}"
+        );
+        // Off by the switch, or (not switched off) tried and not found: two different lines.
+        let switched_off = lines
+            .iter()
+            .any(|l| l.contains("disabled by --no-cluster-lookup"));
+        assert_eq!(switched_off, off, "{value}: {lines:#?}");
+        assert_eq!(
+            lines.iter().any(|l| l.contains("no cluster access")),
+            !off,
+            "{value}: {lines:#?}"
         );
     }
     let out = bin()
@@ -1072,17 +1100,18 @@ fn switch_variables_take_boolean_spellings() {
 /// naming `--no-cluster-lookup`, rather than serving ready while injecting nothing; outside a pod it serves.
 #[test]
 fn serve_in_a_pod_without_cluster_access_stops() {
+    // Where a service account token is mounted (tests run in a pod), the in-cluster configuration can be built.
+    if std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").exists() {
+        eprintln!(
+            "skipped: a service account token is mounted here, so cluster access can be set up"
+        );
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let serve = |in_pod: bool| {
         let mut serve = bin();
         serve
-            .args([
-                "serve",
-                "--metrics-listen",
-                "off",
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(SERVE_WITH_LOOKUP)
             .env_remove("KUBECONFIG")
             .env("HOME", dir.path());
         if in_pod {
