@@ -1334,14 +1334,19 @@ fn rbac_shipped_roles_sufficient_and_used(h: &mut Harness) -> TestResult {
                 .unwrap_or_default(),
             ev["verb"].as_str().unwrap_or("")
         );
-        // 403: RBAC. 422 naming the policy: the ValidatingAdmissionPolicy on the webhook's own writes (other 422s
+        // 403: RBAC (unless an admission webhook denied). 422 naming the policy: the ValidatingAdmissionPolicy on the webhook's own writes (other 422s
         // are the objects' own schema, e.g. scenario 8's v1beta1 KCP served as v1beta2 without CAPI's conversion).
         let status = &ev["responseStatus"];
         let refused_by_policy = status["code"] == 422
             && status["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("capi-calico-webhook-own-writes"));
-        if status["code"] == 403 || refused_by_policy {
+        // A 403 with our webhook's denial is the webhook refusing the linker's change (scenario 6's LinkFailed
+        // Event), not RBAC.
+        let denied_by_webhook = status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("admission webhook"));
+        if (status["code"] == 403 && !denied_by_webhook) || refused_by_policy {
             forbidden.push(format!("{key} {} {}", status["code"], ev["requestURI"]));
         }
         used.insert(key);
