@@ -254,7 +254,7 @@ async fn decide_target<S: ClusterSource, P: Prepare>(
                 return Decided {
                     verdict: Verdict::Deny {
                         message: format!(
-                            "could not look up the Cluster of {} {} ({reason}); retry in a moment: admitted without \
+                            "{LOOKUP_FAILED_MESSAGE} {} {} ({reason}); retry in a moment: admitted without \
                              its Cluster's Calico settings it could lose its injection, and getting it back later \
                              would roll the control plane",
                             subject_kind.kind(),
@@ -494,7 +494,7 @@ pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value
             }
             if workers {
                 warnings.push(fit_warning(
-                    "capi-calico: the workers' node files change: the template linker writes them into linked KCTs",
+                    "capi-calico: the workers' node files change: linked KCTs get them from the template linker, if it runs",
                 ));
             }
             if control_plane || workers {
@@ -515,6 +515,9 @@ pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value
     }
     warnings
 }
+
+/// How a denial because the Cluster could not be looked up begins (the template linker retries such a one soon).
+pub const LOOKUP_FAILED_MESSAGE: &str = "could not look up the Cluster of";
 
 /// The rule id of a denial because the Cluster could not be looked up (API error or timeout).
 const LOOKUP_FAILED_RULE: &str = "cluster-lookup-failed";
@@ -1030,7 +1033,7 @@ mod tests {
         };
         const KCP: &str = "the KCP's node files change: it gets them at its next spec change";
         const WORKERS: &str =
-            "the workers' node files change: the template linker writes them into linked KCTs";
+            "the workers' node files change: linked KCTs get them from the template linker";
         const MACHINES: &str = "running Machines keep theirs";
         let cases: [(Value, Value, &[&str]); 9] = [
             (

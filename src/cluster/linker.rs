@@ -20,6 +20,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Client, Resource as _,
     api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
@@ -41,7 +42,7 @@ use crate::settings::{self, Resolution, Settings};
 /// Field manager of the label patches.
 pub const FIELD_MANAGER: &str = "capi-calico-webhook-linker";
 
-/// What can go wrong while linking (retried).
+/// What can go wrong while linking: retried soon, or reported on the Cluster when refused (see [`LinkError::refused`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("Kubernetes API: {0}")]
@@ -51,9 +52,12 @@ pub enum LinkError {
 impl LinkError {
     /// The API server refused the change for good (the webhook's denial, a validation or authorization error), as
     /// opposed to what may pass on a retry (a conflict, throttling, a timeout, a server error).
+    /// The webhook's own denial when it could not read the Cluster says to retry: not a refusal.
     pub fn refused(&self) -> bool {
         matches!(self, LinkError::Kube(kube::Error::Api(status))
-            if (400..500).contains(&status.code) && !matches!(status.code, 404 | 408 | 409 | 429))
+            if (400..500).contains(&status.code)
+                && !matches!(status.code, 404 | 408 | 409 | 429)
+                && !status.message.contains(crate::admission::policy::LOOKUP_FAILED_MESSAGE))
     }
 }
 
@@ -108,10 +112,12 @@ pub const REFRESH_LABEL: &str = "capi-calico.io/refresh";
 
 /// The patch that brings the KCT `kct` (the whole object) of an opted-in Cluster with `settings` back to the webhook,
 /// or `None`: its entries are current, or it carries settings of its own (the webhook reads those, not the
-/// Cluster's). The label takes the digest of the wanted entries; when it holds that digest already and the entries
-/// are still not current (the change reached a webhook replica of an older release during an upgrade, or one that
-/// read a stale Cluster), it takes the digest with `-r` instead, so each pass of the linker asks again, and a pass
-/// is made at each Cluster change and at the resync. Pure, for tests.
+/// Cluster's), or it was asked twice for these entries already. The label takes the digest of the wanted entries;
+/// when it holds that digest already and the entries are still not current (the change reached a webhook replica of
+/// an older release during an upgrade, or one that read a stale Cluster), it takes the digest with `-r` instead,
+/// once: the next pass (at a Cluster or MachineDeployment change, or the resync) asks again. After that the linker
+/// stops asking for these entries (a namespace the webhook does not serve would otherwise be written for ever).
+/// Pure, for tests.
 pub fn refresh_patch(kct: &Value, settings: &Settings) -> Option<Value> {
     let annotations = super::string_map(kct.pointer("/metadata/annotations"));
     if settings::has_settings(&annotations) {
@@ -126,10 +132,11 @@ pub fn refresh_patch(kct: &Value, settings: &Settings) -> Option<Value> {
         .pointer("/metadata/labels")
         .and_then(|labels| labels.get(REFRESH_LABEL))
         .and_then(Value::as_str);
-    let value = if asked == Some(digest.as_str()) {
-        format!("{digest}-r")
-    } else {
-        digest
+    let again = format!("{digest}-r");
+    let value = match asked {
+        Some(asked) if asked == again => return None,
+        Some(asked) if asked == digest => again,
+        _ => digest,
     };
     Some(json!({ "metadata": { "labels": { REFRESH_LABEL: value } } }))
 }
@@ -423,38 +430,65 @@ async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     // Each target on its own: one the API server refuses (the webhook denying a KCP's label change, say) must not
     // keep the others from being linked. A refusal is reported on the Cluster and asked again at the next Cluster or
     // MachineDeployment change, or at the resync; only errors that may pass (a conflict, a timeout) are retried soon.
-    let mut settle =
-        |kind: &'static str, object: &str, result: Result<bool, LinkError>| match result {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(
-                    cluster = %name, %namespace, kind, %object, error = %e,
-                    "could not link it to its Cluster or bring it up to date"
-                );
-                if e.refused() {
-                    reports.push(link_failure_note(kind, object, &e));
-                } else {
-                    failed = true;
-                }
-                true
+    let settle = |reports: &mut Vec<(&'static str, String, String)>,
+                  failed: &mut bool,
+                  kind: &'static str,
+                  object: &str,
+                  result: Result<bool, LinkError>| match result {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(
+                cluster = %name, %namespace, kind, %object, error = %e,
+                "could not link it to its Cluster or bring it up to date"
+            );
+            if e.refused() {
+                reports.push((
+                    kind,
+                    object.to_string(),
+                    link_failure_note(kind, object, &e),
+                ));
+            } else {
+                *failed = true;
             }
-        };
+            true
+        }
+    };
     for target in targets(&object, &machine_deployments) {
         let result = link(&ctx, &namespace, &name, &target).await;
-        all_found &= settle(target.kind, &target.name, result);
+        all_found &= settle(&mut reports, &mut failed, target.kind, &target.name, result);
     }
-    // Every KCT of the Cluster's MachineDeployments, shared ones included: brought up to date when linked to it.
+    // Every KCT of the Cluster's MachineDeployments, shared ones included: brought up to date when linked to it (not
+    // one refused a moment ago: it would be refused again).
     for kct in templates_of(&name, &machine_deployments) {
+        if reports.iter().any(|(_, refused, _)| *refused == kct) {
+            continue;
+        }
         let result = refresh(&ctx, &namespace, &name, &settings, &kct).await;
-        settle("KubeadmConfigTemplate", &kct, result.map(|()| true));
+        settle(
+            &mut reports,
+            &mut failed,
+            "KubeadmConfigTemplate",
+            &kct,
+            result.map(|()| true),
+        );
     }
-    for note in reports {
+    for (kind, object, note) in reports {
         let event = Event {
             type_: EventType::Warning,
             reason: "LinkFailed".to_string(),
             note: Some(note),
             action: "LinkTemplates".to_string(),
-            secondary: None,
+            // The refused object: Events are told apart by it (the note is not part of kube-runtime's key).
+            secondary: Some(ObjectReference {
+                api_version: Some(match kind {
+                    "KubeadmControlPlane" => "controlplane.cluster.x-k8s.io/v1beta2".to_string(),
+                    _ => "bootstrap.cluster.x-k8s.io/v1beta2".to_string(),
+                }),
+                kind: Some(kind.to_string()),
+                name: Some(object),
+                namespace: Some(namespace.clone()),
+                ..ObjectReference::default()
+            }),
         };
         if let Err(e) = ctx
             .recorder
@@ -715,11 +749,9 @@ mod tests {
         let again = json!({"metadata": {"labels": {REFRESH_LABEL: format!("{}-r", digest(&new))}}});
         assert_eq!(refresh_patch(&asked, &new), Some(again), "asked already");
         asked["metadata"]["labels"][REFRESH_LABEL] = json!(format!("{}-r", digest(&new)));
-        assert_eq!(
-            refresh_patch(&asked, &new),
-            Some(json!({"metadata": {"labels": {REFRESH_LABEL: digest(&new)}}})),
-            "asked twice already"
-        );
+        // Asked twice and still stale (a namespace the webhook does not serve, say): no more writes for these
+        // entries.
+        assert_eq!(refresh_patch(&asked, &new), None, "asked twice already");
         asked["metadata"]["labels"][REFRESH_LABEL] = json!(digest(&old));
         assert!(
             refresh_patch(&asked, &new).is_some(),
@@ -759,19 +791,29 @@ mod tests {
         by_annotation["metadata"]["annotations"]["cluster.x-k8s.io/paused"] = json!("");
         assert!(paused(&by_annotation));
 
-        let api = |code: u16| {
+        let api_saying = |code: u16, message: &str| {
             LinkError::Kube(kube::Error::Api(
                 serde_json::from_value(
-                    json!({"status": "Failure", "message": "no", "reason": "x", "code": code}),
+                    json!({"status": "Failure", "message": message, "reason": "x", "code": code}),
                 )
                 .expect("status"),
             ))
         };
+        let api = |code: u16| api_saying(code, "no");
+        // The webhook's denial when it could not read the Cluster says to retry: retried soon, not reported.
+        let lookup_failed = format!(
+            "admission webhook \"mutate.capi-calico.io\" denied the request: {} KubeadmConfigTemplate x (...); \
+             retry in a moment",
+            crate::admission::policy::LOOKUP_FAILED_MESSAGE
+        );
+        assert!(!api_saying(403, &lookup_failed).refused());
         for (code, refused) in [
             (400, true),
+            (401, true),
             (403, true),
             (422, true),
             (404, false),
+            (408, false),
             (409, false),
             (429, false),
             (500, false),

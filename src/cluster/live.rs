@@ -288,6 +288,10 @@ fn spawn_reflector(client: Client, resource: ApiResource) -> Store<DynamicObject
 /// API server is down; the lookups metric counts them all, as `cache`).
 static FALLBACK_LOG: LogEvery = LogEvery::new(60);
 
+/// The clock of [`LogEvery`] (monotonic: a wall-clock step must not silence the log).
+static PROCESS_START: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
 /// Lets a repeated log line through at most once per `seconds`.
 struct LogEvery {
     seconds: u64,
@@ -304,7 +308,11 @@ impl LogEvery {
 
     /// True when the line may be logged now (and then not again for `seconds`).
     fn ready(&self) -> bool {
-        let now = crate::server::tls::unix_now().max(0) as u64;
+        self.ready_at(PROCESS_START.elapsed().as_secs() + 1)
+    }
+
+    /// [`LogEvery::ready`] at `now`, seconds on a clock that starts at 1 and never goes back.
+    fn ready_at(&self, now: u64) -> bool {
         let last = self.last.load(Ordering::Relaxed);
         (last == 0 || now >= last + self.seconds)
             && self
@@ -447,5 +455,21 @@ impl ClusterSource for LiveSource {
         versions.sort();
         versions.dedup();
         Some(versions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogEvery;
+
+    #[test]
+    fn a_repeated_log_line_passes_once_per_period() {
+        let every = LogEvery::new(60);
+        assert!(every.ready_at(1), "the first one");
+        assert!(!every.ready_at(1));
+        assert!(!every.ready_at(60));
+        assert!(every.ready_at(61), "a period later");
+        assert!(!every.ready_at(100));
+        assert!(every.ready_at(121));
     }
 }
