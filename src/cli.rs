@@ -222,7 +222,8 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after the listener closes.
     #[arg(long, env = "CAPI_CALICO_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
-    /// Bound on the direct API call made on a Cluster cache miss.
+    /// Bound on each API call of a KCP/KCT review (the Cluster's GET; a LIST on a cache miss); under half of
+    /// --request-timeout.
     #[arg(long, env = "CAPI_CALICO_LOOKUP_TIMEOUT", default_value = "1500ms", value_parser = parse_positive_duration)]
     pub lookup_timeout: std::time::Duration,
     /// Largest accepted request body in bytes.
@@ -878,7 +879,8 @@ async fn serve(args: &ServeArgs) -> Result<(), String> {
                     || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
                 {
                     return Err(format!(
-                        "{e} (run with --no-cluster-lookup to serve without cluster access)"
+                        "cluster access could not be set up: {e}; fix --kubeconfig or the pod's service account token \
+                         (--no-cluster-lookup serves without it: KCPs/KCTs then get no Cluster settings)"
                     ));
                 }
                 tracing::warn!(

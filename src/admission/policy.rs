@@ -494,12 +494,12 @@ pub fn cluster_change_warnings<P: Prepare>(prepare: &P, old: &Value, new: &Value
             }
             if workers {
                 warnings.push(fit_warning(
-                    "capi-calico: the workers' node files change: linked KCTs get them from the template linker, if it runs",
+                    "capi-calico: the workers' node files change: the template linker updates linked KCTs; edit any other KCT",
                 ));
             }
             if control_plane || workers {
                 warnings.push(fit_warning(
-                    "capi-calico: running Machines keep theirs: only new Machines get the new files",
+                    "capi-calico: running Machines keep their files: roll them out (or wait for replacements) for the new ones",
                 ));
             }
         }
@@ -1033,8 +1033,8 @@ mod tests {
         };
         const KCP: &str = "the KCP's node files change: it gets them at its next spec change";
         const WORKERS: &str =
-            "the workers' node files change: linked KCTs get them from the template linker";
-        const MACHINES: &str = "running Machines keep theirs";
+            "the workers' node files change: the template linker updates linked KCTs";
+        const MACHINES: &str = "running Machines keep their files";
         let cases: [(Value, Value, &[&str]); 9] = [
             (
                 base.clone(),

@@ -515,7 +515,8 @@ fn link_failure_note(kind: &str, name: &str, error: &LinkError) -> String {
         other => other.to_string(),
     };
     let mut note = format!(
-        "{kind} {name} could not be linked to this Cluster or brought up to date: {reason}"
+        "{kind} {name} could not be linked to this Cluster or brought up to date (fix the cause; asked again at the \
+         Cluster's or a MachineDeployment's next change, or the resync): {reason}"
     );
     if note.len() > 1024 {
         let mut cut = 1021;
@@ -823,7 +824,8 @@ mod tests {
         let note = link_failure_note("KubeadmConfigTemplate", "wl-md-0", &api(403));
         assert_eq!(
             note,
-            "KubeadmConfigTemplate wl-md-0 could not be linked to this Cluster or brought up to date: no"
+            "KubeadmConfigTemplate wl-md-0 could not be linked to this Cluster or brought up to date (fix the cause; \
+             asked again at the Cluster's or a MachineDeployment's next change, or the resync): no"
         );
         let long = LinkError::Kube(kube::Error::Api(
             serde_json::from_value(json!({"status": "Failure", "message": "é".repeat(900), "reason": "x", "code": 403}))

@@ -126,7 +126,7 @@ pub fn warnings(peers: &[BgpPeer], mesh_needed: bool) -> Vec<String> {
             .any(|p| text(p, "peerSelector").is_some_and(|s| !s.is_empty() && s != "all()"))
         {
             warnings.push(
-                "capi-calico: peerSelector peers need the selected nodes to be route reflectors (routeReflectorClusterID)"
+                "capi-calico: peerSelector peers: make the selected nodes route reflectors (Node spec.bgp.routeReflectorClusterID)"
                     .to_string(),
             );
         }
@@ -140,8 +140,8 @@ pub fn warnings(peers: &[BgpPeer], mesh_needed: bool) -> Vec<String> {
         };
         if !peers.iter().filter(for_all_nodes).any(peers_somewhere) {
             warnings.push(
-                "capi-calico: no BGPPeer is for all nodes: with the node-to-node mesh off, some nodes may get no pod \
-                 routes"
+                "capi-calico: no BGPPeer is for all nodes: with the mesh off, some nodes may get no pod routes; add one \
+                 without node"
                     .to_string(),
             );
         }

@@ -1702,20 +1702,20 @@ fn peer_warnings_table() {
         (
             &[in_cluster],
             "None",
-            &["peerSelector peers need the selected nodes to be route reflectors"],
+            &["peerSelector peers: make the selected nodes route reflectors"],
         ),
         (
             &[in_cluster_scoped],
             "IPIP",
             &[
-                "peerSelector peers need the selected nodes",
+                "peerSelector peers: make the selected nodes",
                 "no BGPPeer is for all nodes",
             ],
         ),
         (
             &[in_cluster, GLOBAL],
             "IPIP",
-            &["peerSelector peers need the selected nodes"],
+            &["peerSelector peers: make the selected nodes"],
         ),
         (&[in_cluster], "VXLANCrossSubnet", &[]),
         // A full mesh rebuilt from BGPPeers needs no route reflector.
@@ -1724,7 +1724,7 @@ fn peer_warnings_table() {
     let all = [
         "BGP password Secrets to create",
         "BGPFilters to create",
-        "peerSelector peers need",
+        "peerSelector peers: make",
         "no BGPPeer is for all nodes",
     ];
     for (peers, encapsulation, expected) in cases {
