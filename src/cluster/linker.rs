@@ -55,8 +55,7 @@ impl LinkError {
     /// The webhook's own denial when it could not read the Cluster says to retry: not a refusal.
     pub fn refused(&self) -> bool {
         matches!(self, LinkError::Kube(kube::Error::Api(status))
-            if (400..500).contains(&status.code)
-                && !matches!(status.code, 404 | 408 | 409 | 429)
+            if super::is_refusal(status)
                 && !status.message.contains(crate::admission::policy::LOOKUP_FAILED_MESSAGE))
     }
 }
@@ -146,9 +145,8 @@ pub fn templates_of(cluster: &str, machine_deployments: &[Value]) -> Vec<String>
     let mut names: Vec<String> = machine_deployments
         .iter()
         .filter(|md| cluster_of(md) == Some(cluster))
-        .filter_map(|md| md.pointer("/spec/template/spec/bootstrap/configRef"))
-        .filter(|r| r.get("kind").and_then(Value::as_str) == Some("KubeadmConfigTemplate"))
-        .filter_map(|r| r.get("name")?.as_str().map(str::to_string))
+        .filter_map(template_of)
+        .map(str::to_string)
         .collect();
     names.sort();
     names.dedup();
@@ -189,10 +187,10 @@ pub fn targets(cluster: &Value, machine_deployments: &[Value]) -> Vec<LinkTarget
     .into_iter()
     .collect();
     let kct_of = |md: &Value| {
-        referenced(
-            md.pointer("/spec/template/spec/bootstrap/configRef"),
-            "KubeadmConfigTemplate",
-        )
+        template_of(md).map(|name| LinkTarget {
+            kind: "KubeadmConfigTemplate",
+            name: name.to_string(),
+        })
     };
     for md in machine_deployments {
         if cluster_of(md) != Some(name) {
@@ -211,6 +209,14 @@ pub fn targets(cluster: &Value, machine_deployments: &[Value]) -> Vec<LinkTarget
         }
     }
     out
+}
+
+/// The KubeadmConfigTemplate a MachineDeployment's bootstrap `configRef` names, if it names one.
+fn template_of(md: &Value) -> Option<&str> {
+    let reference = md.pointer("/spec/template/spec/bootstrap/configRef")?;
+    (reference.get("kind").and_then(Value::as_str) == Some("KubeadmConfigTemplate"))
+        .then(|| reference.get("name")?.as_str())
+        .flatten()
 }
 
 /// A MachineDeployment's `spec.clusterName`.
@@ -514,19 +520,10 @@ fn link_failure_note(kind: &str, name: &str, error: &LinkError) -> String {
         LinkError::Kube(kube::Error::Api(status)) => status.message.clone(),
         other => other.to_string(),
     };
-    let mut note = format!(
+    crate::delivery::event_note(format!(
         "{kind} {name} could not be linked to this Cluster or brought up to date (fix the cause; asked again at the \
          Cluster's or a MachineDeployment's next change, or the resync): {reason}"
-    );
-    if note.len() > 1024 {
-        let mut cut = 1021;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str("...");
-    }
-    note
+    ))
 }
 
 /// Label one target of Cluster `cluster` if it needs it; false when it does not exist yet (looked at again on the

@@ -183,9 +183,7 @@ impl LiveSource {
                 };
             }
             // A refusal (401, 403: a missing RBAC rule, say) is no outage: say it rather than decide on the cache.
-            Ok(Err(kube::Error::Api(status)))
-                if (400..500).contains(&status.code) && !matches!(status.code, 408 | 429) =>
-            {
+            Ok(Err(kube::Error::Api(status))) if super::is_refusal(&status) => {
                 return Lookup::Failed {
                     reason: format!("reading Cluster {namespace}/{name}: {}", status.message),
                 };

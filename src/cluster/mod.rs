@@ -66,6 +66,12 @@ pub fn cluster_label(labels: &BTreeMap<String, String>) -> Option<&str> {
         .filter(|name| !name.is_empty())
 }
 
+/// An API answer that a retry will not change: a 4xx other than not found (404), timeout (408), conflict (409) and
+/// throttling (429), i.e. an authorization, validation or admission refusal.
+pub fn is_refusal(status: &kube::core::Status) -> bool {
+    (400..500).contains(&status.code) && !matches!(status.code, 404 | 408 | 409 | 429)
+}
+
 /// What the admission layer needs to know about a Cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterInfo {

@@ -52,6 +52,23 @@ pub const STATUS_ANNOTATION: &str = "status.capi-calico.io/delivery";
 /// whose data exceeds 1 MiB (1048576 bytes); the rest is headroom for metadata and managedFields.
 pub const CHUNK_DATA_LIMIT: usize = 900_000;
 
+/// The most bytes an Event's `note` may hold (events.k8s.io/v1).
+const MAX_EVENT_NOTE_BYTES: usize = 1024;
+
+/// `text` cut to what an Event's note may hold, on a character boundary, marked with `...` when cut (the
+/// reconciler's and the template linker's Events on a Cluster).
+pub fn event_note(mut text: String) -> String {
+    if text.len() > MAX_EVENT_NOTE_BYTES {
+        let mut cut = MAX_EVENT_NOTE_BYTES - 3;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
 /// `v3.31.7`.
 pub fn version_tag(version: &CalicoVersion) -> String {
     format!("v{}.{}.{}", version.major, version.minor, version.patch)

@@ -581,14 +581,7 @@ async fn record(
     patch_status(ctx, cluster, Value::String(value)).await?;
     let namespace = cluster.namespace().unwrap_or_default();
 
-    let mut note = status.message();
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
+    let note = super::event_note(status.message());
     let event = Event {
         type_: if status.is_ready() {
             EventType::Normal

@@ -99,26 +99,27 @@ pub fn warnings(peers: &[BgpPeer], mesh_needed: bool) -> Vec<String> {
                 .as_str()
         })
         .collect();
-    if !secrets.is_empty() {
-        let names: Vec<&str> = secrets.into_iter().collect();
-        warnings.push(format!(
-            "capi-calico: BGP password Secrets to create in calico-system, readable by calico-node: {}",
-            names.join(", ")
-        ));
-    }
+    let mut to_create = |what: &str, names: BTreeSet<&str>| {
+        if !names.is_empty() {
+            let names: Vec<&str> = names.into_iter().collect();
+            // The names last: a long list is cut, never the instruction.
+            warnings.push(format!("capi-calico: {what}: {}", names.join(", ")));
+        }
+    };
+    to_create(
+        "BGP password Secrets to create in calico-system, readable by calico-node",
+        secrets,
+    );
     let filters: BTreeSet<&str> = peers
         .iter()
         .filter_map(|p| p.spec.get("filters")?.as_array())
         .flatten()
         .filter_map(Value::as_str)
         .collect();
-    if !filters.is_empty() {
-        let names: Vec<&str> = filters.into_iter().collect();
-        warnings.push(format!(
-            "capi-calico: BGPFilters to create (Calico skips a missing one: routes unfiltered): {}",
-            names.join(", ")
-        ));
-    }
+    to_create(
+        "BGPFilters to create (Calico skips a missing one: routes unfiltered)",
+        filters,
+    );
     if mesh_needed {
         // `peerSelector: all()` peers rebuild a full mesh from BGPPeers: no route reflector needed.
         if peers
