@@ -1,7 +1,7 @@
 //! `scripts/bench.sh` still works end to end: it starts the webhook, the baseline and the replay responders,
-//! drives each with the load generator at a fixed rate and at saturation, and prints the table. Debug binaries,
-//! one CPU, one second per row: this checks the benchmark's machinery (and that every request of the mix is
-//! answered), not its numbers.
+//! drives each with the load generator at a fixed rate and at saturation (two rounds), and prints the table and the
+//! per-round ratios. Debug binaries, one CPU, one second per row: this checks the benchmark's machinery (and that
+//! every request of the mix is answered), not its numbers.
 
 use std::process::Command;
 
@@ -36,6 +36,7 @@ fn bench_script_runs_all_three_servers_without_failed_requests() {
             ("CONNECTIONS", "2"),
             ("SERVER_CPU", "0"),
             ("CLIENT_CPU", "0"),
+            ("ROUNDS", "2"),
         ])
         .output()
         .expect("run scripts/bench.sh");
@@ -44,7 +45,7 @@ fn bench_script_runs_all_three_servers_without_failed_requests() {
     assert!(out.status.success(), "bench.sh failed:\n{stdout}\n{stderr}");
 
     for server in ["webhook", "baseline", "replay"] {
-        for rate in ["50", "saturation"] {
+        for rate in ["50", "saturation", "saturation (round 2)"] {
             let row = stdout
                 .lines()
                 .find(|l| l.starts_with(&format!("| {server} | {rate} |")))
@@ -58,8 +59,12 @@ fn bench_script_runs_all_three_servers_without_failed_requests() {
             assert!(server_cpu > 0.0, "the server used no CPU: {row}");
         }
     }
+    for line in ["round 1: webhook ", "round 2: webhook "] {
+        assert!(stdout.contains(line), "no line {line:?}:\n{stdout}");
+    }
     assert!(
-        stdout.contains("saturated throughput: webhook "),
+        stdout.contains("saturated throughput: webhook ")
+            && stdout.contains("of the baseline (median of 2 round(s))"),
         "no summary line:\n{stdout}"
     );
 }
