@@ -30,9 +30,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
 step "cargo test"
 cargo test --locked --all-targets
 
-# Fuzzing (fuzz/run.sh), bounded: each of the four targets for CAPI_CALICO_FUZZ_SECONDS (default 20; 0 skips it).
+# Fuzzing (fuzz/run.sh), bounded: each of the four targets for CAPI_CALICO_FUZZ_SECONDS (default 60: issue 5 asks
+# for "a minute or so"; 0 skips it).
 # Installing cargo-fuzz takes under a minute, the instrumented build of the fuzz crate several minutes on 2 CPUs.
-CAPI_CALICO_FUZZ_SECONDS=${CAPI_CALICO_FUZZ_SECONDS:-20}
+CAPI_CALICO_FUZZ_SECONDS=${CAPI_CALICO_FUZZ_SECONDS:-60}
 if [ "$CAPI_CALICO_FUZZ_SECONDS" != 0 ]; then
   step "fuzz, ${CAPI_CALICO_FUZZ_SECONDS}s per target"
   cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
