@@ -56,8 +56,17 @@ struct Answer {
     response: Value,
 }
 
+/// One webhook for every case, as the server has: its settings and injection memos fill up across cases.
+static WEBHOOK: std::sync::LazyLock<Webhook<NoLookup>> =
+    std::sync::LazyLock::new(|| Webhook::new(NoLookup));
+
+/// `body` through the shared webhook (with its memos).
 fn handle(endpoint: Endpoint, body: &[u8]) -> Answer {
-    let reply = futures::executor::block_on(Webhook::new(NoLookup).handle(endpoint, body));
+    handle_with(&WEBHOOK, endpoint, body)
+}
+
+fn handle_with(webhook: &Webhook<NoLookup>, endpoint: Endpoint, body: &[u8]) -> Answer {
+    let reply = futures::executor::block_on(webhook.handle(endpoint, body));
     assert_eq!(
         reply.status,
         200,
@@ -288,16 +297,22 @@ fn accepted(annotations: &BTreeMap<String, String>) -> Option<Settings> {
     }
 }
 
-/// The `key=value` lines of calicoctl.conf (after the comment), as the installer reads them.
-fn conf_lines(content: &str) -> BTreeMap<String, String> {
-    content
+/// The `key=value` lines of calicoctl.conf (after the comment), as the installer reads them. A key seen twice (a
+/// value that smuggled in a line of its own) fails the case.
+fn conf_lines(content: &str) -> Result<BTreeMap<String, String>, TestCaseError> {
+    let mut conf = BTreeMap::new();
+    for line in content
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.split_once('=').expect("key=value");
-            (k.to_string(), v.to_string())
-        })
-        .collect()
+    {
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| TestCaseError::fail(format!("not key=value: {line:?}")))?;
+        if conf.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(TestCaseError::fail(format!("{k} twice in {content:?}")));
+        }
+    }
+    Ok(conf)
 }
 
 fn check_data_files(
@@ -324,7 +339,17 @@ fn check_data_files(
         return Ok(());
     }
     prop_assert_eq!(&files[INSTALL_SCRIPT_PATH], INSTALL_SCRIPT);
-    let conf = conf_lines(&files[CALICOCTL_CONF_PATH]);
+    let conf = conf_lines(&files[CALICOCTL_CONF_PATH])?;
+    // Exactly the keys the installer reads, each once.
+    let keys: Vec<&str> = conf.keys().map(String::as_str).collect();
+    let mut want_keys = vec!["url_template", "version"];
+    if settings.calicoctl.sha256_amd64.is_some() {
+        want_keys.insert(0, "sha256_amd64");
+    }
+    if settings.calicoctl.sha256_arm64.is_some() {
+        want_keys.insert(want_keys.len() - 2, "sha256_arm64");
+    }
+    prop_assert_eq!(keys, want_keys);
     let v = settings.calico_version;
     prop_assert_eq!(
         &conf["version"],
@@ -384,8 +409,10 @@ proptest! {
         let annotations = settings_of(&object);
         let body = review(&object, "CREATE");
         let first = handle(Endpoint::Mutate, &body);
-        // Deterministic: the same review, the same bytes.
+        // Deterministic: the same review, the same bytes, from the memos (second call) and without them (a new
+        // webhook).
         prop_assert_eq!(&first.bytes, &handle(Endpoint::Mutate, &body).bytes);
+        prop_assert_eq!(&first.bytes, &handle_with(&Webhook::new(NoLookup), Endpoint::Mutate, &body).bytes);
         let Some(settings) = accepted(&annotations) else {
             prop_assert_eq!(first.outcome, Outcome::Denied);
             return Ok(());
@@ -422,11 +449,11 @@ proptest! {
     #[test]
     fn hostile_values_never_reach_a_command(
         base in calico_annotations(),
-        key in prop::sample::select(keys::KNOWN_KEYS.to_vec()),
-        hostile in hostile_string(),
+        (key, hostile, needs) in hostile_annotation(),
         kcp in any::<bool>(),
     ) {
         let mut annotations = base;
+        annotations.extend(needs);
         annotations.insert(format!("{PREFIX}{key}"), hostile.clone());
         let (object, target) = if kcp {
             (json!({"apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
@@ -444,6 +471,11 @@ proptest! {
             Outcome::Denied => {}
             Outcome::Mutated | Outcome::Allowed => {
                 let spec = spec_of(&patched(&object, &answer.response), target);
+                // Every data file parses back to exactly the validated settings: the value cannot have added a line,
+                // a key or a YAML document of its own.
+                if let Some(settings) = accepted(&annotations) {
+                    check_data_files(&spec, &settings, target)?;
+                }
                 for field in ["preKubeadmCommands", "postKubeadmCommands"] {
                     for c in list(&spec, field) {
                         let c = c.as_str().unwrap();
@@ -539,6 +571,85 @@ fn settings_of(object: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A hostile annotation: its key, its value, and the other settings it needs to be accepted at all. Mostly
+/// [`hostile_string`] under any key (which the strict grammars refuse); also values that are valid although they
+/// carry shell metacharacters: a route reflector whose `nodeSelector` compares a label with a quoted string of them
+/// (`CALICO_ROUTE_REFLECTORS`, with the BGP settings it needs), and a `CALICOCTL_URL` with `~` in its path.
+fn hostile_annotation() -> impl Strategy<Value = (&'static str, String, BTreeMap<String, String>)> {
+    // Everything a single-quoted selector string may hold: no quote, no control character.
+    let literal = prop::collection::vec(
+        prop::sample::select(vec![
+            "$(id)",
+            "`id`",
+            ";",
+            "&&",
+            "||",
+            "|",
+            "\\",
+            "${IFS}",
+            "#",
+            "*",
+            "?",
+            "~",
+            "<",
+            ">",
+            "&",
+            "!",
+            " ",
+            "{version}",
+            "=",
+            "%0a",
+            "\"",
+            "---",
+            ": ",
+            "{",
+            "}",
+        ]),
+        1..6,
+    )
+    .prop_map(|pieces| pieces.concat());
+    let route_reflector = literal.prop_map(|junk| {
+        let yaml = format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-1\nspec:\n  peerIP: 10.0.0.1\n  \
+             asNumber: 65100\n  nodeSelector: {}\n",
+            serde_json::to_string(&format!("rack == '{junk}'")).unwrap()
+        );
+        let needs = [
+            (keys::INSTALL_CALICOCTL, "true"),
+            (keys::CONFIGURE_CALICO_BGP_SETTINGS, "true"),
+            (keys::CALICO_BGP_OPTION, "Enabled"),
+            (keys::CALICO_ENCAPSULATION, "IPIP"),
+            (keys::CALICO_BGP_AS_NUMBER, "65100"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+        .collect();
+        (
+            keys::CALICO_ROUTE_REFLECTORS,
+            base64::engine::general_purpose::STANDARD.encode(yaml),
+            needs,
+        )
+    });
+    let url = prop::collection::vec(
+        prop::sample::select(vec!["~", "~~", "-~", "~.", "~/"]),
+        1..3,
+    )
+    .prop_map(|t| {
+        let t = t.concat();
+        (
+            keys::CALICOCTL_URL,
+            format!("https://mirror.example.com/{t}/calicoctl-{{version}}-linux-{{arch}}{t}"),
+            BTreeMap::new(),
+        )
+    });
+    let anywhere = (
+        prop::sample::select(keys::KNOWN_KEYS.to_vec()),
+        hostile_string(),
+    )
+        .prop_map(|(key, value)| (key, value, BTreeMap::new()));
+    prop_oneof![6 => anywhere, 3 => route_reflector, 1 => url]
+}
+
 /// Strings built around shell metacharacters, quotes, newlines and NULs, sometimes wrapped around a valid value.
 fn hostile_string() -> impl Strategy<Value = String> {
     let piece = prop::sample::select(vec![
@@ -590,6 +701,40 @@ fn hostile_string() -> impl Strategy<Value = String> {
             format!("{v}{junk}")
         }
     })
+}
+
+/// Not a property: a guard that `hostile_values_never_reach_a_command` checks both of its branches, i.e. that some
+/// hostile values are accepted (and their data files then checked) and most are refused.
+#[test]
+fn hostile_generator_reaches_both_outcomes() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (calico_annotations(), hostile_annotation());
+    let (mut accepted_keys, mut refused, total) = (BTreeMap::<&str, usize>::new(), 0, 600);
+    for _ in 0..total {
+        let (mut annotations, (key, hostile, needs)) =
+            strategy.new_tree(&mut runner).unwrap().current();
+        annotations.extend(needs);
+        annotations.insert(format!("{PREFIX}{key}"), hostile);
+        match settings::resolve(&annotations, None) {
+            Resolution::OptedIn { .. } => *accepted_keys.entry(key).or_default() += 1,
+            Resolution::Invalid { .. } => refused += 1,
+            Resolution::NotOptedIn { .. } => {}
+        }
+    }
+    let accepted: usize = accepted_keys.values().sum();
+    eprintln!(
+        "hostile values: {accepted} accepted ({accepted_keys:?}), {refused} refused, of {total}"
+    );
+    assert!(
+        accepted >= 10,
+        "only {accepted}/{total} hostile cases accepted: {accepted_keys:?}"
+    );
+    assert!(
+        refused * 2 >= total,
+        "only {refused}/{total} hostile cases refused"
+    );
 }
 
 /// Not a property: a guard that the generator is useful, i.e. most generated settings are accepted.
