@@ -3,8 +3,9 @@
 //! hundreds of idle connections with and without a TLS handshake (closed by the header / handshake deadlines), an
 //! oversized body, declared or streamed (413 at once), and deeply nested JSON (400 at once: serde_json's recursion
 //! limit). A second test stalls 32 large bodies against a small body-memory budget, and against a roomy one as the
-//! control; others send reviews that would grow when read, and hold every connection slot of the probe port. `tests/server_tls.rs` covers the same bounds in-process with tight timeouts; this runs the shipped
-//! defaults of `serve`.
+//! control; others send reviews that would grow when read, hold every connection slot of the probe port, and hold
+//! every slot of the webhook port (`--max-connections`). `tests/server_tls.rs` covers the same bounds in-process with
+//! tight timeouts; this runs the shipped defaults of `serve`.
 
 mod load_support;
 
@@ -470,4 +471,66 @@ async fn connections_held_on_the_probe_port_do_not_starve_the_liveness_probe() {
     for shot in mix() {
         shoot(&client, serve.addr, &shot).await.unwrap();
     }
+}
+
+/// The webhook port's connection limit (`--max-connections`): with every slot held by connections that never start
+/// TLS, a new client is not accepted (it waits in the kernel's backlog, nobody is closed for it: on this port the
+/// API server is the only client, see `WhenFull::Wait`), and it is served as soon as one held connection closes.
+/// The held connections get long handshake and header deadlines, so that only the limit can hold the new client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_the_connection_limit_waits_for_a_free_slot() {
+    const LIMIT: usize = 8;
+    let (_guard, dir) = tmp();
+    let limit = LIMIT.to_string();
+    let serve = Serve::start(&[
+        "--no-cluster-lookup",
+        "--self-signed-dir",
+        path_str(&dir),
+        "--max-connections",
+        &limit,
+        "--tls-handshake-timeout",
+        "60s",
+        "--header-read-timeout",
+        "60s",
+    ]);
+    let client = https_client(&[read_ca(&dir)], false);
+    let shot = mix().remove(0);
+    // Below the limit, served.
+    shoot(&client, serve.addr, &shot).await.unwrap();
+
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        held.push(TcpStream::connect(serve.addr).await.unwrap());
+    }
+    // Give the server the moment it needs to accept them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = tokio::spawn({
+        let (client, addr, shot) = (client.clone(), serve.addr, shot.clone());
+        async move {
+            let t0 = Instant::now();
+            (shoot(&client, addr, &shot).await, t0.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a client past the limit of {LIMIT} connections was answered: {:?}",
+        waiting.await
+    );
+    // The held connections are all still open: nobody was closed to make room.
+    let (closed, _) = count_closed(&mut held, Duration::from_millis(200)).await;
+    assert_eq!(closed, 0, "held connections closed to make room");
+
+    let freed = Instant::now();
+    held.pop();
+    let (answer, waited) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("not served within 5 s of a slot freeing up")
+        .unwrap();
+    answer.unwrap();
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    eprintln!(
+        "past the limit: waited {waited:?}, served {:?} after a slot freed up",
+        freed.elapsed()
+    );
 }
