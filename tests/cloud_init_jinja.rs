@@ -29,6 +29,11 @@ fn python() -> Option<&'static str> {
             .is_ok_and(|s| s.success())
     });
     if found.is_none() {
+        // scripts/test.sh installs python3-jinja2 and sets this: there, a skip would hide a missing check.
+        assert!(
+            std::env::var_os("CAPI_CALICO_REQUIRE_TEST_TOOLS").is_none_or(|v| v != "1"),
+            "no python3 with jinja2, and CAPI_CALICO_REQUIRE_TEST_TOOLS=1"
+        );
         eprintln!(
             "NOTICE: no python3 with jinja2; the Jinja rendering was NOT checked (CI installs it)"
         );

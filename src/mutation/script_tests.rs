@@ -593,7 +593,9 @@ fn install_falls_back_to_wget() {
     let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
     let tools = WGET_TOOLS;
     if restricted_bin(&inst.bin, &tools).is_none() {
-        eprintln!("NOTICE: install_falls_back_to_wget skipped: one of {tools:?} is not installed");
+        skipped(&format!(
+            "install_falls_back_to_wget skipped: one of {tools:?} is not installed"
+        ));
         return;
     }
     let out = run(
@@ -621,9 +623,9 @@ fn install_downloads_through_an_upper_case_proxy_with_wget() {
     std::fs::write(&inst.conf, conf).unwrap();
     let tools = WGET_TOOLS;
     if restricted_bin(&inst.bin, &tools).is_none() {
-        eprintln!(
-            "NOTICE: install_downloads_through_an_upper_case_proxy_with_wget skipped: one of {tools:?} is not installed"
-        );
+        skipped(&format!(
+            "install_downloads_through_an_upper_case_proxy_with_wget skipped: one of {tools:?} is not installed"
+        ));
         return;
     }
     let mut cmd = inst.command(&inst.bin.display().to_string());
@@ -714,9 +716,9 @@ fn install_bounds_the_download_size_with_wget() {
     let inst = Install::new(mirror.port, "x86_64", Some(&sha), None);
     let tools = WGET_TOOLS;
     if restricted_bin(&inst.bin, &tools).is_none() {
-        eprintln!(
-            "NOTICE: install_bounds_the_download_size_with_wget skipped: one of {tools:?} is not installed"
-        );
+        skipped(&format!(
+            "install_bounds_the_download_size_with_wget skipped: one of {tools:?} is not installed"
+        ));
         return;
     }
     let mut cmd = inst.command(&inst.bin.display().to_string());
@@ -1397,7 +1399,9 @@ fn apply_works_without_timeout() {
         "wc",
     ];
     if restricted_bin(&a.bin, &tools).is_none() {
-        eprintln!("NOTICE: apply_works_without_timeout skipped: one of {tools:?} is not installed");
+        skipped(&format!(
+            "apply_works_without_timeout skipped: one of {tools:?} is not installed"
+        ));
         return;
     }
     let mut cmd = a.command(60, 0, 1, 0);
@@ -1623,9 +1627,20 @@ fn apply_unit_restarts_failures_and_outlives_the_script_deadline() {
 fn missing_tool(tool: &str, unchecked: &str) -> bool {
     let missing = Command::new(tool).arg("--version").output().is_err();
     if missing {
-        eprintln!("NOTICE: {tool} is not installed; {unchecked} (CI installs it)");
+        skipped(&format!("{tool} is not installed; {unchecked}"));
     }
     missing
+}
+
+/// Say that a check did not run for want of a tool. Under `scripts/test.sh` (and so in CI), which installs every
+/// tool these tests use and sets `CAPI_CALICO_REQUIRE_TEST_TOOLS=1`, that is a failure instead.
+fn skipped(notice: &str) {
+    if std::env::var_os("CAPI_CALICO_REQUIRE_TEST_TOOLS").is_some_and(|v| v == "1") {
+        panic!(
+            "{notice}, and CAPI_CALICO_REQUIRE_TEST_TOOLS=1 (scripts/install-test-tools.sh installs it)"
+        );
+    }
+    eprintln!("NOTICE: {notice} (scripts/install-test-tools.sh installs it)");
 }
 
 /// systemd's own parser reads the unit without a complaint: an unknown key, a value it cannot parse or a missing
