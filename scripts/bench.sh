@@ -16,6 +16,8 @@
 #        round starts the three servers again, in a rotated order, and measures saturation only; the ratio to the
 #        baseline is taken within each round, and the summary gives their median: this VM's speed drifts by tens of
 #        percent over minutes, so one pair of rows can compare a fast phase with a slow one)
+#        MICRO=1 (then run the in-process benchmark too: `cargo bench --bench admission -- --sample-count 500`, its
+#        tables after the macro table; MICRO=0 skips it; always skipped with PROFILE=debug)
 #        PROFILE=debug (debug binaries: only to check that the script works, as tests/bench_smoke.rs does)
 #        IDLE=spin (the load generator busy-polls instead of sleeping between responses, so that waking it is not
 #        charged to the server: see examples/loadgen.rs and docs/performance.md)
@@ -31,6 +33,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 IDLE=${IDLE:-sleep}
 ROUNDS=${ROUNDS:-3}
+MICRO=${MICRO:-1}
 if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
   echo "ROUNDS must be a positive integer, got '$ROUNDS'" >&2
   exit 2
@@ -164,3 +167,11 @@ awk -v w="${saturated[webhook]}" -v b="${saturated[baseline]}" -v r="${saturated
     }
     printf "saturated throughput: webhook %.1f%% of the baseline (median of %d round(s)); replay of the webhook'"'"'s responses: %.1f%%\n", median(pw, n), n, median(pr, n)
   }'
+
+# The in-process numbers (divan medians and allocations per case, percentiles of single calls, phases of a review),
+# measured after the macro table so that the two never share the CPUs.
+if [[ $MICRO == 1 && $PROFILE == release ]]; then
+  echo
+  echo "In-process benchmark (cargo bench --bench admission -- --sample-count 500):"
+  cargo bench --locked --bench admission -- --sample-count 500
+fi
