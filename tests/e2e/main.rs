@@ -15,6 +15,7 @@ mod harness;
 mod calico;
 mod certs;
 mod delivery;
+mod lookup;
 mod smoke;
 mod webhook;
 
@@ -31,6 +32,7 @@ fn scenarios() -> Vec<Scenario> {
     let mut all = Vec::new();
     all.extend_from_slice(smoke::SCENARIOS);
     all.extend_from_slice(calico::SCENARIOS);
+    all.extend_from_slice(lookup::SCENARIOS);
     all.extend_from_slice(delivery::SCENARIOS);
     all.extend_from_slice(calico::LAST);
     all
