@@ -279,10 +279,22 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
+        let (target, tls) = (
+            target(&args.url),
+            tokio_rustls::TlsConnector::from(Arc::new(config)),
+        );
+        // Open every connection (TLS handshake included) before the clock starts; each worker keeps its own.
+        let mut senders = Vec::new();
+        for _ in 0..args.connections {
+            match connect(&target, &tls).await {
+                Ok(s) => senders.push(s),
+                Err(e) => usage(&format!("cannot connect: {e}")),
+            }
+        }
         let start = Instant::now() + Duration::from_millis(50);
         let shared = Arc::new(Shared {
-            target: target(&args.url),
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            target,
+            tls,
             bodies,
             next: AtomicU64::new(0),
             record_from: start + args.warmup,
@@ -292,14 +304,6 @@ fn main() {
                 tokio::sync::Mutex::new(tickets(start, start + args.warmup + args.duration, step))
             }),
         });
-        // Open every connection (TLS handshake included) before the clock starts; each worker keeps its own.
-        let mut senders = Vec::new();
-        for _ in 0..args.connections {
-            match connect(&shared.target, &shared.tls).await {
-                Ok(s) => senders.push(s),
-                Err(e) => usage(&format!("cannot connect: {e}")),
-            }
-        }
         let tasks: Vec<_> = senders
             .into_iter()
             .map(|sender| tokio::spawn(worker(Arc::clone(&shared), Some(sender))))

@@ -34,6 +34,10 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 IDLE=${IDLE:-sleep}
 ROUNDS=${ROUNDS:-3}
 MICRO=${MICRO:-1}
+if [[ $MICRO != 0 && $MICRO != 1 ]]; then
+  echo "MICRO must be 0 or 1, got '$MICRO'" >&2
+  exit 2
+fi
 if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
   echo "ROUNDS must be a positive integer, got '$ROUNDS'" >&2
   exit 2
@@ -43,7 +47,7 @@ PROFILE=${PROFILE:-release}
 profile_flag=()
 [[ $PROFILE == release ]] && profile_flag=(--release)
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-  nice cargo build "${profile_flag[@]}" --bin capi-calico-webhook --example baseline_responder --example replay_responder \
+  nice cargo build --locked "${profile_flag[@]}" --bin capi-calico-webhook --example baseline_responder --example replay_responder \
     --example loadgen >&2
 fi
 BIN=target/$PROFILE/capi-calico-webhook
@@ -86,7 +90,7 @@ declare -A saturated # label -> saturated throughput of each round, space-separa
 run_server() { # run_server LABEL PORT ROUND RATES COMMAND... (RATES: the fixed rates to run before saturation)
   local label=$1 port=$2 round=$3 fixed=$4
   shift 4
-  taskset -c "$SERVER_CPU" "$@" 2>"$work/$label.log" &
+  taskset -c "$SERVER_CPU" "$@" 2>"$work/$label-$round.log" &
   server_pid=$!
   wait_port "$port"
   local rate out hwm cpu0 client0 own0 t0 others own client
@@ -162,6 +166,7 @@ awk -v w="${saturated[webhook]}" -v b="${saturated[baseline]}" -v r="${saturated
     n = split(w, W, " "); split(b, B, " "); split(r, R, " ")
     if (n < 1) { print "no saturation round was measured"; exit 1 }
     for (i = 1; i <= n; i++) {
+      if (B[i] == 0) { print "round " i ": the baseline answered nothing at saturation"; exit 1 }
       pw[i] = 100 * W[i] / B[i]; pr[i] = 100 * R[i] / B[i]
       printf "round %d: webhook %.0f req/s = %.1f%% of baseline %.0f req/s; replay %.0f req/s = %.1f%%\n", i, W[i], pw[i], B[i], R[i], pr[i]
     }

@@ -23,7 +23,8 @@ apt_install() {
 command -v shellcheck >/dev/null || apt_install shellcheck
 command -v systemd-analyze >/dev/null || apt_install systemd
 command -v curl >/dev/null || apt_install curl
-command -v wget >/dev/null || apt_install wget
+# The wget tests run it from a fixed PATH (/usr/local/bin:/usr/bin:/bin:...), not the caller's.
+[ -x /usr/bin/wget ] || [ -x /usr/local/bin/wget ] || [ -x /bin/wget ] || apt_install wget
 command -v setsid >/dev/null || apt_install util-linux
 # scripts/bench.sh (run by tests/bench_smoke.rs) pins the servers and the load generator with taskset.
 command -v taskset >/dev/null || apt_install util-linux
