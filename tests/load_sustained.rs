@@ -1,8 +1,9 @@
 //! Sustained load on the real binary (`serve --no-cluster-lookup`, debug build in CI): ~10 s of the realistic review
 //! mix from 8 keep-alive clients and 2 clients opening a new TLS connection per request. Zero failed requests, every
 //! answer checked (uid, allowed, patch), and resident memory bounded: after a warm-up, RSS may grow by at most
-//! `RSS_GROWTH_BOUND_KIB` at any sample, and by the end by at most `MAX_LEAK_PER_REQUEST` per request served after
-//! the warm-up (above `SLACK_KIB`).
+//! `RSS_PEAK_BOUND_KIB` at any sample while the load runs, and by the end (the load stopped) by at most
+//! `RSS_GROWTH_BOUND_KIB` and at most `MAX_LEAK_PER_REQUEST` per request served after the warm-up (above
+//! `SLACK_KIB`).
 //!
 //! Duration: `LOAD_SECONDS` (default 10).
 
@@ -14,12 +15,18 @@ use std::time::Duration;
 
 use load_support::*;
 
-/// Growth of VmRSS allowed between the end of the warm-up and any later sample. The allocator keeps freed memory,
-/// so a well-behaved process plateaus once every connection and buffer size has been seen (runs on record: +0.1 MiB
-/// at most). The debug build serves about 2,000 to 5,000 requests after the warm-up here, so a leak of 1 KiB per
-/// request (2 to 5 MiB) fails the test, or comes near failing it on the slowest runs ([`MAX_LEAK_PER_REQUEST`] is
-/// asserted too, so that a run that serves fewer requests does not hide a larger one).
-const RSS_GROWTH_BOUND_KIB: u64 = 2 * 1024;
+/// Growth of VmRSS allowed between the end of the warm-up and the end of the run, read once the load has stopped
+/// (what requests in flight hold is gone by then). The allocator keeps freed memory, so a well-behaved process
+/// plateaus once every connection and buffer size has been seen (runs on record: from 0.3 MiB below to 0.4 MiB above
+/// the warm-up value). The debug build serves about 2,000 to 8,000 requests after the warm-up here, so a leak of
+/// 1 KiB per request fails the test from about 4,000 requests on ([`MAX_LEAK_PER_REQUEST`] is asserted too, so that
+/// a run that serves fewer requests does not hide a larger one).
+const RSS_GROWTH_BOUND_KIB: u64 = 4 * 1024;
+
+/// Growth of VmRSS allowed between the end of the warm-up and any sample while the load runs: what the requests in
+/// flight hold comes and goes (a run on record peaked at +2.0 MiB and ended, still under load, 0.3 MiB below the
+/// warm-up value).
+const RSS_PEAK_BOUND_KIB: u64 = 8 * 1024;
 
 /// Bytes per request after the warm-up that the RSS growth may amount to, above one allocator segment of slack.
 const MAX_LEAK_PER_REQUEST: u64 = 1024;
@@ -54,12 +61,13 @@ async fn sustained_load_has_no_failures_and_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         rss_max = rss_max.max(serve.rss_kib());
     }
-    let rss_end = serve.rss_kib();
-    rss_max = rss_max.max(rss_end);
+    rss_max = rss_max.max(serve.rss_kib());
     running.store(false, Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_end = serve.rss_kib();
 
     let (ok, failed) = (tally.ok(), tally.failed());
     let measured = ok - ok_warm;
@@ -82,8 +90,12 @@ async fn sustained_load_has_no_failures_and_bounded_memory() {
         "too few requests to mean anything: {measured}"
     );
     assert!(
-        rss_max <= rss_warm + RSS_GROWTH_BOUND_KIB,
-        "RSS grew from {rss_warm} KiB to {rss_max} KiB during the run (bound {RSS_GROWTH_BOUND_KIB} KiB)"
+        rss_max <= rss_warm + RSS_PEAK_BOUND_KIB,
+        "RSS grew from {rss_warm} KiB to {rss_max} KiB during the run (bound {RSS_PEAK_BOUND_KIB} KiB)"
+    );
+    assert!(
+        rss_end <= rss_warm + RSS_GROWTH_BOUND_KIB,
+        "RSS grew from {rss_warm} KiB to {rss_end} KiB by the end of the run (bound {RSS_GROWTH_BOUND_KIB} KiB)"
     );
     let growth_kib = rss_end.saturating_sub(rss_warm);
     assert!(
