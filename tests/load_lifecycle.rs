@@ -117,24 +117,37 @@ async fn half_sent(
     usize,
 ) {
     let mut s = tls_connect(addr, ca, HTTP1).await.unwrap();
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(review_head(body.len()).as_bytes())
+        .await
+        .unwrap();
     let half = body.len() / 2;
     s.write_all(&body[..half]).await.unwrap();
     s.flush().await.unwrap();
     (s, half)
 }
 
+/// The HTTP/1.1 head of a review of `len` bytes to /mutate.
+fn review_head(len: usize) -> String {
+    format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
+/// The last answer on a connection being retired: 200 with the patch, and `Connection: close`.
+fn assert_answered_and_closing(answer: &str) {
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""patchType":"JSONPatch""#), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+}
+
 /// A whole review request on `s`.
 async fn send_full(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, body: &[u8]) {
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(review_head(body.len()).as_bytes())
+        .await
+        .unwrap();
     s.write_all(body).await.unwrap();
     s.flush().await.unwrap();
 }
@@ -234,26 +247,14 @@ async fn sigterm_under_load_completes_accepted_requests_and_exits_in_time() {
         s.flush().await.unwrap();
     }
     for (s, _) in &mut in_flight {
-        let answer = read_response(s).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(answer.contains(r#""patchType":"JSONPatch""#), "{answer}");
-        assert!(
-            answer.to_ascii_lowercase().contains("connection: close"),
-            "{answer}"
-        );
+        assert_answered_and_closing(&read_response(s).await);
     }
     // A request on a keep-alive connection accepted before the signal, sent after the listener closed, is answered
     // too, with `Connection: close`: such a connection is retired at its next request, not closed while idle (the
     // API server does not retry a POST on a connection closed under it).
     for s in &mut idle {
         send_full(s, &body).await;
-        let answer = read_response(s).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(answer.contains(r#""patchType":"JSONPatch""#), "{answer}");
-        assert!(
-            answer.to_ascii_lowercase().contains("connection: close"),
-            "{answer}"
-        );
+        assert_answered_and_closing(&read_response(s).await);
     }
     let status = serve
         .wait_exit(delay + drain + Duration::from_secs(1) - t0.elapsed().min(delay + drain))

@@ -577,38 +577,16 @@ fn settings_of(object: &Value) -> BTreeMap<String, String> {
 /// carry shell metacharacters: a route reflector whose `nodeSelector` compares a label with a quoted string of them
 /// (`CALICO_ROUTE_REFLECTORS`, with the BGP settings it needs), and a `CALICOCTL_URL` with `~` in its path.
 fn hostile_annotation() -> impl Strategy<Value = (&'static str, String, BTreeMap<String, String>)> {
-    // Everything a single-quoted selector string may hold: no quote, no control character.
-    let literal = prop::collection::vec(
-        prop::sample::select(vec![
-            "$(id)",
-            "`id`",
-            ";",
-            "&&",
-            "||",
-            "|",
-            "\\",
-            "${IFS}",
-            "#",
-            "*",
-            "?",
-            "~",
-            "<",
-            ">",
-            "&",
-            "!",
-            " ",
-            "{version}",
-            "=",
-            "%0a",
-            "\"",
-            "---",
-            ": ",
-            "{",
-            "}",
-        ]),
-        1..6,
-    )
-    .prop_map(|pieces| pieces.concat());
+    // Everything a single-quoted selector string may hold (no single quote, no control character): the shell
+    // pieces of [`hostile_string`] that qualify, and some YAML syntax.
+    let pieces: Vec<&str> = SHELL_PIECES
+        .iter()
+        .copied()
+        .filter(|p| !p.contains('\'') && !p.chars().any(char::is_control))
+        .chain(["---", ": ", "{", "}"])
+        .collect();
+    let literal = prop::collection::vec(prop::sample::select(pieces), 1..6)
+        .prop_map(|pieces| pieces.concat());
     let route_reflector = literal.prop_map(|junk| {
         let yaml = format!(
             "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-1\nspec:\n  peerIP: 10.0.0.1\n  \
@@ -651,39 +629,42 @@ fn hostile_annotation() -> impl Strategy<Value = (&'static str, String, BTreeMap
     prop_oneof![6 => anywhere, 3 => route_reflector, 1 => url]
 }
 
-/// Strings built around shell metacharacters, quotes, newlines and NULs, sometimes wrapped around a valid value.
+/// Shell metacharacters, quotes, newlines, NULs and the URL template's placeholders: what hostile values are made of.
+const SHELL_PIECES: &[&str] = &[
+    "$(id)",
+    "`id`",
+    ";",
+    "&&",
+    "||",
+    "|",
+    "'",
+    "\"",
+    "\\",
+    "\n",
+    "\r\n",
+    "\0",
+    "${IFS}",
+    "#",
+    "*",
+    "?",
+    "~",
+    "<",
+    ">",
+    ">>",
+    "&",
+    "!",
+    "\t",
+    " ",
+    "{version}",
+    "{arch}",
+    "\n---\n",
+    "=",
+    "%0a",
+];
+
+/// Strings built around [`SHELL_PIECES`], sometimes wrapped around a valid value.
 fn hostile_string() -> impl Strategy<Value = String> {
-    let piece = prop::sample::select(vec![
-        "$(id)",
-        "`id`",
-        ";",
-        "&&",
-        "||",
-        "|",
-        "'",
-        "\"",
-        "\\",
-        "\n",
-        "\r\n",
-        "\0",
-        "${IFS}",
-        "#",
-        "*",
-        "?",
-        "~",
-        "<",
-        ">",
-        ">>",
-        "&",
-        "!",
-        "\t",
-        " ",
-        "{version}",
-        "{arch}",
-        "\n---\n",
-        "=",
-        "%0a",
-    ]);
+    let piece = prop::sample::select(SHELL_PIECES.to_vec());
     let valid = prop::sample::select(vec![
         "true",
         "Enabled",
